@@ -1,0 +1,121 @@
+"""Downloads: result URL -> verified image file, never a partial one.
+
+A download streams into ``<output>/.tmp/<name>.part``, checks what arrived (the length the
+server announced, image magic bytes, a size cap), hashes it, fsyncs it and only then
+renames it into place under ``images/``. An interrupted download keeps its ``.part``
+and continues with a ``Range`` request where the server allows it (206), or starts over.
+Downloads have their own concurrency limit and never hold a task slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import aiofiles
+
+from .client import ApiClient
+from .errors import PermanentApiError, TransientApiError
+
+__all__ = ["MAX_IMAGE_BYTES", "FileRecord", "fetch_image", "sniff_ext"]
+
+MAX_IMAGE_BYTES = 256 << 20  # a 4K PNG is tens of MB; refuse anything absurd
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    path: Path
+    bytes: int
+    sha256: str
+    ext: str
+
+
+def sniff_ext(head: bytes) -> str | None:
+    """The image type from its first bytes: png, jpg or webp; None if it is not one."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpg"
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+async def _download_once(
+    client: ApiClient, url: str, part: Path, max_bytes: int
+) -> tuple[int, hashlib._Hash]:
+    """One attempt: continue ``part`` from where it ends; return (size, sha256 so far)."""
+    have = part.stat().st_size if part.exists() else 0
+    digest = hashlib.sha256()
+    async with client.open_file(url, offset=have) as stream:
+        if stream.status == 206 and stream.offset == have and have:
+            # Resume: the hash must cover the bytes already on disk.
+            async with aiofiles.open(part, "rb") as existing:
+                while chunk := await existing.read(_CHUNK):
+                    digest.update(chunk)
+            mode: Literal["ab", "wb"] = "ab"
+        else:
+            have, mode = 0, "wb"
+        if stream.total is not None and stream.total > max_bytes:
+            raise PermanentApiError(
+                f"result is {stream.total} bytes, over the {max_bytes} cap", 200, "TOO_LARGE"
+            )
+        size = have
+        async with aiofiles.open(part, mode) as out:
+            async for chunk in stream.chunks(_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PermanentApiError(
+                        f"result exceeds the {max_bytes}-byte cap", 200, "TOO_LARGE"
+                    )
+                digest.update(chunk)
+                await out.write(chunk)
+            await out.flush()
+            await asyncio.to_thread(os.fsync, out.fileno())
+        if stream.total is not None and size != stream.total:
+            raise TransientApiError(f"download ended at {size} of {stream.total} bytes")
+    return size, digest
+
+
+async def fetch_image(
+    client: ApiClient,
+    url: str,
+    part: Path,
+    dest_for: Callable[[str], Path],
+    *,
+    attempts: int = 5,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    backoff_s: float = 0.5,
+) -> FileRecord:
+    """Download ``url`` into ``part``, verify it, and rename it to ``dest_for(ext)``.
+
+    Transient failures (broken connection, short body, 5xx) are retried, resuming where
+    the server allows; a wrong or unusable body fails the download permanently."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, attempts + 1):
+        try:
+            size, digest = await _download_once(client, url, part, max_bytes)
+            break
+        except TransientApiError as exc:
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(exc.retry_after or backoff_s * 2 ** (attempt - 1))
+        except PermanentApiError:
+            part.unlink(missing_ok=True)
+            raise
+    with part.open("rb") as f:
+        head = f.read(16)
+    ext = sniff_ext(head)
+    if ext is None:
+        part.unlink(missing_ok=True)
+        raise PermanentApiError("result is not a PNG, JPEG or WebP image", 200, "NOT_AN_IMAGE")
+    dest = dest_for(ext)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, dest)
+    return FileRecord(dest, size, digest.hexdigest(), ext)

@@ -1,0 +1,264 @@
+"""The ledger: an append-only JSONL event log, the source of truth for resume.
+
+One writer per output folder (enforced by :class:`FolderLock`). Each line is one JSON
+object ``{"e": <event>, "job": <id>, "t": <unix s>, ...}``. Every event is applied to an
+in-memory index (:class:`JobRecord` per job) by the same function that replays the file,
+so what a resumed run believes is exactly what the previous run wrote.
+
+Events, in the order a job meets them::
+
+    submit      the request is about to be sent (written BEFORE it is sent)
+    task        the API answered with a taskId (written as soon as it is known)
+    unsent      the submission certainly created no task (error answer, or stopped first)
+    uncertain   a submission's outcome can never be known (connection lost, or a crash
+                between ``submit`` and ``task``); the job will be submitted again
+    task_failed the task ended failed (code, message, class)
+    result      the task succeeded: result URLs and timings
+    file        one image is on disk, verified (path relative to the folder, bytes, sha256)
+    done        every image of the job is on disk
+    failed      the job ended without images (code, message, retryable or not)
+    timeout     the task outlived polling.timeout in this run; it stays live
+
+Durability: each line is handed to the kernel with one ``os.write`` on an ``O_APPEND``
+descriptor before the call returns, so a SIGKILL at any later moment cannot lose it;
+``fsync`` runs at most once a second (and on close) to bound loss on power failure.
+A torn last line (a kill mid-write) is ignored and cut off before appending; a corrupt
+line elsewhere is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import LockedError
+
+__all__ = ["FolderLock", "JobRecord", "Ledger", "Phase", "read_index"]
+
+LEDGER_NAME = "ledger.jsonl"
+LOCK_NAME = ".runner.lock"
+
+
+class Phase(enum.Enum):
+    NEW = "new"  # nothing in flight: submit when due
+    SUBMITTING = "submitting"  # intent written, outcome not yet known
+    LIVE = "live"  # a task exists on the API
+    RESULT = "result"  # the task succeeded; images still to download
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """What the ledger knows of one job id."""
+
+    fp: str
+    phase: Phase = Phase.NEW
+    task_id: str | None = None
+    submits: int = 0  # submissions sent (all attempts, all runs)
+    failed_tasks: int = 0  # tasks that ended failed with a retryable code
+    uncertain: int = 0
+    urls: tuple[str, ...] = ()
+    files: dict[int, dict[str, Any]] = field(default_factory=dict)
+    fail_code: str | None = None
+    fail_msg: str | None = None
+    retryable: bool = False
+    submitted_t: float | None = None  # unix seconds of the live task's submission
+    create_ms: int | None = None
+    complete_ms: int | None = None
+    cost_ms: int | None = None
+    done_t: float | None = None
+
+
+class FolderLock:
+    """An exclusive ``flock`` on the output folder, released when the process dies."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockedError(
+                f"another run holds the lock on {self.path.parent} (wait for it to finish, "
+                "or stop it; a run that was killed releases the lock by itself)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _apply(index: dict[str, JobRecord], ev: dict[str, Any]) -> None:
+    """Apply one event to the index: the single definition of what events mean."""
+    kind = ev.get("e")
+    job = ev.get("job")
+    if not isinstance(job, str):
+        return
+    rec = index.get(job)
+    if kind == "submit":
+        fp = str(ev.get("fp", ""))
+        if rec is None or rec.fp != fp:
+            # New content under this id (desired state): earlier history no longer applies.
+            rec = index[job] = JobRecord(fp=fp)
+        rec.phase = Phase.SUBMITTING
+        rec.submits += 1
+        rec.task_id = None
+        rec.submitted_t = ev.get("t")
+        return
+    if rec is None:
+        return
+    if kind == "task":
+        rec.phase = Phase.LIVE
+        rec.task_id = ev.get("task")
+    elif kind == "unsent":
+        rec.phase = Phase.NEW
+    elif kind == "uncertain":
+        rec.uncertain += 1
+        rec.phase = Phase.NEW
+    elif kind == "task_failed":
+        rec.phase = Phase.NEW
+        rec.fail_code, rec.fail_msg = ev.get("code"), ev.get("msg")
+        if ev.get("class") == "retryable":
+            rec.failed_tasks += 1
+    elif kind == "result":
+        rec.phase = Phase.RESULT
+        rec.urls = tuple(ev.get("urls") or ())
+        rec.create_ms, rec.complete_ms, rec.cost_ms = (
+            ev.get("create_ms"),
+            ev.get("complete_ms"),
+            ev.get("cost_ms"),
+        )
+    elif kind == "file":
+        rec.files[int(ev.get("i", 0))] = {
+            "path": ev.get("path"),
+            "bytes": ev.get("bytes"),
+            "sha256": ev.get("sha256"),
+        }
+    elif kind == "done":
+        rec.phase = Phase.DONE
+        rec.done_t = ev.get("t")
+        rec.fail_code = rec.fail_msg = None
+    elif kind == "failed":
+        rec.phase = Phase.FAILED
+        rec.fail_code, rec.fail_msg = ev.get("code"), ev.get("msg")
+        rec.retryable = bool(ev.get("retryable"))
+    elif kind == "reset":
+        # --retry-failed: the failure budget starts afresh
+        rec.phase = Phase.NEW
+        rec.failed_tasks = 0
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    lines: int = 0
+    corrupt: int = 0  # unreadable lines skipped (not counting a torn tail)
+    torn_tail: bool = False
+    good_bytes: int = 0  # length of the file up to the last complete line
+
+
+def _replay(path: Path, index: dict[str, JobRecord]) -> ReplayReport:
+    report = ReplayReport()
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return report
+    with f:
+        offset = 0
+        for line in f:
+            if not line.endswith(b"\n"):
+                report.torn_tail = True  # a kill mid-write: ignore it
+                break
+            offset += len(line)
+            report.good_bytes = offset
+            if not line.strip():
+                continue
+            try:
+                ev = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                report.corrupt += 1
+                continue
+            if isinstance(ev, dict):
+                report.lines += 1
+                _apply(index, ev)
+            else:
+                report.corrupt += 1
+    return report
+
+
+def read_index(folder: Path) -> tuple[dict[str, JobRecord], ReplayReport]:
+    """Replay a folder's ledger without locking or writing (for --status, --dry-run)."""
+    index: dict[str, JobRecord] = {}
+    report = _replay(folder / LEDGER_NAME, index)
+    return index, report
+
+
+class Ledger:
+    """The single writer of ``ledger.jsonl``; also the live index of every job's state."""
+
+    FSYNC_EVERY_S = 1.0
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / LEDGER_NAME
+        self.index: dict[str, JobRecord] = {}
+        self.report = ReplayReport()
+        self._fd: int | None = None
+        self._dirty = False
+        self._synced_at = 0.0
+
+    def open(self) -> None:
+        """Replay the file, cut a torn tail, and open it for appending."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.report = _replay(self.path, self.index)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if self.report.torn_tail:
+            os.ftruncate(fd, self.report.good_bytes)
+        self._fd = fd
+
+    def append(self, event: str, job: str, **fields: Any) -> None:
+        """Write one event durably (against a kill) and apply it to the index."""
+        ev: dict[str, Any] = {"e": event, "job": job, "t": round(time.time(), 3)}
+        ev.update(fields)
+        line = orjson.dumps(ev) + b"\n"
+        if self._fd is None:
+            raise RuntimeError("ledger is not open")
+        written = os.write(self._fd, line)
+        if written != len(line):  # pragma: no cover - regular files write whole lines
+            raise OSError("short write to the ledger")
+        self._dirty = True
+        _apply(self.index, ev)
+
+    def sync(self, force: bool = False) -> None:
+        """fsync if there is anything new and the last one is old enough (or forced)."""
+        now = time.monotonic()
+        if self._fd is not None and self._dirty and (force or now - self._synced_at >= 1.0):
+            os.fsync(self._fd)
+            self._dirty = False
+            self._synced_at = now
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self.sync(force=True)
+            os.close(self._fd)
+            self._fd = None
+
+    def records(self) -> Iterator[tuple[str, JobRecord]]:
+        return iter(self.index.items())

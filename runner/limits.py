@@ -1,0 +1,101 @@
+"""Request-rate limiting shared by every API request of a run.
+
+Two layers, both awaited by :meth:`RequestBudget.acquire` before a request is sent:
+
+* a hard cap, an :class:`aiolimiter.AsyncLimiter`, sized so that **no window** of
+  ``period_s`` seconds ever holds more than ``rate`` requests. A leaky bucket of capacity
+  ``rate`` would allow a full burst *plus* a period's drain in one window (up to twice the
+  rate), which a provider counting a sliding window answers with 429s. So the bucket is
+  small (``burst``) and drains at ``(rate - burst) / period_s``: any window then holds at
+  most ``burst + (rate - burst) = rate`` requests.
+* a soft pacer that backs off on 429 (multiplicative decrease, honouring ``Retry-After``
+  with a global pause) and recovers additively on success, so a provider that is stricter
+  than configured is slowed down to, not hammered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiolimiter import AsyncLimiter
+
+__all__ = ["RequestBudget", "limiter_shape"]
+
+
+def limiter_shape(rate: int, period_s: float) -> tuple[float, float]:
+    """Return ``(burst, seconds_per_burst)`` for an AsyncLimiter that keeps every
+    ``period_s`` window at or below ``rate`` requests."""
+    burst = max(1.0, min(rate * 0.02, 200.0))
+    if burst >= rate:
+        burst = float(rate) / 2 if rate > 1 else 1.0
+    drain_per_s = max(rate - burst, 1.0) / period_s
+    return burst, burst / drain_per_s
+
+
+class RequestBudget:
+    """The one gate every API request passes (submissions and polls share it)."""
+
+    #: rate factor floor under repeated 429s
+    MIN_FACTOR = 0.05
+    DECREASE = 0.5
+    #: fraction of the configured rate regained per second without a 429
+    INCREASE_PER_S = 0.05
+
+    def __init__(self, rate: int, period_s: float) -> None:
+        self.rate = rate
+        self.period_s = period_s
+        burst, seconds = limiter_shape(rate, period_s)
+        self._hard = AsyncLimiter(burst, seconds)
+        self._factor = 1.0
+        self._factor_at = time.monotonic()
+        self._paused_until = 0.0
+        self._next_slot = 0.0
+        self._last_decrease = -1e9
+        self.throttled = 0  # 429s seen
+
+    @property
+    def rate_per_s(self) -> float:
+        """The configured ceiling in requests per second."""
+        return self.rate / self.period_s
+
+    @property
+    def factor(self) -> float:
+        """Current fraction of the configured rate the pacer allows (1.0 = unthrottled)."""
+        now = time.monotonic()
+        if self._factor < 1.0:
+            self._factor = min(1.0, self._factor + (now - self._factor_at) * self.INCREASE_PER_S)
+        self._factor_at = now
+        return self._factor
+
+    async def acquire(self) -> None:
+        """Wait until one more request may be sent."""
+        while True:
+            now = time.monotonic()
+            if now < self._paused_until:
+                await asyncio.sleep(self._paused_until - now)
+                continue
+            factor = self.factor
+            if factor < 1.0:
+                # Pace requests evenly at the reduced rate; each caller books its own slot
+                # synchronously, so no two callers share one.
+                spacing = 1.0 / (self.rate_per_s * factor)
+                slot = max(now, self._next_slot)
+                self._next_slot = slot + spacing
+                if slot > now:
+                    await asyncio.sleep(slot - now)
+            break
+        await self._hard.acquire()
+
+    def throttle(self, retry_after_s: float | None) -> None:
+        """Record a 429: slow down and pause every request for ``retry_after_s`` (or a
+        short default) so the provider is not hammered."""
+        self.throttled += 1
+        now = time.monotonic()
+        # A burst of 429s answers one overshoot: decrease once per second, not per answer.
+        if now - self._last_decrease >= 1.0:
+            self._factor = max(self.MIN_FACTOR, self.factor * self.DECREASE)
+            self._factor_at = now
+            self._last_decrease = now
+        pause = retry_after_s if retry_after_s is not None else min(5.0, self.period_s / 20)
+        self._paused_until = max(self._paused_until, now + pause)

@@ -1,0 +1,240 @@
+"""The polling scheduler: one timer heap for every live task, a few workers to poll.
+
+A job that has a task calls :meth:`Poller.watch` and awaits the returned future; the
+scheduler decides when to ask the API about that task and resolves the future with the
+terminal :class:`~runner.client.TaskStatus`. No coroutine sleeps per task: one loop sleeps
+until the earliest due time and hands due tasks to a small pool of workers.
+
+When to poll: until enough completions have been seen, the configured recipe
+(``initial_delay`` after submission, then every ``interval``). After that, the observed
+completion times of tasks of the same kind (resolution, image count) give a ladder of
+quantiles, so polls land where completions are likely and few are spent before. Every
+wait is jittered by ``jitter`` so polls never march in lockstep.
+
+A webhook (callback mode) resolves a task through :meth:`Poller.deliver`; the heap entry
+is then skipped lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from .client import ApiClient, TaskStatus
+from .errors import TransientApiError
+
+__all__ = ["CompletionModel", "PollTimeout", "Poller"]
+
+log = logging.getLogger("runner.poll")
+
+
+class PollTimeout(Exception):
+    """The task outlived ``polling.timeout`` in this run; it stays live on the API."""
+
+
+class CompletionModel:
+    """Observed completion times (seconds from submission), per kind of task."""
+
+    MIN_SAMPLES = 20
+    WINDOW = 400
+    #: the cumulative probabilities the successive polls aim at
+    LADDER = (0.25, 0.5, 0.7, 0.85, 0.95, 0.99)
+
+    def __init__(self) -> None:
+        self._samples: dict[Hashable, deque[float]] = {}
+        self._sorted: dict[Hashable, list[float]] = {}
+
+    def observe(self, kind: Hashable, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        window = self._samples.setdefault(kind, deque(maxlen=self.WINDOW))
+        window.append(seconds)
+        self._sorted.pop(kind, None)
+
+    def quantile(self, kind: Hashable, p: float) -> float | None:
+        samples = self._samples.get(kind)
+        if samples is None or len(samples) < self.MIN_SAMPLES:
+            return None
+        ordered = self._sorted.get(kind)
+        if ordered is None:
+            ordered = self._sorted[kind] = sorted(samples)
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    def count(self, kind: Hashable) -> int:
+        return len(self._samples.get(kind, ()))
+
+    def spread(self, kind: Hashable) -> float | None:
+        lo, hi = self.quantile(kind, 0.0), self.quantile(kind, 1.0)
+        return None if lo is None or hi is None else hi - lo
+
+
+@dataclass(slots=True)
+class _Watch:
+    task_id: str
+    kind: Hashable
+    submitted: float  # monotonic seconds
+    future: asyncio.Future[TaskStatus]
+    polls: int = 0
+    due: float = 0.0
+    deadline: float = 0.0
+    failures: int = 0
+    seen_unknown: set[str] = field(default_factory=set)
+
+
+class Poller:
+    """Polls every watched task at the right moments and resolves its future."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        *,
+        initial_delay_s: float,
+        interval_s: float,
+        jitter: float,
+        timeout_s: float,
+        workers: int = 64,
+    ) -> None:
+        self.client = client
+        self.initial_delay_s = initial_delay_s
+        self.interval_s = interval_s
+        self.jitter = jitter
+        self.timeout_s = timeout_s
+        self.model = CompletionModel()
+        self._workers = workers
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._seq = itertools.count()
+        self._watches: dict[str, _Watch] = {}
+        self._wake = asyncio.Event()
+        self._due: asyncio.Queue[_Watch] = asyncio.Queue()
+        self.polls = 0
+
+    @property
+    def live(self) -> int:
+        return len(self._watches)
+
+    def watch(
+        self, task_id: str, kind: Hashable, submitted_ago_s: float = 0.0
+    ) -> asyncio.Future[TaskStatus]:
+        """Start watching a task submitted ``submitted_ago_s`` seconds ago."""
+        now = time.monotonic()
+        w = _Watch(task_id, kind, now - submitted_ago_s, asyncio.get_running_loop().create_future())
+        w.deadline = w.submitted + self.timeout_s
+        self._watches[task_id] = w
+        self._schedule(w, self._first_delay(w), now)
+        return w.future
+
+    def forget(self, task_id: str) -> None:
+        """Stop watching (the job was cancelled); its heap entry is skipped lazily."""
+        self._watches.pop(task_id, None)
+
+    def deliver(self, status: TaskStatus) -> bool:
+        """Resolve a task from a webhook. Returns False if the task is not watched."""
+        w = self._watches.get(status.task_id)
+        if w is None or not status.state.terminal:
+            return False
+        self._finish(w, status)
+        return True
+
+    # -- timing policy -----------------------------------------------------------------
+
+    def _jittered(self, seconds: float) -> float:
+        return max(0.0, seconds * (1 + random.uniform(-self.jitter, self.jitter)))
+
+    def _first_delay(self, w: _Watch) -> float:
+        first = self.model.quantile(w.kind, self.model.LADDER[0])
+        return self._jittered(first if first is not None else self.initial_delay_s)
+
+    def _next_delay(self, w: _Watch, now: float) -> float:
+        age = now - w.submitted
+        if w.polls < len(self.model.LADDER):
+            target = self.model.quantile(w.kind, self.model.LADDER[w.polls])
+            if target is not None and target > age:
+                return self._jittered(target - age)
+        return self._jittered(self.interval_s)
+
+    def _schedule(self, w: _Watch, delay: float, now: float) -> None:
+        w.due = min(now + delay, w.deadline)
+        heapq.heappush(self._heap, (w.due, next(self._seq), w))
+        if self._heap[0][2] is w:
+            self._wake.set()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the timer loop and the poll workers until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(self._workers):
+                tg.create_task(self._worker())
+            await self._timer()
+
+    async def _timer(self) -> None:
+        while True:
+            now = time.monotonic()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, w = heapq.heappop(self._heap)
+                if self._watches.get(w.task_id) is not w or w.future.done():
+                    continue  # resolved by a webhook, forgotten, or rescheduled
+                if now >= w.deadline:
+                    self._fail(w, PollTimeout(f"task {w.task_id} outlived polling.timeout"))
+                    continue
+                self._due.put_nowait(w)
+            self._wake.clear()
+            timeout = self._heap[0][0] - now if self._heap else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _worker(self) -> None:
+        while True:
+            w = await self._due.get()
+            if w.future.done() or self._watches.get(w.task_id) is not w:
+                continue
+            await self._poll(w)
+
+    async def _poll(self, w: _Watch) -> None:
+        w.polls += 1
+        self.polls += 1
+        try:
+            status = await self.client.status(w.task_id)
+        except TransientApiError as exc:
+            # Retries inside the client are exhausted; keep the task and try later.
+            log.warning("polling %s failed for now: %s", w.task_id, exc)
+            self._schedule(w, self._jittered(self.interval_s * 2), time.monotonic())
+            return
+        except Exception as exc:  # permanent, fatal or unexpected: the job decides
+            self._fail(w, exc)
+            return
+        if w.future.done():
+            return
+        if status.state.terminal:
+            self._finish(w, status)
+            return
+        if status.raw_state not in ("pending", "processing") and (
+            status.raw_state not in w.seen_unknown
+        ):
+            w.seen_unknown.add(status.raw_state)
+            log.warning("task %s is in undocumented state %r", w.task_id, status.raw_state)
+        now = time.monotonic()
+        self._schedule(w, self._next_delay(w, now), now)
+
+    def _finish(self, w: _Watch, status: TaskStatus) -> None:
+        self._watches.pop(w.task_id, None)
+        if status.create_ms is not None and status.complete_ms is not None:
+            seconds = (status.complete_ms - status.create_ms) / 1000
+        else:
+            seconds = time.monotonic() - w.submitted
+        self.model.observe(w.kind, seconds)
+        if not w.future.done():
+            w.future.set_result(status)
+
+    def _fail(self, w: _Watch, exc: BaseException) -> None:
+        self._watches.pop(w.task_id, None)
+        if not w.future.done():
+            w.future.set_exception(exc)
