@@ -202,8 +202,11 @@ class ApiClient:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=10)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
-        #: called with (kind, status) after every answered request; the engine counts with it
+        #: called with (kind, status) after every answered request
         self.on_answer: Callable[[str, int], None] | None = None
+        #: when set (the run is stopping), submissions not yet sent are abandoned unsent
+        #: and retries end, so every submission on the wire lands quickly
+        self.halt: asyncio.Event | None = None
 
     async def __aenter__(self) -> ApiClient:
         connector = aiohttp.TCPConnector(
@@ -228,6 +231,8 @@ class ApiClient:
     async def _send(self, kind: str, method: str, url: str, body: bytes | None) -> Any:
         """Send one API request and return the ``data`` of a 200 envelope."""
         await self.budget.acquire()
+        if kind == "submit" and self.halt is not None and self.halt.is_set():
+            raise TransientApiError("submit: not sent, the run is stopping")
         self.stats.requests[kind] += 1
         headers = dict(self._auth)
         if body is not None:
@@ -320,7 +325,8 @@ class ApiClient:
                 raise  # the engine must record it before anything is sent again
             except TransientApiError as exc:
                 elapsed = time.monotonic() - started
-                if attempt >= self.attempts or elapsed >= self.retry_window_s:
+                halted = self.halt is not None and self.halt.is_set()
+                if attempt >= self.attempts or elapsed >= self.retry_window_s or halted:
                     raise
                 delay = exc.retry_after
                 if delay is None:

@@ -63,6 +63,7 @@ class JobRecord:
     fp: str
     phase: Phase = Phase.NEW
     task_id: str | None = None
+    max_images: int = 1  # of the content last submitted
     submits: int = 0  # submissions sent (all attempts, all runs)
     failed_tasks: int = 0  # tasks that ended failed with a retryable code
     uncertain: int = 0
@@ -120,6 +121,8 @@ def _apply(index: dict[str, JobRecord], ev: dict[str, Any]) -> None:
             rec = index[job] = JobRecord(fp=fp)
         rec.phase = Phase.SUBMITTING
         rec.submits += 1
+        imgs = ev.get("imgs")
+        rec.max_images = imgs if isinstance(imgs, int) else 1
         rec.task_id = None
         rec.submitted_t = ev.get("t")
         return

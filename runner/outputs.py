@@ -1,0 +1,160 @@
+"""What a run leaves beside its images: ``results.jsonl`` and ``summary.json``, and the
+ledger views behind ``--status`` and ``--dry-run``.
+
+Both files are rewritten whole at the end of every run (to a temporary name, then
+renamed), from the ledger: they always describe the campaign as it stands, across every
+run that worked on it, never half of it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .client import ClientStats
+from .ledger import JobRecord, Phase
+from .manifest import Campaign
+
+__all__ = ["LedgerView", "RunCounters", "ledger_view", "write_results", "write_summary"]
+
+
+@dataclass(slots=True)
+class RunCounters:
+    """What this run did (the summary's run section)."""
+
+    submitted: int = 0
+    resubmitted: int = 0  # resubmissions after a retryable task failure
+    uncertain: int = 0  # submissions whose outcome could not be known
+    done: int = 0
+    failed: int = 0
+    images: int = 0
+    downloading: int = 0
+    download_parked: int = 0
+    skipped_done: int = 0
+    skipped_failed: int = 0
+    budget_stopped: bool = False
+    remaining: int = 0
+    wall_time_s: float = 0.0
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _state(rec: JobRecord | None, fp: str) -> str:
+    if rec is None or rec.fp != fp:
+        return "pending"
+    return {
+        Phase.DONE: "done",
+        Phase.FAILED: "failed",
+        Phase.LIVE: "live",
+        Phase.RESULT: "downloading",
+    }.get(rec.phase, "pending")
+
+
+def write_results(campaign: Campaign, index: Mapping[str, JobRecord]) -> None:
+    """One line per manifest job that reached an end (done or failed)."""
+    lines: list[bytes] = []
+    for job in campaign.jobs():
+        rec = index.get(job.id)
+        state = _state(rec, job.fingerprint)
+        if rec is None or state not in ("done", "failed"):
+            continue
+        entry: dict[str, Any] = {
+            "id": job.id,
+            "state": state,
+            "input": job.input,
+            "meta": job.meta,
+            "task_id": rec.task_id,
+            "files": [rec.files[i] for i in sorted(rec.files)] if state == "done" else [],
+            "fail_code": rec.fail_code if state == "failed" else None,
+            "fail_message": rec.fail_msg if state == "failed" else None,
+            "submissions": rec.submits,
+            "timings": {
+                "submitted_at": rec.submitted_t,
+                "create_ms": rec.create_ms,
+                "complete_ms": rec.complete_ms,
+                "cost_ms": rec.cost_ms,
+                "done_at": rec.done_t,
+            },
+        }
+        lines.append(orjson.dumps(entry))
+    _write_atomic(campaign.output.dir / "results.jsonl", b"".join(x + b"\n" for x in lines))
+
+
+@dataclass(slots=True)
+class LedgerView:
+    """The campaign as the ledger sees it, job by job of the manifest."""
+
+    jobs: int = 0
+    images_planned: int = 0  # worst case: sum of max_images
+    states: Counter[str] = field(default_factory=Counter)
+    images_done: int = 0
+    uncertain: int = 0
+    failures: Counter[str] = field(default_factory=Counter)  # by fail code
+    examples: dict[str, list[str]] = field(default_factory=dict)  # fail code -> job ids
+
+
+def ledger_view(campaign: Campaign, index: Mapping[str, JobRecord]) -> LedgerView:
+    view = LedgerView()
+    for job in campaign.jobs():
+        view.jobs += 1
+        view.images_planned += job.max_images
+        rec = index.get(job.id)
+        state = _state(rec, job.fingerprint)
+        view.states[state] += 1
+        if rec is None or rec.fp != job.fingerprint:
+            continue
+        view.uncertain += rec.uncertain
+        if state == "done":
+            view.images_done += len(rec.files)
+        elif state == "failed":
+            code = rec.fail_code or "FAILED"
+            view.failures[code] += 1
+            examples = view.examples.setdefault(code, [])
+            if len(examples) < 3:
+                examples.append(job.id)
+    return view
+
+
+def write_summary(
+    campaign: Campaign,
+    index: Mapping[str, JobRecord],
+    run: RunCounters,
+    stats: ClientStats,
+    exit_code: int,
+) -> dict[str, Any]:
+    view = ledger_view(campaign, index)
+    price = campaign.budget.price_per_image
+    summary: dict[str, Any] = {
+        "name": campaign.name,
+        "exit_code": exit_code,
+        "jobs": {"total": view.jobs, **dict(view.states)},
+        "images": view.images_done,
+        "estimated_spend_usd": round(view.images_done * price, 4),
+        "price_per_image_usd": price,
+        "failures": dict(view.failures),
+        "uncertain_submissions": {"this_run": run.uncertain, "all_runs": view.uncertain},
+        "requests": dict(stats.requests),
+        "throttled_429": stats.throttled,
+        "retries": stats.retries,
+        "errors": dict(stats.errors),
+        "run": asdict(run),
+        "wall_time_s": round(run.wall_time_s, 3),
+    }
+    _write_atomic(
+        campaign.output.dir / "summary.json",
+        orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n",
+    )
+    return summary
