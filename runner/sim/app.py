@@ -1,0 +1,420 @@
+"""The simulator's HTTP side: :class:`SimServer`, its handlers, limits and faults.
+
+Routes (``<base>`` is ``/api/v1``):
+
+* ``POST <base>/generateTask/{model}`` and ``GET <base>/statusTask/{model}?taskId=`` - the
+  API, answering the documented envelope ``{"code", "message", "data"}``.
+* ``GET /files/{task_id}/{index}.png?exp=&sig=`` - result images (with ``Range``).
+* ``GET /_sim/stats``, ``GET|POST /_sim/config``, ``GET /_sim/tasks/{task_id}`` - control
+  and observability; neither rate limited nor counted.
+
+Each API request goes through the same gate, in this order, so that injected faults are
+decided before any side effect: connection reset (``p_reset``), slow answer (``p_slow``),
+authentication (401, not counted in any window), the per-key sliding request window (429;
+rejected requests count too), injected 429 and 5xx. Submissions then check the model (404),
+the body (400), the live-task limit (429), the balance (403), create the task and maybe
+drop the connection anyway (``p_reset_after``). Per-request work is O(1) amortised: the
+window is a deque of timestamps, live tasks a heap of completion times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import math
+import random
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from runner.sim.callbacks import CallbackSender
+from runner.sim.config import SimConfig
+from runner.sim.files import serve_file
+from runner.sim.limits import Limits
+from runner.sim.stats import SimStats
+from runner.sim.tasks import (
+    FAILED,
+    LENIENT_MODELS,
+    STRICT_MODEL,
+    SUCCESS,
+    InvalidRequest,
+    Task,
+    UnknownModel,
+    new_task,
+    parse_submission,
+)
+
+API_PREFIX = "/api/v1"
+_MESSAGES = {
+    200: "success",
+    400: "invalid parameters",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not found",
+    429: "too many requests",
+    500: "internal server error",
+    502: "bad gateway",
+    503: "service unavailable",
+    504: "gateway timeout",
+}
+
+
+def envelope(status: int, data: dict[str, Any], message: str | None = None) -> bytes:
+    """The documented JSON envelope; ``code`` mirrors the HTTP status."""
+    return orjson.dumps({"code": status, "message": message or _MESSAGES[status], "data": data})
+
+
+class SimServer:
+    """The simulator as an aiohttp server inside the running event loop.
+
+    ``async with SimServer(cfg, port=0) as sim`` (or ``await start()`` / ``await stop()``)
+    binds, then exposes ``base_url``, ``port``, ``config`` (mutable, read per request),
+    ``stats`` and ``tasks`` (task id -> :class:`~runner.sim.tasks.Task`).
+    """
+
+    def __init__(
+        self, config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.config = config if config is not None else SimConfig()
+        self.host = host
+        self.port = port
+        self.tasks: dict[str, Task] = {}
+        self.stats = SimStats(_live_fn=lambda: self._limits.total_live(time.time() * 1000))
+        self._limits = Limits()
+        self._rng = random.Random(self.config.seed)
+        self._secret = secrets.token_bytes(16)  # signs result URLs
+        self._callbacks = CallbackSender(
+            lambda: self.config, self.stats, self._rng, self._callback_body
+        )
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def origin(self) -> str:
+        """``http://host:port`` of the bound server, as a client on this machine reaches it."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL a client uses, e.g. ``http://127.0.0.1:8000/api/v1``."""
+        return self.origin + API_PREFIX
+
+    async def start(self) -> SimServer:
+        app = web.Application(middlewares=[self._envelope_errors])
+        app.router.add_post(API_PREFIX + "/generateTask/{model}", self._generate)
+        app.router.add_get(API_PREFIX + "/statusTask/{model}", self._status)
+        app.router.add_get("/files/{task_id}/{name}", self._file)
+        app.router.add_get("/_sim/stats", self._get_stats)
+        app.router.add_get("/_sim/config", self._get_config)
+        app.router.add_post("/_sim/config", self._post_config)
+        app.router.add_get("/_sim/tasks/{task_id}", self._get_task)
+        # A short shutdown timeout: a handler sleeping for p_slow must not hold up stop().
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        await self._callbacks.start()
+        return self
+
+    async def stop(self) -> None:
+        await self._callbacks.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> SimServer:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- answers -----------------------------------------------------------------------
+
+    def _answer(
+        self,
+        endpoint: str,
+        status: int,
+        data: dict[str, Any],
+        message: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        self.stats.requests[endpoint, status] += 1
+        return web.Response(
+            body=envelope(status, data, message),
+            status=status,
+            content_type="application/json",
+            headers=headers,
+        )
+
+    def _too_many(self, endpoint: str, reason: str, message: str) -> web.Response:
+        headers = {}
+        if self.config.send_retry_after:
+            headers["Retry-After"] = f"{self.config.retry_after_s:g}"
+        return self._answer(endpoint, 429, {"error": reason}, message, headers)
+
+    def _reset(self, request: web.Request, endpoint: str) -> web.Response:
+        """Drop the connection with a TCP RST and no answer at all."""
+        self.stats.requests[endpoint, 0] += 1
+        transport = request.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # Linger 0 makes close() send RST: the client sees "connection reset".
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        return web.Response(status=499)  # never sent: the transport is gone
+
+    @web.middleware
+    async def _envelope_errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Unknown API routes and wrong methods answer in the envelope too."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if not request.path.startswith(API_PREFIX) or exc.status < 400:
+                raise
+            return web.Response(
+                body=envelope(exc.status, {"error": "path"}, exc.reason),
+                status=exc.status,
+                content_type="application/json",
+                headers={k: v for k, v in exc.headers.items() if k == "Allow"},
+            )
+
+    # -- the API gate ------------------------------------------------------------------
+
+    async def _gate(self, request: web.Request, endpoint: str) -> tuple[str, web.Response | None]:
+        """Faults, authentication and the request window: (key, early answer or None)."""
+        cfg, rng = self.config, self._rng
+        if cfg.p_reset and rng.random() < cfg.p_reset:
+            self.stats.faults["reset"] += 1
+            return "", self._reset(request, endpoint)
+        if cfg.p_slow and rng.random() < cfg.p_slow:
+            self.stats.faults["slow"] += 1
+            await asyncio.sleep(cfg.slow_s)
+        key = self._key(request)
+        if key is None:
+            return "", self._answer(
+                endpoint,
+                401,
+                {"error": "Authorization"},
+                "missing or invalid API key: send the header 'Authorization: Bearer <key>'",
+            )
+        if self._limits.hit(key, time.monotonic(), cfg.rate, cfg.rate_period_s):
+            msg = f"rate limit: at most {cfg.rate} requests per {cfg.rate_period_s:g} s"
+            return key, self._too_many(endpoint, "rate_limit", msg)
+        if cfg.p_429 and rng.random() < cfg.p_429:
+            self.stats.faults["429"] += 1
+            return key, self._too_many(endpoint, "rate_limit", "rate limit (injected)")
+        if cfg.p_5xx and rng.random() < cfg.p_5xx:
+            self.stats.faults["5xx"] += 1
+            status = rng.choice((500, 502, 503, 504))
+            return key, self._answer(endpoint, status, {}, f"{_MESSAGES[status]} (injected)")
+        return key, None
+
+    def _key(self, request: web.Request) -> str | None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None
+        expected = self.config.api_key
+        if expected is not None and not hmac.compare_digest(token.encode(), expected.encode()):
+            return None
+        return token
+
+    @staticmethod
+    def _known_model(model: str) -> bool:
+        return model == STRICT_MODEL or model in LENIENT_MODELS
+
+    # -- the two endpoints -------------------------------------------------------------
+
+    async def _generate(self, request: web.Request) -> web.Response:
+        key, early = await self._gate(request, "generate")
+        if early is not None:
+            return early
+        model = request.match_info["model"]
+        if not self._known_model(model):
+            return self._answer("generate", 404, {"error": "model"}, f"unknown model {model!r}")
+        try:
+            body = orjson.loads(await request.read())
+            sub = parse_submission(model, body)
+        except orjson.JSONDecodeError:
+            msg = "invalid parameters: the body must be a JSON object"
+            return self._answer("generate", 400, {"error": "body"}, msg)
+        except web.HTTPRequestEntityTooLarge:
+            return self._answer("generate", 400, {"error": "body"}, "the body is too large")
+        except InvalidRequest as exc:
+            return self._answer("generate", 400, {"error": exc.field}, f"invalid parameters: {exc}")
+        except UnknownModel:  # pragma: no cover - checked above
+            return self._answer("generate", 404, {"error": "model"})
+        cfg = self.config
+        now_ms = time.time() * 1000
+        live = self._limits.live(key, now_ms)
+        if live >= cfg.concurrency:
+            msg = (
+                f"concurrency limit: {live} tasks pending or processing, at most {cfg.concurrency}"
+            )
+            return self._too_many("generate", "concurrency_limit", msg)
+        if cfg.credits is not None and sub.max_images > cfg.credits:
+            msg = (
+                f"insufficient balance: {cfg.credits} credits left, max_images is {sub.max_images}"
+            )
+            return self._answer("generate", 403, {"error": "balance"}, msg)
+        task = new_task(
+            sub,
+            task_id=f"task_{self._rng.getrandbits(96):024x}",
+            key=key,
+            origin=self._request_origin(request),
+            now_ms=int(now_ms),
+            config=cfg,
+            rng=self._rng,
+        )
+        self._record(task)
+        if cfg.p_reset_after and self._rng.random() < cfg.p_reset_after:
+            self.stats.faults["reset_after"] += 1
+            return self._reset(request, "generate")
+        return self._answer("generate", 200, {"taskId": task.task_id})
+
+    def _record(self, task: Task) -> None:
+        """Book a new task: records, live limit, balance, counters, webhook."""
+        cfg = self.config
+        billed = 0 if task.fail_code or task.stuck else task.n_images
+        if cfg.credits is not None:
+            cfg.credits -= billed
+        self.stats.credits_spent += billed
+        self.tasks[task.task_id] = task
+        self._limits.add(task.key, math.inf if task.stuck else task.complete_ms)
+        self.stats.tasks_created += 1
+        self.stats.submissions_per_prompt[task.submission.prompt] += 1
+        self.stats.peak_live = max(self.stats.peak_live, self.stats.live)
+        if task.submission.request_type == "callback" and not task.stuck:
+            self._callbacks.schedule(task)
+
+    def _request_origin(self, request: web.Request) -> str:
+        # Result URLs point where the client reached us, so they work across machines too.
+        host = request.headers.get("Host")
+        return f"{request.scheme}://{host}" if host else self.origin
+
+    async def _status(self, request: web.Request) -> web.Response:
+        key, early = await self._gate(request, "status")
+        if early is not None:
+            return early
+        model = request.match_info["model"]
+        if not self._known_model(model):
+            return self._answer("status", 404, {"error": "model"}, f"unknown model {model!r}")
+        task_id = request.query.get("taskId", "")
+        if not task_id:
+            msg = "invalid parameters: the query parameter taskId is required"
+            return self._answer("status", 400, {"error": "taskId"}, msg)
+        task = self.tasks.get(task_id)
+        if task is None or task.key != key or task.submission.model != model:
+            msg = f"task {task_id!r} not found for model {model!r}"
+            return self._answer("status", 404, {"error": "taskId"}, msg)
+        state = task.state_at(time.time() * 1000)
+        return self._answer("status", 200, self._status_data(task, state))
+
+    def _status_data(self, task: Task, state: str) -> dict[str, Any]:
+        urls = self.result_urls(task) if state == SUCCESS else []
+        return task.status_data(state, urls)
+
+    def _callback_body(self, task: Task) -> bytes:
+        # The timer may fire a hair before complete_ms on the wall clock: report the
+        # terminal state the task is in from that instant on.
+        state = FAILED if task.fail_code else SUCCESS
+        return envelope(200, self._status_data(task, state))
+
+    # -- result files ------------------------------------------------------------------
+
+    def _expiry_s(self, task: Task) -> float:
+        return task.complete_ms / 1000 + self.config.scaled(self.config.url_ttl_s)
+
+    def _sign(self, task_id: str, index: int, exp: int) -> str:
+        msg = f"{task_id}/{index}/{exp}".encode()
+        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()[:32]
+
+    def result_urls(self, task: Task) -> list[str]:
+        """Absolute, signed URLs of the task's images (valid until ``exp``, Unix seconds)."""
+        exp = math.ceil(self._expiry_s(task))
+        base = f"{task.origin}/files/{task.task_id}"
+        return [
+            f"{base}/{i}.png?exp={exp}&sig={self._sign(task.task_id, i, exp)}"
+            for i in range(task.n_images)
+        ]
+
+    def _file_task(self, request: web.Request) -> tuple[Task, int] | None:
+        """The task and image index a file URL names, if it is valid and not expired."""
+        task = self.tasks.get(request.match_info["task_id"])
+        index_text, dot, ext = request.match_info["name"].partition(".")
+        if task is None or ext != "png" or not dot or not index_text.isdigit():
+            return None
+        index = int(index_text)
+        exp, sig = request.query.get("exp", ""), request.query.get("sig", "")
+        if not exp.isdigit() or not hmac.compare_digest(
+            sig, self._sign(task.task_id, index, int(exp))
+        ):
+            return None
+        now_ms = time.time() * 1000
+        if task.state_at(now_ms) != SUCCESS or index >= task.n_images:
+            return None
+        if now_ms / 1000 >= self._expiry_s(task):
+            return None
+        return task, index
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        found = self._file_task(request)
+        if found is None:
+            self.stats.requests["file", 404] += 1
+            return web.Response(status=404, text="not found or expired\n")
+        task, index = found
+        return await serve_file(request, task, index, self.config, self._rng, self.stats)
+
+    # -- control -----------------------------------------------------------------------
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats.to_dict())
+
+    async def _get_config(self, request: web.Request) -> web.Response:
+        return web.json_response(self.config.to_dict())
+
+    async def _post_config(self, request: web.Request) -> web.Response:
+        try:
+            changes = orjson.loads(await request.read())
+            if not isinstance(changes, dict):
+                raise ValueError("body: expected a JSON object of SimConfig fields")
+            self.config.update(changes)
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            field = str(exc).partition(":")[0]
+            return web.json_response({"error": field, "message": str(exc)}, status=400)
+        if "seed" in changes:
+            self._rng.seed(self.config.seed)
+        return web.json_response(self.config.to_dict())
+
+    async def _get_task(self, request: web.Request) -> web.Response:
+        task = self.tasks.get(request.match_info["task_id"])
+        if task is None:
+            return web.json_response({"error": "taskId"}, status=404)
+        state = task.state_at(time.time() * 1000)
+        return web.json_response(
+            {
+                "status": self._status_data(task, state),
+                "model": task.submission.model,
+                "input": task.submission.input,
+                "n_images": task.n_images,
+                "stuck": task.stuck,
+                "sha256": task.sha256 if state == SUCCESS else [],
+            }
+        )

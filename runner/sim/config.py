@@ -1,0 +1,169 @@
+"""The simulator's knobs: one mutable dataclass, :class:`SimConfig`.
+
+Contract:
+
+* Every field has a default; the defaults mimic the documented API (10,000 requests per
+  minute, 1,000 live tasks, 2K in 25-35 s, 4K in 40-55 s, URLs valid 24 hours) with no
+  faults.
+* Durations are *simulated* seconds, multiplied by ``time_scale`` when used, except the
+  few marked REAL in their help text (``rate_period_s``, ``retry_after_s``, ``slow_s``):
+  those govern how a client paces itself against the server's own clock and are not scaled.
+* The instance is mutable and read on every request, so a change takes effect on the next
+  request. :meth:`SimConfig.update` applies a JSON-like mapping with full checking (it is
+  what ``POST /_sim/config`` calls); plain attribute assignment is for trusted test code.
+* The help text of each field lives in its metadata: the CLI and the README are derived
+  from it, so one place describes a knob.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+# How a field's value is checked and converted from JSON or the command line.
+# prob: float in [0, 1]; float/int: non-negative number; range: [low, high] pair;
+# delays: list of non-negative numbers; optint/optstr: value or null; bool.
+_KINDS = ("float", "int", "prob", "range", "delays", "optint", "optstr", "bool")
+
+
+def _knob(default: Any, kind: str, help_text: str) -> Any:
+    assert kind in _KINDS
+    return field(default=default, metadata={"kind": kind, "help": help_text})
+
+
+@dataclass
+class SimConfig:
+    """Every knob of the simulator. Mutable: changes apply from the next request."""
+
+    time_scale: float = _knob(
+        1.0, "float", "multiplier applied to every simulated duration (0.01 = 100x faster)"
+    )
+    api_key: str | None = _knob(
+        None, "optstr", "the only Bearer token accepted; unset: any non-empty token"
+    )
+    rate: int = _knob(10000, "int", "requests allowed per key in any window of rate_period_s")
+    rate_period_s: float = _knob(
+        60.0, "float", "REAL seconds of the sliding request window (not scaled)"
+    )
+    concurrency: int = _knob(1000, "int", "live (pending or processing) tasks allowed per key")
+    pending_s: tuple[float, float] = _knob(
+        (1.0, 3.0), "range", "time a task spends pending before processing (low high)"
+    )
+    gen_2k_s: tuple[float, float] = _knob(
+        (25.0, 35.0), "range", "generation time at 2K and for the other models (low high)"
+    )
+    gen_4k_s: tuple[float, float] = _knob((40.0, 55.0), "range", "generation time at 4K")
+    url_ttl_s: float = _knob(
+        86400.0, "float", "result URLs stop working this long after completion"
+    )
+    image_bytes: int = _knob(16384, "int", "size of each generated PNG in bytes (at least ~1 KB)")
+    retry_after_s: float = _knob(
+        1.0, "float", "REAL seconds sent in Retry-After on every 429 (may be fractional)"
+    )
+    send_retry_after: bool = _knob(True, "bool", "send the Retry-After header on 429")
+    p_429: float = _knob(0.0, "prob", "probability an API request gets a spurious 429")
+    p_5xx: float = _knob(0.0, "prob", "probability an API request gets a 500/502/503/504")
+    p_reset: float = _knob(
+        0.0, "prob", "probability an API request's connection is reset before anything happens"
+    )
+    p_reset_after: float = _knob(
+        0.0, "prob", "probability a submission creates its task, then resets the connection"
+    )
+    p_slow: float = _knob(0.0, "prob", "probability an API request waits slow_s before answering")
+    slow_s: float = _knob(5.0, "float", "REAL seconds of delay of a slow answer (not scaled)")
+    p_truncate: float = _knob(
+        0.0, "prob", "probability a download closes after about half of its body"
+    )
+    p_corrupt: float = _knob(
+        0.0, "prob", "probability a download serves wrong bytes of the right length"
+    )
+    p_fail: float = _knob(
+        0.0, "prob", "probability a task fails with a retryable failCode (processing class)"
+    )
+    p_stuck: float = _knob(0.0, "prob", "probability a task stays processing forever")
+    credits: int | None = _knob(
+        None, "optint", "remaining balance in images; unset: unlimited (403 when exhausted)"
+    )
+    callback_timeout_s: float = _knob(
+        30.0, "float", "a webhook receiver must answer 200 within this time"
+    )
+    callback_retry_delays_s: tuple[float, ...] = _knob(
+        (30.0, 60.0, 120.0), "delays", "delays before each webhook retry (one per retry)"
+    )
+    p_cb_duplicate: float = _knob(0.0, "prob", "probability a webhook is delivered twice")
+    p_cb_drop: float = _knob(0.0, "prob", "probability a webhook is never even attempted")
+    seed: int | None = _knob(None, "optint", "seed of the random draws, for reproducible runs")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, _check(f.name, f.metadata["kind"], getattr(self, f.name)))
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        """Apply ``changes`` (field name -> JSON-like value) all or nothing.
+
+        Raises ``ValueError`` naming the field for an unknown name or a bad value; on error
+        nothing is changed.
+        """
+        kinds = {f.name: f.metadata["kind"] for f in fields(self)}
+        checked: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name not in kinds:
+                raise ValueError(f"{name}: unknown SimConfig field; known: {', '.join(kinds)}")
+            checked[name] = _check(name, kinds[name], value)
+        for name, value in checked.items():
+            setattr(self, name, value)
+
+    def scaled(self, seconds: float) -> float:
+        """Real seconds for ``seconds`` of simulated time."""
+        return seconds * self.time_scale
+
+    def to_dict(self) -> dict[str, Any]:
+        """The knobs as JSON-ready values (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name}: must not be negative, got {value!r}")
+    return float(value)
+
+
+def _check(name: str, kind: str, value: Any) -> Any:
+    """Return ``value`` converted to the field's type, or raise ``ValueError``."""
+    if kind == "float":
+        return _number(name, value)
+    if kind == "prob":
+        p = _number(name, value)
+        if p > 1:
+            raise ValueError(f"{name}: a probability is between 0 and 1, got {value!r}")
+        return p
+    if kind == "int" or (kind == "optint" and value is not None):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        if value < 0 and name != "seed":
+            raise ValueError(f"{name}: must not be negative, got {value!r}")
+        return value
+    if kind == "optint":
+        return None
+    if kind == "optstr":
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError(f"{name}: expected a non-empty string or null, got {value!r}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{name}: expected a list of numbers, got {value!r}")
+    numbers = tuple(_number(name, v) for v in value)
+    if kind == "range" and (len(numbers) != 2 or numbers[0] > numbers[1]):
+        raise ValueError(f"{name}: expected [low, high] with low <= high, got {value!r}")
+    return numbers

@@ -1,0 +1,97 @@
+"""Serving one result image: ranges, and the download faults.
+
+Contract of :func:`serve_file` (the URL is already checked by the caller):
+
+* ``200`` with the whole PNG, ``Content-Type: image/png``, ``Content-Length`` and
+  ``Accept-Ranges: bytes``; ``HEAD`` gives the same headers without a body.
+* A single ``Range: bytes=N-``, ``bytes=N-M`` or ``bytes=-N`` answers ``206`` with
+  ``Content-Range``; a range starting past the end answers ``416``. Several ranges or a
+  malformed header are ignored (whole file), as RFC 9110 allows.
+* ``p_truncate``: the headers announce the full length, about half the body is sent, then
+  the connection is closed. ``p_corrupt``: the PNG signature is kept and every later byte
+  replaced, same length, so only a client that checks the content notices.
+"""
+
+from __future__ import annotations
+
+import random
+
+from aiohttp import web
+
+from runner.sim.config import SimConfig
+from runner.sim.images import render_png
+from runner.sim.stats import SimStats
+from runner.sim.tasks import Task
+
+_SIGNATURE_LEN = 8
+
+
+def parse_range(header: str | None, total: int) -> tuple[int, int] | str | None:
+    """``(start, end_inclusive)``, ``None`` for the whole file, or ``"unsatisfiable"``."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, dash, last = header[6:].strip().partition("-")
+    if not dash:
+        return None
+    if not first:  # suffix range: the last N bytes
+        if not last.isdigit() or int(last) == 0:
+            return None
+        return max(0, total - int(last)), total - 1
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    start = int(first)
+    end = min(int(last), total - 1) if last else total - 1
+    if start >= total:
+        return "unsatisfiable"
+    if end < start:
+        return None
+    return start, end
+
+
+def _corrupt(data: bytes, rng: random.Random) -> bytes:
+    return data[:_SIGNATURE_LEN] + rng.randbytes(len(data) - _SIGNATURE_LEN)
+
+
+async def serve_file(
+    request: web.Request,
+    task: Task,
+    index: int,
+    config: SimConfig,
+    rng: random.Random,
+    stats: SimStats,
+) -> web.StreamResponse:
+    """Answer a GET or HEAD for image ``index`` of ``task``; see the module docstring."""
+    data = render_png(task.task_id, index, task.image_bytes)
+    total = len(data)
+    headers = {"Content-Type": "image/png", "Accept-Ranges": "bytes"}
+    wanted = parse_range(request.headers.get("Range"), total)
+    if wanted == "unsatisfiable":
+        stats.requests["file", 416] += 1
+        headers["Content-Range"] = f"bytes */{total}"
+        return web.Response(status=416, headers=headers)
+    status = 200
+    if isinstance(wanted, tuple):
+        start, end = wanted
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{total}"
+    else:
+        start, end = 0, total - 1
+    stats.requests["file", status] += 1
+    if request.method == "HEAD":  # aiohttp sends the headers of this body, not the body
+        return web.Response(status=status, body=data[start : end + 1], headers=headers)
+    if config.p_corrupt and rng.random() < config.p_corrupt:
+        stats.faults["corrupt"] += 1
+        data = _corrupt(data, rng)
+    body = data[start : end + 1]
+    if config.p_truncate and rng.random() < config.p_truncate:
+        stats.faults["truncate"] += 1
+        headers["Content-Length"] = str(len(body))
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        if request.transport is not None:
+            request.transport.close()  # flushes what was written, then closes: a short body
+        return response
+    stats.images_served += 1
+    stats.bytes_served += len(body)
+    return web.Response(status=status, body=body, headers=headers)

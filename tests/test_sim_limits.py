@@ -1,0 +1,290 @@
+"""Rate window, live-task limit, injected faults, the mutable config and the control
+endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from simfixtures import (
+    AUTH,
+    MODEL,
+    body,
+    fast_config,
+    get_status,
+    post,
+    submit,
+    until,
+    wait_terminal,
+)
+
+from runner.sim import SimConfig, SimServer
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimServer]:
+    async with SimServer(fast_config()) as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+        yield session
+
+
+async def test_requests_over_the_window_answer_429_with_retry_after(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with SimServer(fast_config(rate=3)) as sim:
+        task_id = await submit(http, sim, body())
+        assert (await get_status(http, sim, task_id))[0] == 200
+        assert (await get_status(http, sim, task_id))[0] == 200
+        async with http.post(f"{sim.base_url}/generateTask/{MODEL}", json=body()) as r:
+            assert r.status == 429
+            assert r.headers["Retry-After"] == "1"
+            envelope = await r.json()
+        assert envelope["code"] == 429 and envelope["data"]["error"] == "rate_limit"
+        status, _ = await get_status(http, sim, task_id)
+        assert status == 429  # both endpoints share the window
+        assert sim.stats.count(status=429) == 2
+        assert sim.stats.tasks_created == 1
+
+
+async def test_window_slides_and_rejected_requests_count(http: aiohttp.ClientSession) -> None:
+    async with SimServer(fast_config(rate=1, rate_period_s=1.0)) as sim:
+        assert (await post(http, sim, body()))[0] == 200  # t = 0
+        await asyncio.sleep(0.5)
+        assert (await post(http, sim, body()))[0] == 429  # t = 0.5, recorded too
+        await asyncio.sleep(0.7)
+        # t = 1.2: the first request left the window, the rejected one (t = 0.5) has not.
+        assert (await post(http, sim, body()))[0] == 429
+        await asyncio.sleep(1.1)
+        assert (await post(http, sim, body()))[0] == 200
+
+
+async def test_window_is_per_key(http: aiohttp.ClientSession) -> None:
+    async with SimServer(fast_config(rate=1)) as sim:
+        assert (await post(http, sim, body()))[0] == 200
+        assert (await post(http, sim, body()))[0] == 429
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer other"}) as other:
+            assert (await post(other, sim, body()))[0] == 200
+
+
+async def test_unauthenticated_downloads_and_control_requests_do_not_count(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with SimServer(fast_config(rate=2)) as sim:
+        async with aiohttp.ClientSession() as anon:
+            for _ in range(3):
+                assert (await post(anon, sim, body()))[0] == 401
+        task_id = await submit(http, sim, body())  # request 1 of 2
+        record = sim.tasks[task_id]
+        await until(lambda: time.time() * 1000 >= record.complete_ms)
+        url = sim.result_urls(record)[0]
+        for _ in range(5):
+            async with http.get(url) as r:
+                assert r.status == 200
+            async with http.get(f"{sim.origin}/_sim/stats") as r:
+                assert r.status == 200
+        assert (await get_status(http, sim, task_id))[0] == 200  # request 2 of 2
+        assert (await get_status(http, sim, task_id))[0] == 429
+
+
+@pytest.mark.parametrize(("value", "header"), [(0.5, "0.5"), (2.0, "2"), (0.25, "0.25")])
+async def test_retry_after_sends_the_configured_value(
+    http: aiohttp.ClientSession, value: float, header: str
+) -> None:
+    async with (
+        SimServer(fast_config(rate=0, retry_after_s=value)) as sim,
+        http.post(f"{sim.base_url}/generateTask/{MODEL}", json=body()) as r,
+    ):
+        assert r.status == 429
+        assert r.headers["Retry-After"] == header
+
+
+async def test_retry_after_can_be_omitted(http: aiohttp.ClientSession) -> None:
+    async with (
+        SimServer(fast_config(rate=0, send_retry_after=False)) as sim,
+        http.post(f"{sim.base_url}/generateTask/{MODEL}", json=body()) as r,
+    ):
+        assert r.status == 429
+        assert "Retry-After" not in r.headers
+
+
+async def test_live_task_limit_answers_429_until_a_slot_frees(http: aiohttp.ClientSession) -> None:
+    async with SimServer(fast_config(concurrency=2, gen_2k_s=(60, 60))) as sim:
+        first = await submit(http, sim, body())
+        second = await submit(http, sim, body())
+        status, envelope = await post(http, sim, body())
+        assert status == 429
+        assert envelope["data"]["error"] == "concurrency_limit"
+        assert sim.stats.live == 2 and sim.stats.peak_live == 2
+        await wait_terminal(http, sim, first)
+        await wait_terminal(http, sim, second)
+        assert sim.stats.live == 0
+        assert (await post(http, sim, body()))[0] == 200
+        assert sim.stats.tasks_created == 3
+        assert sim.stats.peak_live == 2
+
+
+async def test_live_limit_is_per_key(http: aiohttp.ClientSession) -> None:
+    async with SimServer(fast_config(concurrency=1, gen_2k_s=(1e6, 1e6))) as sim:
+        await submit(http, sim, body())
+        assert (await post(http, sim, body()))[0] == 429
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer other"}) as other:
+            assert (await post(other, sim, body()))[0] == 200
+        assert sim.stats.peak_live == 2
+
+
+async def test_stuck_tasks_hold_their_slot_forever(http: aiohttp.ClientSession) -> None:
+    async with SimServer(fast_config(concurrency=1, p_stuck=1.0)) as sim:
+        task_id = await submit(http, sim, body())
+        await until(lambda: sim.tasks[task_id].complete_ms < time.time() * 1000)
+        assert (await post(http, sim, body()))[0] == 429
+        assert sim.stats.live == 1
+
+
+async def test_p_429_injects_429_before_any_side_effect(
+    sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    sim.config.p_429 = 1.0
+    async with http.post(f"{sim.base_url}/generateTask/{MODEL}", json=body()) as r:
+        assert r.status == 429
+        assert "Retry-After" in r.headers
+    assert sim.stats.tasks_created == 0
+    assert sim.stats.faults["429"] == 1
+
+
+async def test_p_5xx_injects_server_errors_in_the_envelope(
+    sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    sim.config.p_5xx = 1.0
+    seen = set()
+    for _ in range(20):
+        status, envelope = await post(http, sim, body())
+        assert envelope["code"] == status
+        seen.add(status)
+    assert seen <= {500, 502, 503, 504} and len(seen) > 1
+    assert sim.stats.tasks_created == 0
+    assert sim.stats.faults["5xx"] == 20
+
+
+async def test_p_reset_drops_the_connection_and_creates_nothing(
+    sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    sim.config.p_reset = 1.0
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await post(http, sim, body())
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await get_status(http, sim, "task_x")
+    assert sim.stats.tasks_created == 0
+    assert sim.stats.count("generate", 0) == 1
+    assert sim.stats.count("status", 0) >= 1  # aiohttp retries an idempotent GET once
+    sim.config.p_reset = 0.0
+    assert (await post(http, sim, body()))[0] == 200  # the next request is answered
+
+
+async def test_p_reset_after_creates_the_task_but_loses_the_answer(
+    sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    sim.config.p_reset_after = 1.0
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await post(http, sim, body(prompt="lost answer"))
+    assert sim.stats.tasks_created == 1
+    assert sim.stats.submissions_per_prompt["lost answer"] == 1
+    assert sim.stats.count("generate", 0) == 1
+    assert sim.stats.faults["reset_after"] == 1
+
+
+async def test_p_slow_delays_the_answer_past_a_client_timeout(
+    sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    sim.config.p_slow, sim.config.slow_s = 1.0, 0.3
+    timeout = aiohttp.ClientTimeout(total=0.05)
+    url = f"{sim.base_url}/generateTask/{MODEL}"
+    with pytest.raises(asyncio.TimeoutError):
+        async with http.post(url, json=body(), timeout=timeout) as r:
+            await r.read()
+    assert (await post(http, sim, body()))[0] == 200  # a patient client gets its answer
+    assert sim.stats.faults["slow"] == 2
+
+
+async def test_config_changes_take_effect_on_the_next_request(
+    sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    sim.config.p_5xx = 1.0
+    assert (await post(http, sim, body()))[0] >= 500
+    sim.config.p_5xx = 0.0
+    assert (await post(http, sim, body()))[0] == 200
+
+
+async def test_control_endpoints_report_stats_and_change_config(
+    sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    await submit(http, sim, body(prompt="one"))
+    async with http.get(f"{sim.origin}/_sim/stats") as r:
+        stats = await r.json()
+    assert stats["requests"] == {"generate": {"200": 1}}
+    assert stats["tasks_created"] == 1 and stats["submissions_per_prompt"] == {"one": 1}
+    async with http.post(f"{sim.origin}/_sim/config", json={"p_5xx": 1.0, "gen_2k_s": [1, 2]}) as r:
+        assert r.status == 200
+        assert (await r.json())["p_5xx"] == 1.0
+    assert sim.config.p_5xx == 1.0 and sim.config.gen_2k_s == (1.0, 2.0)
+    assert (await post(http, sim, body()))[0] >= 500
+    for bad, field in (({"p_9xx": 1}, "p_9xx"), ({"p_429": 2}, "p_429"), ([1], "body")):
+        async with http.post(f"{sim.origin}/_sim/config", json=bad) as r:
+            assert r.status == 400
+            assert (await r.json())["error"] == field
+    async with http.get(f"{sim.origin}/_sim/config") as r:
+        assert (await r.json())["p_429"] == 0.0  # the rejected change left nothing behind
+    assert sim.stats.count() == 2  # control requests are not counted
+
+
+async def test_control_task_endpoint_shows_the_record(
+    sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    task_id = await submit(http, sim, body(max_images=2))
+    await wait_terminal(http, sim, task_id)
+    async with http.get(f"{sim.origin}/_sim/tasks/{task_id}") as r:
+        record = await r.json()
+    assert record["sha256"] == sim.tasks[task_id].sha256
+    assert record["status"]["state"] == "success"
+    async with http.get(f"{sim.origin}/_sim/tasks/task_nope") as r:
+        assert r.status == 404
+
+
+def test_config_rejects_bad_values_naming_the_field() -> None:
+    cfg = SimConfig()
+    for changes in (
+        {"p_5xx": 1.5},
+        {"rate": 1.5},
+        {"rate": True},
+        {"pending_s": [3, 1]},
+        {"gen_4k_s": [1]},
+        {"time_scale": -1},
+        {"api_key": ""},
+        {"send_retry_after": 1},
+        {"callback_retry_delays_s": "30"},
+    ):
+        with pytest.raises(ValueError, match=next(iter(changes))):
+            cfg.update(changes)
+    assert cfg == SimConfig()
+    with pytest.raises(ValueError, match="p_reset"):
+        SimConfig(p_reset=-0.1)
+
+
+async def test_stats_count_filters_by_endpoint_and_status(
+    sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    task_id = await submit(http, sim, body())
+    await get_status(http, sim, task_id)
+    await get_status(http, sim, "task_missing")
+    assert sim.stats.count() == 3
+    assert sim.stats.count("status") == 2
+    assert sim.stats.count(status=404) == 1
+    assert sim.stats.count("generate", 200) == 1
+    assert sim.stats.to_dict()["requests"]["status"] == {"200": 1, "404": 1}
