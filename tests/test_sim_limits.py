@@ -235,8 +235,13 @@ async def test_control_endpoints_report_stats_and_change_config(
         assert (await r.json())["p_5xx"] == 1.0
     assert sim.config.p_5xx == 1.0 and sim.config.gen_2k_s == (1.0, 2.0)
     assert (await post(http, sim, body()))[0] >= 500
-    for bad, field in (({"p_9xx": 1}, "p_9xx"), ({"p_429": 2}, "p_429"), ([1], "body")):
-        async with http.post(f"{sim.origin}/_sim/config", json=bad) as r:
+    for raw, field in (
+        (b'{"p_9xx": 1}', "p_9xx"),
+        (b'{"p_429": 2}', "p_429"),
+        (b"[1]", "body"),
+        (b"{", "body"),
+    ):
+        async with http.post(f"{sim.origin}/_sim/config", data=raw) as r:
             assert r.status == 400
             assert (await r.json())["error"] == field
     async with http.get(f"{sim.origin}/_sim/config") as r:

@@ -33,11 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,  # unset options keep SimConfig's defaults
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks one")
+    parser.add_argument(
+        "--port", type=int, default=8000, help="port to bind; 0 picks a free one (8000)"
+    )
     defaults = SimConfig()
     for f in fields(SimConfig):
         kind, default = f.metadata["kind"], getattr(defaults, f.name)
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = "unset" if shown is None else shown
         help_text = f"{f.metadata['help']} (default: {shown})"
         kwargs: dict[str, Any] = {"dest": f.name, "help": help_text}
         if kind == "bool":
@@ -47,11 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         elif kind == "delays":
             kwargs.update(type=float, nargs="*", metavar="S")
         elif kind in ("int", "optint"):
-            kwargs["type"] = int
+            kwargs.update(type=int, metavar="N")
         elif kind == "optstr":
-            kwargs["type"] = str
+            kwargs.update(type=str, metavar="KEY")
         else:
-            kwargs["type"] = float
+            unit = "P" if kind == "prob" else "S" if f.name.endswith("_s") else "X"
+            kwargs.update(type=float, metavar=unit)
         parser.add_argument(option_name(f.name), **kwargs)
     return parser
 

@@ -393,10 +393,14 @@ class SimServer:
     async def _post_config(self, request: web.Request) -> web.Response:
         try:
             changes = orjson.loads(await request.read())
-            if not isinstance(changes, dict):
-                raise ValueError("body: expected a JSON object of SimConfig fields")
+        except orjson.JSONDecodeError:
+            changes = None
+        if not isinstance(changes, dict):
+            message = "body: expected a JSON object of SimConfig fields"
+            return web.json_response({"error": "body", "message": message}, status=400)
+        try:
             self.config.update(changes)
-        except (ValueError, orjson.JSONDecodeError) as exc:
+        except ValueError as exc:
             field = str(exc).partition(":")[0]
             return web.json_response({"error": field, "message": str(exc)}, status=400)
         if "seed" in changes:

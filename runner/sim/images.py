@@ -32,13 +32,9 @@ def _picture(digest: bytes) -> bytes:
     """Raw scanlines of a two-colour diagonal stripe pattern chosen by ``digest``."""
     c1, c2 = digest[0:3], digest[3:6]
     period = 4 + digest[6] % 13
-    rows = []
-    for y in range(_SIDE):
-        row = bytearray(b"\x00")  # filter type None
-        for x in range(_SIDE):
-            row += c1 if ((x + y) // period) % 2 == 0 else c2
-        rows.append(bytes(row))
-    return b"".join(rows)
+    # Pixel (x, y) takes colour ((x + y) // period) % 2: row y is a window of one long line.
+    line = b"".join(c1 if (i // period) % 2 == 0 else c2 for i in range(2 * _SIDE))
+    return b"".join(b"\x00" + line[3 * y : 3 * (y + _SIDE)] for y in range(_SIDE))
 
 
 @functools.lru_cache(maxsize=256)
