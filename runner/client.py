@@ -391,6 +391,9 @@ class ApiClient:
                     raise PermanentApiError(
                         f"result URL answered {resp.status} (expired?)", resp.status, "URL_EXPIRED"
                     )
+                if resp.status == 416 and offset:
+                    # The partial file is already whole (or longer): start over.
+                    raise TransientApiError("range not satisfiable", 416, "RANGE")
                 if resp.status == 429 or resp.status >= 500:
                     raise TransientApiError(
                         f"result URL answered {resp.status}",

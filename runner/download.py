@@ -103,6 +103,8 @@ async def fetch_image(
             size, digest = await _download_once(client, url, part, max_bytes)
             break
         except TransientApiError as exc:
+            if exc.code == "RANGE":
+                part.unlink(missing_ok=True)
             if attempt == attempts:
                 raise
             await asyncio.sleep(exc.retry_after or backoff_s * 2 ** (attempt - 1))

@@ -31,7 +31,6 @@ from typing import Any
 from .client import ApiClient, FailClass, TaskState, TaskStatus, classify_fail_code
 from .download import fetch_image
 from .errors import (
-    ApiError,
     FatalApiError,
     PermanentApiError,
     TransientApiError,
@@ -91,6 +90,8 @@ class Engine:
         self._images = _Reservations()
         self._timed_out = 0
         self._client: ApiClient | None = None
+        self._key_proven = False
+        self._probe = asyncio.Lock()
         self._poller: Poller | None = None
 
     # -- public --------------------------------------------------------------------------
@@ -123,6 +124,13 @@ class Engine:
                 self._client = client
                 await self._run_jobs(client)
             code = self._exit_code()
+            if self.counters.remaining:
+                log.warning(
+                    "%d jobs remain (%s); run the same command again to continue",
+                    self.counters.remaining,
+                    self.stop_reason
+                    or ("budget reached" if self.counters.budget_stopped else "tasks timed out"),
+                )
             self.counters.wall_time_s = time.monotonic() - started
             write_results(self.campaign, self.ledger.index)
             write_summary(self.campaign, self.ledger.index, self.counters, client.stats, code)
@@ -283,6 +291,8 @@ class Engine:
                 return
             if not await self.slots.acquire():
                 self._pipeline.release()
+                if action == "submit":
+                    self._reserve(job.max_images, -1)
                 return
             if action == "poll":
                 rec = self.ledger.index[job.id]
@@ -361,11 +371,17 @@ class Engine:
             if self._stopping.is_set():
                 return False
             if not self._images.reserved:
+                # Nothing in flight could free room: admit no more, but let the work
+                # already paid for (downloads) finish.
                 self.counters.budget_stopped = True
-                self.request_stop("budget reached")
+                log.warning(
+                    "budget reached: %d images spent or reserved; submitting no more",
+                    self._images.spent,
+                )
                 return False
             self._images.changed.clear()
             await self._images.changed.wait()
+        self._reserve(job.max_images, +1)
         return True
 
     def _reserve(self, images: int, delta: int) -> None:
@@ -388,6 +404,8 @@ class Engine:
     async def _task_job(self, job: Job, task_id: str | None = None, ago: float = 0.0) -> None:
         """Holding a slot: submit (or resume ``task_id``), poll to the end, resubmit while
         retryable failures allow; release the slot; then download."""
+        # The job's images were reserved against the budget when it was admitted (or,
+        # resumed, when the ledger was read); the reservation ends with this coroutine.
         try:
             while True:
                 if task_id is None:
@@ -403,16 +421,27 @@ class Engine:
                 task_id = None
         finally:
             self.slots.release()
+            self._reserve(job.max_images, -1)
         await self._download_job(job)
 
     async def _submit(self, job: Job) -> str | None:
+        """Submit, one at a time until the API has accepted the key once: a bad key or
+        an empty balance then costs one refused request, not a thousand."""
+        if self._key_proven:
+            return await self._submit_recorded(job)
+        async with self._probe:
+            task_id = await self._submit_recorded(job)
+            if task_id is not None:
+                self._key_proven = True
+            return task_id
+
+    async def _submit_recorded(self, job: Job) -> str | None:
         """One submission, recorded before and after. None: nothing was created."""
         while True:
             if self._stopping.is_set():
                 return None
             assert self._client is not None
             self.ledger.append("submit", job.id, fp=job.fingerprint, imgs=job.max_images)
-            self._reserve(job.max_images, +1)
             self._on_wire += 1
             self.counters.submitted += 1
             try:
@@ -420,14 +449,13 @@ class Engine:
             except UncertainSubmitError as exc:
                 self.ledger.append("uncertain", job.id, why=str(exc))
                 self.counters.uncertain += 1
-                self._reserve(job.max_images, -1)
                 rec = self.ledger.index[job.id]
                 if rec.uncertain >= self.campaign.retry.attempts:
                     self._fail(job, "UNCERTAIN", "submissions kept losing their answer", True)
                     return None
                 continue
             except PermanentApiError as exc:
-                self._reserve(job.max_images, -1)
+                self._key_proven = True  # the key passed; this job's content did not
                 if exc.code == "BAD_ANSWER":
                     # Answered 200 but unreadably: a task may exist. Never pay again blindly.
                     self.ledger.append("uncertain", job.id, why=str(exc))
@@ -438,7 +466,6 @@ class Engine:
                     self._fail(job, exc.code or f"HTTP_{exc.status}", str(exc), retryable=False)
                 return None
             except (TransientApiError, FatalApiError) as exc:
-                self._reserve(job.max_images, -1)
                 self.ledger.append("unsent", job.id, status=exc.status)
                 if isinstance(exc, FatalApiError):
                     raise
@@ -465,13 +492,9 @@ class Engine:
         except asyncio.CancelledError:
             self._poller.forget(task_id)
             raise
-        except ApiError:
-            self._reserve(job.max_images, -1)
-            raise
 
     def _settle(self, job: Job, status: TaskStatus) -> bool:
         """Record a terminal status. True: go on (download, or resubmit a failure)."""
-        self._reserve(job.max_images, -1)
         if status.state is TaskState.SUCCESS:
             self.ledger.append(
                 "result",

@@ -1,0 +1,38 @@
+"""Shared fixtures: a simulator on loopback, and a manifest writer (helpers in runs.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from runs import FAST_POLLING, TIME_SCALE
+
+from runner.sim import SimConfig, SimServer
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimServer]:
+    config = SimConfig(time_scale=TIME_SCALE, retry_after_s=0.05, seed=7)
+    async with SimServer(config, host="127.0.0.1", port=0) as server:
+        yield server
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Callable[..., Path]:
+    """Write a campaign manifest into tmp_path and return its path."""
+
+    def write(jobs: list[dict[str, Any]], name: str = "campaign", **settings: Any) -> Path:
+        doc: dict[str, Any] = {"name": name, "polling": dict(FAST_POLLING), "jobs": jobs}
+        for key, value in settings.items():
+            if isinstance(value, dict) and isinstance(doc.get(key), dict):
+                doc[key].update(value)
+            else:
+                doc[key] = value
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    return write

@@ -1,0 +1,153 @@
+"""Stop it any way you like, run it again: nothing lost, nothing partial, nothing paid twice.
+
+The runner runs as a real subprocess here (so it can be SIGKILLed and signalled) against the
+simulator in the test's own event loop; kill moments are chosen from the simulator's
+counters, not from sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from runs import assert_images_match_server, out_dir, prompts, run_cli, start_cli
+
+from runner.ledger import Phase, read_index
+from runner.sim import SimServer
+
+JOBS = 30
+
+
+def _campaign(manifest: Callable[..., Path]) -> Path:
+    jobs = [*prompts(JOBS - 2), {"prompt": "a triptych", "max_images": 3}]
+    jobs.append({"prompt": "a big one", "resolution": "4K"})
+    return manifest(jobs, limits={"concurrency": 8})
+
+
+async def _until(condition: Callable[[], bool], proc: asyncio.subprocess.Process) -> None:
+    """Wait until the condition holds (checking the simulator's counters)."""
+    for _ in range(4000):
+        if condition() or proc.returncode is not None:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition never held")
+
+
+def _assert_complete(path: Path, sim: SimServer) -> dict[str, object]:
+    out = out_dir(path)
+    results = [orjson.loads(x) for x in (out / "results.jsonl").read_bytes().splitlines()]
+    assert len(results) == JOBS and {r["state"] for r in results} == {"done"}
+    assert assert_images_match_server(out, sim) == JOBS + 2  # no partial or wrong file
+    assert not any(p.suffix == ".part" for p in (out / "images").rglob("*"))
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert isinstance(summary, dict)
+    extra = sum(sim.stats.submissions_per_prompt.values()) - JOBS
+    assert extra == summary["uncertain_submissions"]["all_runs"], "every duplicate is reported"
+    return summary
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["at_start", "after_first_submissions", "mid_run", "during_downloads"],
+)
+async def test_sigkill_at_any_moment_then_resume_loses_nothing(sim, manifest, moment):
+    path = _campaign(manifest)
+    triggers = {
+        "at_start": lambda: sum(sim.stats.requests.values()) >= 1,
+        "after_first_submissions": lambda: sim.stats.tasks_created >= 3,
+        "mid_run": lambda: sim.stats.tasks_created >= JOBS // 2,
+        "during_downloads": lambda: sim.stats.images_served >= 5,
+    }
+    proc = await start_cli(path, sim.base_url)
+    await _until(triggers[moment], proc)
+    if proc.returncode is None:
+        proc.kill()
+    await proc.wait()
+    in_flight_at_kill = 8  # the concurrency limit bounds what can be lost in flight
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    summary = _assert_complete(path, sim)
+    assert summary["uncertain_submissions"]["all_runs"] <= in_flight_at_kill
+
+
+async def test_repeated_sigkills_then_resume_pay_each_job_at_most_once_more(sim, manifest):
+    path = _campaign(manifest)
+    for round_ in range(4):
+        proc = await start_cli(path, sim.base_url)
+        target = (round_ + 1) * 5
+        await _until(lambda t=target: sim.stats.tasks_created >= t, proc)
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    _assert_complete(path, sim)
+
+
+async def test_sigterm_exits_4_with_zero_uncertain_then_resume_submits_nothing_twice(sim, manifest):
+    path = _campaign(manifest)
+    proc = await start_cli(path, sim.base_url)
+    await _until(lambda: sim.stats.tasks_created >= 10, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = await proc.communicate()
+    assert proc.returncode == 4, err.decode()
+    out = out_dir(path)
+    index, _ = read_index(out)
+    assert not [r for r in index.values() if r.phase is Phase.SUBMITTING]
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert summary["uncertain_submissions"]["this_run"] == 0
+    assert summary["exit_code"] == 4
+    code, err2 = await run_cli(path, sim.base_url)
+    assert code == 0, err2
+    assert set(sim.stats.submissions_per_prompt.values()) == {1}
+    _assert_complete(path, sim)
+
+
+async def test_second_signal_stops_at_once(sim, manifest):
+    sim.config.p_slow, sim.config.slow_s = 1.0, 30.0  # every answer hangs
+    path = _campaign(manifest)
+    proc = await start_cli(path, sim.base_url)
+    await _until(lambda: sim.stats.faults["slow"] >= 1, proc)  # a submission hangs
+    proc.send_signal(signal.SIGINT)  # graceful: would wait for that answer
+    await asyncio.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # at once
+    await asyncio.wait_for(proc.wait(), 10)
+    assert proc.returncode == 4
+
+
+async def test_deadline_stops_submitting_exits_4_and_the_next_run_finishes(sim, manifest):
+    path = _campaign(manifest)
+    code, err = await run_cli(path, sim.base_url, "--deadline", "0.5")
+    assert code == 4, err
+    assert sim.stats.tasks_created < JOBS
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    assert set(sim.stats.submissions_per_prompt.values()) == {1}
+
+
+async def test_torn_last_ledger_line_is_tolerated(sim, manifest):
+    path = _campaign(manifest)
+    proc = await start_cli(path, sim.base_url)
+    await _until(lambda: sim.stats.tasks_created >= 10, proc)
+    proc.kill()
+    await proc.wait()
+    ledger = out_dir(path) / "ledger.jsonl"
+    with ledger.open("ab") as f:
+        f.write(b'{"e":"task","job":"j0000')  # a kill in the middle of a write
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    _assert_complete(path, sim)
+    assert all(line.endswith(b"}") for line in ledger.read_bytes().splitlines())
+
+
+async def test_demo_manifest_runs_on_the_embedded_simulator(tmp_path):
+    demo = Path(__file__).parent.parent / "manifests" / "demo.yaml"
+    shutil.copy(demo, tmp_path / "demo.yaml")
+    code, err = await run_cli(tmp_path / "demo.yaml", "embedded", key="")
+    assert code == 0, err
+    images = list((tmp_path / "out" / "demo" / "images").rglob("*.png"))
+    assert len(images) >= 20
