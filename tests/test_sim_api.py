@@ -212,6 +212,12 @@ async def test_non_json_body_answers_400_body(sim: SimServer, http: aiohttp.Clie
             assert (await r.json())["data"]["error"] == "body"
 
 
+async def test_oversized_body_answers_400_body(sim: SimServer, http: aiohttp.ClientSession) -> None:
+    status, envelope = await post(http, sim, body(prompt="x" * 2_000_000))
+    assert status == 400
+    assert envelope["data"]["error"] == "body"
+
+
 @pytest.mark.parametrize(
     "headers",
     [{}, {"Authorization": "Bearer "}, {"Authorization": "Basic abc"}, {"Authorization": "abc"}],

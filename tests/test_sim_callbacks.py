@@ -99,8 +99,8 @@ def test_default_first_retry_is_about_30_simulated_seconds() -> None:
 async def test_a_receiver_slower_than_the_timeout_gets_a_retry(
     http: aiohttp.ClientSession,
 ) -> None:
-    cfg = config(callback_timeout_s=50.0)  # 50 ms at scale 0.001
-    async with Receiver(script=[-0.5]) as hook, SimServer(cfg) as sim:
+    cfg = config(callback_timeout_s=200.0)  # 200 ms at scale 0.001
+    async with Receiver(script=[-1.0]) as hook, SimServer(cfg) as sim:
         await submit(http, sim, callback_body(hook.url))
         await until(lambda: sim.stats.callbacks_delivered == 1)
     assert len(hook.received) == 2

@@ -199,7 +199,7 @@ async def test_tampered_or_unknown_urls_answer_404(
 async def test_url_of_an_unfinished_task_answers_404(http: aiohttp.ClientSession) -> None:
     async with SimServer(fast_config(gen_2k_s=(1e6, 1e6))) as sim:
         task_id = await submit(http, sim, body())
-        url = sim.result_urls(sim.tasks[task_id])[0]  # signed, but the task is processing
+        url = sim.tasks[task_id].result_urls[0]  # signed, but the task is processing
         async with http.get(url) as r:
             assert r.status == 404
 

@@ -57,8 +57,8 @@ async def test_task_processes_after_pending_without_terminal_fields(
 
 
 async def test_states_are_seen_in_order_and_end_in_success(http: aiohttp.ClientSession) -> None:
-    # Long enough phases (100 ms each) that a tight poll loop sees every state.
-    cfg = fast_config(pending_s=(100, 100), gen_2k_s=(100, 100))
+    # Long enough phases (250 ms each) that a tight poll loop sees every state.
+    cfg = fast_config(pending_s=(250, 250), gen_2k_s=(250, 250))
     order = ["pending", "processing", "success"]
     async with SimServer(cfg) as sim:
         task_id = await submit(http, sim, body())
@@ -257,3 +257,19 @@ async def test_a_client_written_from_the_api_page_gets_its_images(
             assert resp.status == 200
             digests.append(hashlib.sha256(await resp.read()).hexdigest())
     assert digests == sim.tasks[task_id].sha256
+
+
+async def test_task_record_exposes_state_input_times_urls_and_hashes(
+    sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    payload = body(max_images=2, aspect_ratio="3:4")
+    task_id = await submit(http, sim, payload)
+    record = sim.tasks[task_id]
+    assert record.input == payload["input"]
+    assert record.create_ms <= record.processing_ms <= record.complete_ms
+    data = await wait_terminal(http, sim, task_id)
+    assert record.state == "success"
+    assert record.result_urls == result_urls(data)
+    assert len(record.sha256) == 2
+    failed = sim.tasks[await submit(http, sim, body(prompt="[fail:INVALID_PROMPT]"))]
+    assert failed.result_urls == [] and failed.sha256 == []

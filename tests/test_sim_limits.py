@@ -207,8 +207,11 @@ async def test_p_slow_delays_the_answer_past_a_client_timeout(
     timeout = aiohttp.ClientTimeout(total=0.05)
     url = f"{sim.base_url}/generateTask/{MODEL}"
     with pytest.raises(asyncio.TimeoutError):
-        async with http.post(url, json=body(), timeout=timeout) as r:
+        async with http.post(url, json=body(prompt="impatient"), timeout=timeout) as r:
             await r.read()
+    # The request had arrived: the task exists although its client gave up on the answer.
+    await until(lambda: sim.stats.tasks_created == 1)
+    assert sim.stats.submissions_per_prompt["impatient"] == 1
     assert (await post(http, sim, body()))[0] == 200  # a patient client gets its answer
     assert sim.stats.faults["slow"] == 2
 
@@ -293,3 +296,21 @@ async def test_stats_count_filters_by_endpoint_and_status(
     assert sim.stats.count(status=404) == 1
     assert sim.stats.count("generate", 200) == 1
     assert sim.stats.to_dict()["requests"]["status"] == {"200": 1, "404": 1}
+
+
+def test_defaults_are_the_documented_limits_and_timings() -> None:
+    cfg = SimConfig()
+    assert (cfg.rate, cfg.rate_period_s, cfg.concurrency) == (10_000, 60.0, 1000)
+    assert (cfg.gen_2k_s, cfg.gen_4k_s) == ((25.0, 35.0), (40.0, 55.0))
+    assert cfg.url_ttl_s == 24 * 3600
+    assert cfg.time_scale == 1.0 and cfg.api_key is None
+    assert cfg.p_429 == cfg.p_5xx == cfg.p_reset == cfg.p_fail == 0.0
+
+
+async def test_stop_does_not_wait_for_a_slow_answer(http: aiohttp.ClientSession) -> None:
+    sim = await SimServer(fast_config(p_slow=1.0, slow_s=60.0)).start()
+    pending = asyncio.ensure_future(post(http, sim, body()))
+    await until(lambda: sim.stats.faults["slow"] == 1)
+    await asyncio.wait_for(sim.stop(), 10)  # far less than the 60 s the answer would take
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await pending

@@ -117,7 +117,7 @@ class SimServer:
         app.router.add_post("/_sim/config", self._post_config)
         app.router.add_get("/_sim/tasks/{task_id}", self._get_task)
         # A short shutdown timeout: a handler sleeping for p_slow must not hold up stop().
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -203,6 +203,14 @@ class SimServer:
         if cfg.p_reset and rng.random() < cfg.p_reset:
             self.stats.faults["reset"] += 1
             return "", self._reset(request, endpoint)
+        try:
+            # The whole request is in before any answer, slow or not: a client that gives
+            # up waiting for a slow answer has still submitted (aiohttp caches the body).
+            await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return "", self._answer(endpoint, 400, {"error": "body"}, "the body is too large")
+        except ConnectionError:
+            return "", web.Response(status=499)  # the client left mid-request: nobody to answer
         if cfg.p_slow and rng.random() < cfg.p_slow:
             self.stats.faults["slow"] += 1
             await asyncio.sleep(cfg.slow_s)
@@ -255,8 +263,6 @@ class SimServer:
         except orjson.JSONDecodeError:
             msg = "invalid parameters: the body must be a JSON object"
             return self._answer("generate", 400, {"error": "body"}, msg)
-        except web.HTTPRequestEntityTooLarge:
-            return self._answer("generate", 400, {"error": "body"}, "the body is too large")
         except InvalidRequest as exc:
             return self._answer("generate", 400, {"error": exc.field}, f"invalid parameters: {exc}")
         except UnknownModel:  # pragma: no cover - checked above
@@ -292,7 +298,8 @@ class SimServer:
     def _record(self, task: Task) -> None:
         """Book a new task: records, live limit, balance, counters, webhook."""
         cfg = self.config
-        billed = 0 if task.fail_code or task.stuck else task.n_images
+        task.url_signer = self.result_urls
+        billed = task.n_images if task.makes_images else 0
         if cfg.credits is not None:
             cfg.credits -= billed
         self.stats.credits_spent += billed

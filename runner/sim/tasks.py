@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import random
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -114,7 +116,31 @@ class Task:
     fail_code: str | None = None
     fail_msg: str | None = None
     stuck: bool = False
+    # Set by the server, which holds the signing key and the URL lifetime.
+    url_signer: Callable[[Task], list[str]] | None = field(default=None, repr=False)
     _sha256: list[str] | None = field(default=None, repr=False)
+
+    @property
+    def input(self) -> dict[str, Any]:
+        """The ``input`` object as submitted."""
+        return self.submission.input
+
+    @property
+    def state(self) -> str:
+        """The state right now."""
+        return self.state_at(time.time() * 1000)
+
+    @property
+    def makes_images(self) -> bool:
+        """Whether the task ends in success (its images exist), sooner or later."""
+        return not self.fail_code and not self.stuck
+
+    @property
+    def result_urls(self) -> list[str]:
+        """The signed URLs of its images; they answer 404 until the task succeeds."""
+        if self.url_signer is None or not self.makes_images:
+            return []
+        return self.url_signer(self)
 
     @property
     def cost_ms(self) -> int:
@@ -123,9 +149,9 @@ class Task:
 
     @property
     def sha256(self) -> list[str]:
-        """Hex SHA-256 of each result image, in result-URL order (empty unless success)."""
+        """Hex SHA-256 of each result image, in result-URL order (none if it never succeeds)."""
         if self._sha256 is None:
-            count = 0 if self.fail_code else self.n_images
+            count = self.n_images if self.makes_images else 0
             self._sha256 = [
                 sha256_hex(render_png(self.task_id, i, self.image_bytes)) for i in range(count)
             ]
