@@ -55,6 +55,15 @@ class RunOptions:
     progress_every_s: float = 10.0
 
 
+#: the outcome of a submission was lost: submit again
+_RETRY = object()
+
+#: submissions on the wire at once: at ~0.3 s each that is ~200/s, more than the rate limit
+#: lets through even while 1,000 slots fill at start; and it
+#: bounds what a SIGKILL at the worst moment can leave uncertain
+MAX_SUBMISSIONS_ON_WIRE = 64
+
+
 class _Stop(Exception):
     """Raised inside the job TaskGroup to cancel what is left once a stop has settled."""
 
@@ -91,6 +100,7 @@ class Engine:
         self._timed_out = 0
         self._client: ApiClient | None = None
         self._key_proven = False
+        self._wire = asyncio.Semaphore(MAX_SUBMISSIONS_ON_WIRE)
         self._probe = asyncio.Lock()
         self._poller: Poller | None = None
 
@@ -436,48 +446,55 @@ class Engine:
             return task_id
 
     async def _submit_recorded(self, job: Job) -> str | None:
-        """One submission, recorded before and after. None: nothing was created."""
+        """Submit until a task exists or the job cannot go on. None: no task."""
         while True:
-            if self._stopping.is_set():
+            async with self._wire:
+                outcome = await self._send_submission(job)
+            if outcome is not _RETRY:
+                return outcome if isinstance(outcome, str) else None
+
+    async def _send_submission(self, job: Job) -> object:
+        """One submission, its intent written before it is sent and its outcome after.
+        Returns the taskId, None (no task was created) or _RETRY (the outcome was lost)."""
+        if self._stopping.is_set():
+            return None
+        assert self._client is not None
+        self.ledger.append("submit", job.id, fp=job.fingerprint, imgs=job.max_images)
+        self._on_wire += 1
+        self.counters.submitted += 1
+        try:
+            task_id = await self._client.submit(self._payload(job))
+        except UncertainSubmitError as exc:
+            self.ledger.append("uncertain", job.id, why=str(exc))
+            self.counters.uncertain += 1
+            if self.ledger.index[job.id].uncertain >= self.campaign.retry.attempts:
+                self._fail(job, "UNCERTAIN", "submissions kept losing their answer", True)
                 return None
-            assert self._client is not None
-            self.ledger.append("submit", job.id, fp=job.fingerprint, imgs=job.max_images)
-            self._on_wire += 1
-            self.counters.submitted += 1
-            try:
-                task_id = await self._client.submit(self._payload(job))
-            except UncertainSubmitError as exc:
+            return _RETRY
+        except PermanentApiError as exc:
+            self._key_proven = True  # the key passed; this job's content did not
+            if exc.code == "BAD_ANSWER":
+                # Answered 200 but unreadably: a task may exist. Never pay again blindly.
                 self.ledger.append("uncertain", job.id, why=str(exc))
                 self.counters.uncertain += 1
-                rec = self.ledger.index[job.id]
-                if rec.uncertain >= self.campaign.retry.attempts:
-                    self._fail(job, "UNCERTAIN", "submissions kept losing their answer", True)
-                    return None
-                continue
-            except PermanentApiError as exc:
-                self._key_proven = True  # the key passed; this job's content did not
-                if exc.code == "BAD_ANSWER":
-                    # Answered 200 but unreadably: a task may exist. Never pay again blindly.
-                    self.ledger.append("uncertain", job.id, why=str(exc))
-                    self.counters.uncertain += 1
-                    self._fail(job, "BAD_ANSWER", str(exc), retryable=True)
-                else:
-                    self.ledger.append("unsent", job.id, status=exc.status)
-                    self._fail(job, exc.code or f"HTTP_{exc.status}", str(exc), retryable=False)
-                return None
-            except (TransientApiError, FatalApiError) as exc:
+                self._fail(job, "BAD_ANSWER", str(exc), retryable=True)
+            else:
                 self.ledger.append("unsent", job.id, status=exc.status)
-                if isinstance(exc, FatalApiError):
-                    raise
-                if not self._stopping.is_set():
-                    self._fail(job, "SUBMIT_FAILED", str(exc), retryable=True)
-                return None
-            finally:
-                self._on_wire -= 1
-                if not self._on_wire:
-                    self._wire_idle.set()
-            self.ledger.append("task", job.id, task=task_id)
-            return task_id
+                self._fail(job, exc.code or f"HTTP_{exc.status}", str(exc), retryable=False)
+            return None
+        except (TransientApiError, FatalApiError) as exc:
+            self.ledger.append("unsent", job.id, status=exc.status)
+            if isinstance(exc, FatalApiError):
+                raise
+            if not self._stopping.is_set():
+                self._fail(job, "SUBMIT_FAILED", str(exc), retryable=True)
+            return None
+        finally:
+            self._on_wire -= 1
+            if not self._on_wire:
+                self._wire_idle.set()
+        self.ledger.append("task", job.id, task=task_id)
+        return task_id
 
     async def _wait(self, job: Job, task_id: str, ago: float) -> TaskStatus | None:
         """Wait for the task's terminal status. None: it stays live (timeout or stop)."""
