@@ -47,7 +47,6 @@ from runner.sim.tasks import (
     SUCCESS,
     InvalidRequest,
     Task,
-    UnknownModel,
     new_task,
     parse_submission,
 )
@@ -265,8 +264,6 @@ class SimServer:
             return self._answer("generate", 400, {"error": "body"}, msg)
         except InvalidRequest as exc:
             return self._answer("generate", 400, {"error": exc.field}, f"invalid parameters: {exc}")
-        except UnknownModel:  # pragma: no cover - checked above
-            return self._answer("generate", 404, {"error": "model"})
         cfg = self.config
         now_ms = time.time() * 1000
         live = self._limits.live(key, now_ms)

@@ -97,9 +97,9 @@ class CallbackSender:
     async def _attempt(self, url: str, body: bytes) -> bool:
         """One POST; True when the receiver answered 200 in time."""
         assert self._session is not None
-        timeout = aiohttp.ClientTimeout(
-            total=self._config().scaled(self._config().callback_timeout_s)
-        )
+        cfg = self._config()
+        # aiohttp reads a zero timeout as "none": keep a scale of 0 from waiting forever.
+        timeout = aiohttp.ClientTimeout(total=max(0.001, cfg.scaled(cfg.callback_timeout_s)))
         self._stats.callbacks_sent += 1
         status = 0
         try:
