@@ -1,0 +1,29 @@
+"""runner: a resumable asyncio batch runner for the APIXO image-generation API.
+
+The command line is ``python -m runner MANIFEST``; a library user needs only these::
+
+    from runner import load_campaign, Engine, RunOptions
+    campaign = load_campaign("manifests/campaign.yaml")
+    exit_code = await Engine(campaign, RunOptions(api_key=...)).run()
+"""
+
+from .engine import Engine, RunOptions
+from .errors import (
+    FatalApiError,
+    LockedError,
+    ManifestError,
+    RunnerError,
+)
+from .manifest import Campaign, Job, load_campaign
+
+__all__ = [
+    "Campaign",
+    "Engine",
+    "FatalApiError",
+    "Job",
+    "LockedError",
+    "ManifestError",
+    "RunOptions",
+    "RunnerError",
+    "load_campaign",
+]

@@ -202,7 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         engine = Engine(
             campaign,
-            RunOptions(api_key=key, deadline_s=deadline, retry_failed=args.retry_failed),
+            RunOptions(
+                api_key=key,
+                deadline_s=deadline,
+                retry_failed=args.retry_failed,
+                progress_every_s=0.0 if args.no_progress else 10.0,
+            ),
         )
         code = asyncio.run(_run(engine))
     except RunnerError as exc:

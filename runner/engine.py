@@ -251,6 +251,9 @@ class Engine:
             await asyncio.to_thread(self.ledger.sync)
 
     async def _progress(self) -> None:
+        """One concise line per interval (the live display is the CLI's business)."""
+        if self.options.progress_every_s <= 0:
+            return
         while True:
             await asyncio.sleep(self.options.progress_every_s)
             c = self.counters
