@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from runs import FAST_POLLING, TIME_SCALE
+from simfixtures import AUTH, fast_config
 
 from runner.sim import SimConfig, SimServer
 
@@ -36,3 +38,20 @@ def manifest(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+# -- the simulator's own tests (tests/test_sim_*.py; helpers in simfixtures.py) ---------------
+
+
+@pytest.fixture
+async def fast_sim() -> AsyncIterator[SimServer]:
+    """A seeded SimServer at time scale 0.001 (``simfixtures.fast_config()``) on loopback."""
+    async with SimServer(fast_config()) as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session that sends the simulator tests' Bearer key."""
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+        yield session

@@ -1,8 +1,8 @@
 """Shared helpers of the simulator tests (tests/test_sim_*.py).
 
 Every test talks real HTTP over 127.0.0.1 to a SimServer bound to port 0, at a tiny time
-scale so a 2K generation takes 25-35 ms. The ``sim`` and ``http`` fixtures are defined in
-each test module (importing a fixture by name would shadow it in every test signature).
+scale so a 2K generation takes 25-35 ms. Their fixtures live in conftest.py: ``fast_sim``
+(a SimServer on :func:`fast_config`) and ``http`` (a client session sending :data:`AUTH`).
 """
 
 from __future__ import annotations

@@ -3,27 +3,13 @@ authenticates with the Bearer key."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from simfixtures import AUTH, MODEL, body, fast_config, get_status, post, submit
+from simfixtures import MODEL, body, fast_config, get_status, post, submit
 
 from runner.sim import SimServer
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
-    async with SimServer(fast_config()) as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers=AUTH) as session:
-        yield session
-
 
 LONG_OK = "x" * 5000
 LONG_BAD = "x" * 5001
@@ -126,14 +112,14 @@ INVALID = {
 
 @pytest.mark.parametrize(("payload", "field"), list(INVALID.values()), ids=list(INVALID))
 async def test_invalid_submission_answers_400_naming_the_field(
-    sim: SimServer, http: aiohttp.ClientSession, payload: Any, field: str
+    fast_sim: SimServer, http: aiohttp.ClientSession, payload: Any, field: str
 ) -> None:
-    status, envelope = await post(http, sim, payload)
+    status, envelope = await post(http, fast_sim, payload)
     assert status == 400
     assert envelope["code"] == 400
     assert envelope["data"]["error"] == field
     assert isinstance(envelope["message"], str) and envelope["message"]
-    assert sim.stats.tasks_created == 0
+    assert fast_sim.stats.tasks_created == 0
 
 
 ASPECTS = ["1:1", "2:3", "3:2", "4:3", "3:4", "9:16", "16:9", "21:9"]
@@ -191,9 +177,9 @@ VALID = {
 
 @pytest.mark.parametrize("payload", list(VALID.values()), ids=list(VALID))
 async def test_valid_submission_is_accepted_with_a_task_id(
-    sim: SimServer, http: aiohttp.ClientSession, payload: dict[str, Any]
+    fast_sim: SimServer, http: aiohttp.ClientSession, payload: dict[str, Any]
 ) -> None:
-    status, envelope = await post(http, sim, payload)
+    status, envelope = await post(http, fast_sim, payload)
     assert status == 200, envelope
     assert envelope == {
         "code": 200,
@@ -201,19 +187,23 @@ async def test_valid_submission_is_accepted_with_a_task_id(
         "data": {"taskId": envelope["data"]["taskId"]},
     }
     assert envelope["data"]["taskId"].startswith("task_")
-    assert envelope["data"]["taskId"] in sim.tasks
+    assert envelope["data"]["taskId"] in fast_sim.tasks
 
 
-async def test_non_json_body_answers_400_body(sim: SimServer, http: aiohttp.ClientSession) -> None:
-    url = f"{sim.base_url}/generateTask/{MODEL}"
+async def test_non_json_body_answers_400_body(
+    fast_sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    url = f"{fast_sim.base_url}/generateTask/{MODEL}"
     for raw in (b"prompt=fox", b"", b"{"):
         async with http.post(url, data=raw, headers={"Content-Type": "application/json"}) as r:
             assert r.status == 400
             assert (await r.json())["data"]["error"] == "body"
 
 
-async def test_oversized_body_answers_400_body(sim: SimServer, http: aiohttp.ClientSession) -> None:
-    status, envelope = await post(http, sim, body(prompt="x" * 2_000_000))
+async def test_oversized_body_answers_400_body(
+    fast_sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    status, envelope = await post(http, fast_sim, body(prompt="x" * 2_000_000))
     assert status == 400
     assert envelope["data"]["error"] == "body"
 
@@ -224,16 +214,16 @@ async def test_oversized_body_answers_400_body(sim: SimServer, http: aiohttp.Cli
     ids=["missing", "empty token", "basic scheme", "no scheme"],
 )
 async def test_missing_or_malformed_key_answers_401_on_both_endpoints(
-    sim: SimServer, headers: dict[str, str]
+    fast_sim: SimServer, headers: dict[str, str]
 ) -> None:
     async with aiohttp.ClientSession(headers=headers) as anon:
-        async with anon.post(f"{sim.base_url}/generateTask/{MODEL}", json=body()) as r:
+        async with anon.post(f"{fast_sim.base_url}/generateTask/{MODEL}", json=body()) as r:
             assert r.status == 401
             assert (await r.json())["code"] == 401
-        async with anon.get(f"{sim.base_url}/statusTask/{MODEL}?taskId=task_x") as r:
+        async with anon.get(f"{fast_sim.base_url}/statusTask/{MODEL}?taskId=task_x") as r:
             assert r.status == 401
-    assert sim.stats.count(status=401) == 2
-    assert sim.stats.tasks_created == 0
+    assert fast_sim.stats.count(status=401) == 2
+    assert fast_sim.stats.tasks_created == 0
 
 
 async def test_configured_api_key_is_the_only_one_accepted() -> None:
@@ -245,17 +235,17 @@ async def test_configured_api_key_is_the_only_one_accepted() -> None:
                 assert status == expected, token
 
 
-async def test_without_configured_key_any_non_empty_token_is_accepted(sim: SimServer) -> None:
+async def test_without_configured_key_any_non_empty_token_is_accepted(fast_sim: SimServer) -> None:
     async with aiohttp.ClientSession(headers={"Authorization": "bearer whatever"}) as s:
-        status, _ = await post(s, sim, body())
+        status, _ = await post(s, fast_sim, body())
     assert status == 200
 
 
 @pytest.mark.parametrize("endpoint", ["generateTask", "statusTask"])
 async def test_unknown_model_answers_404_model(
-    sim: SimServer, http: aiohttp.ClientSession, endpoint: str
+    fast_sim: SimServer, http: aiohttp.ClientSession, endpoint: str
 ) -> None:
-    url = f"{sim.base_url}/{endpoint}/seedream-9-9"
+    url = f"{fast_sim.base_url}/{endpoint}/seedream-9-9"
     method = http.post if endpoint == "generateTask" else http.get
     async with method(url, json=body(), params={"taskId": "task_x"}) as r:
         assert r.status == 404
@@ -264,52 +254,52 @@ async def test_unknown_model_answers_404_model(
     assert envelope["data"]["error"] == "model"
 
 
-async def test_unknown_task_answers_404(sim: SimServer, http: aiohttp.ClientSession) -> None:
-    status, envelope = await get_status(http, sim, "task_doesnotexist")
+async def test_unknown_task_answers_404(fast_sim: SimServer, http: aiohttp.ClientSession) -> None:
+    status, envelope = await get_status(http, fast_sim, "task_doesnotexist")
     assert status == 404
     assert envelope["data"]["error"] == "taskId"
 
 
 async def test_task_is_invisible_to_another_key_and_another_model(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    task_id = await submit(http, sim, body())
+    task_id = await submit(http, fast_sim, body())
     async with aiohttp.ClientSession(headers={"Authorization": "Bearer other"}) as other:
-        status, _ = await get_status(other, sim, task_id)
+        status, _ = await get_status(other, fast_sim, task_id)
         assert status == 404
-    status, _ = await get_status(http, sim, task_id, model="flux-2")
+    status, _ = await get_status(http, fast_sim, task_id, model="flux-2")
     assert status == 404
-    status, _ = await get_status(http, sim, task_id)
+    status, _ = await get_status(http, fast_sim, task_id)
     assert status == 200
 
 
 async def test_status_without_task_id_answers_400(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{sim.base_url}/statusTask/{MODEL}") as r:
+    async with http.get(f"{fast_sim.base_url}/statusTask/{MODEL}") as r:
         assert r.status == 400
         assert (await r.json())["data"]["error"] == "taskId"
 
 
 @pytest.mark.parametrize("model", ["seedream-5-0", "nano-banana", "flux-2"])
 async def test_other_models_accept_any_input_with_a_prompt(
-    sim: SimServer, http: aiohttp.ClientSession, model: str
+    fast_sim: SimServer, http: aiohttp.ClientSession, model: str
 ) -> None:
     payload = {"input": {"prompt": "a lighthouse", "guidance": 7.5, "style": ["noir"]}}
-    task_id = await submit(http, sim, payload, model=model)
-    status, envelope = await get_status(http, sim, task_id, model=model)
+    task_id = await submit(http, fast_sim, payload, model=model)
+    status, envelope = await get_status(http, fast_sim, task_id, model=model)
     assert status == 200 and envelope["data"]["taskId"] == task_id
-    assert sim.tasks[task_id].n_images == 1  # max_images defaults to 1
+    assert fast_sim.tasks[task_id].n_images == 1  # max_images defaults to 1
     bad: dict[str, Any]
     for bad in ({"input": {}}, {"input": {"prompt": ""}}, {"input": {"prompt": 3}}):
-        status, envelope = await post(http, sim, bad, model=model)
+        status, envelope = await post(http, fast_sim, bad, model=model)
         assert status == 400 and envelope["data"]["error"] == "input.prompt"
 
 
 async def test_every_answer_has_the_envelope_with_code_mirroring_status(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    task_id = await submit(http, sim, body())
+    task_id = await submit(http, fast_sim, body())
     calls = [
         ("post", f"/generateTask/{MODEL}", body()),
         ("post", f"/generateTask/{MODEL}", {"input": {}}),
@@ -321,7 +311,7 @@ async def test_every_answer_has_the_envelope_with_code_mirroring_status(
     ]
     seen = set()
     for method, path, payload in calls:
-        async with http.request(method, sim.base_url + path, json=payload) as r:
+        async with http.request(method, fast_sim.base_url + path, json=payload) as r:
             assert r.content_type == "application/json"
             envelope = await r.json()
         assert set(envelope) == {"code", "message", "data"}
@@ -330,6 +320,6 @@ async def test_every_answer_has_the_envelope_with_code_mirroring_status(
         assert isinstance(envelope["data"], dict)
         seen.add(r.status)
     assert seen == {200, 400, 404, 405}
-    url = f"{sim.base_url}/statusTask/{MODEL}?taskId={task_id}"
+    url = f"{fast_sim.base_url}/statusTask/{MODEL}?taskId={task_id}"
     async with aiohttp.ClientSession() as anon, anon.get(url) as r:
         assert (await r.json())["code"] == 401

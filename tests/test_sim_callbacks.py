@@ -4,23 +4,15 @@ non-200 or a timeout, duplicated or dropped on request, cancelled on stop."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
-from simfixtures import AUTH, Receiver, body, fast_config, get_status, submit, until, wait_terminal
+from simfixtures import Receiver, body, fast_config, get_status, submit, until, wait_terminal
 
 from runner.sim import SimConfig, SimServer
 
 # Webhook attempts may take 5 s (real) before they count as timed out, unless a test says.
 PATIENT = 5000.0
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers=AUTH) as session:
-        yield session
 
 
 def callback_body(url: str, **input_fields: Any) -> dict[str, Any]:

@@ -8,24 +8,13 @@ import json
 import struct
 import zlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
-from simfixtures import AUTH, body, fast_config, submit, wait_terminal
+from simfixtures import body, fast_config, submit, wait_terminal
 
 from runner.sim import SimServer, render_png
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
-    async with SimServer(fast_config()) as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers=AUTH) as session:
-        yield session
 
 
 def decode_png(data: bytes) -> tuple[int, int, bytes]:
@@ -81,10 +70,25 @@ async def finished_urls(
     return task_id, json.loads(data["resultJson"])["resultUrls"]
 
 
+@asynccontextmanager
+async def faulty_download(
+    http: aiohttp.ClientSession, sim: SimServer, fault: str
+) -> AsyncIterator[tuple[str, aiohttp.ClientResponse]]:
+    """GET the image of a finished task with the download fault ``fault`` switched on.
+
+    Yields the task id and the response, which starts as a normal 200 answer.
+    """
+    task_id, urls = await finished_urls(http, sim, 1)
+    setattr(sim.config, fault, 1.0)
+    async with http.get(urls[0]) as r:
+        assert r.status == 200
+        yield task_id, r
+
+
 async def test_download_serves_the_recorded_png_with_headers(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    task_id, urls = await finished_urls(http, sim, 3)
+    task_id, urls = await finished_urls(http, fast_sim, 3)
     digests = []
     for url in urls:
         assert "?exp=" in url and "&sig=" in url
@@ -93,26 +97,26 @@ async def test_download_serves_the_recorded_png_with_headers(
             assert r.headers["Content-Type"] == "image/png"
             assert r.headers["Accept-Ranges"] == "bytes"
             data = await r.read()
-            assert int(r.headers["Content-Length"]) == len(data) == sim.config.image_bytes
+            assert int(r.headers["Content-Length"]) == len(data) == fast_sim.config.image_bytes
         decode_png(data)
         digests.append(hashlib.sha256(data).hexdigest())
-    assert digests == sim.tasks[task_id].sha256
+    assert digests == fast_sim.tasks[task_id].sha256
     assert len(set(digests)) == 3
-    assert sim.stats.images_served == 3
-    assert sim.stats.bytes_served == 3 * sim.config.image_bytes
-    assert sim.stats.count("file", 200) == 3
+    assert fast_sim.stats.images_served == 3
+    assert fast_sim.stats.bytes_served == 3 * fast_sim.config.image_bytes
+    assert fast_sim.stats.count("file", 200) == 3
 
 
 async def test_images_of_different_tasks_differ(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    a, _ = await finished_urls(http, sim, 2)
-    b, _ = await finished_urls(http, sim, 2)
-    assert not set(sim.tasks[a].sha256) & set(sim.tasks[b].sha256)
+    a, _ = await finished_urls(http, fast_sim, 2)
+    b, _ = await finished_urls(http, fast_sim, 2)
+    assert not set(fast_sim.tasks[a].sha256) & set(fast_sim.tasks[b].sha256)
 
 
-async def test_download_needs_no_api_key(sim: SimServer, http: aiohttp.ClientSession) -> None:
-    _, urls = await finished_urls(http, sim, 1)
+async def test_download_needs_no_api_key(fast_sim: SimServer, http: aiohttp.ClientSession) -> None:
+    _, urls = await finished_urls(http, fast_sim, 1)
     async with aiohttp.ClientSession() as anon, anon.get(urls[0]) as r:
         assert r.status == 200
 
@@ -122,9 +126,9 @@ async def test_download_needs_no_api_key(sim: SimServer, http: aiohttp.ClientSes
     [("bytes=1000-", 1000, None), ("bytes=10-19", 10, 20), ("bytes=-100", -100, None)],
 )
 async def test_range_request_answers_206_with_content_range(
-    sim: SimServer, http: aiohttp.ClientSession, range_header: str, start: int, end: int | None
+    fast_sim: SimServer, http: aiohttp.ClientSession, range_header: str, start: int, end: int | None
 ) -> None:
-    _, urls = await finished_urls(http, sim, 1)
+    _, urls = await finished_urls(http, fast_sim, 1)
     async with http.get(urls[0]) as r:
         whole = await r.read()
     async with http.get(urls[0], headers={"Range": range_header}) as r:
@@ -137,50 +141,52 @@ async def test_range_request_answers_206_with_content_range(
     assert part == whole[start:end]
 
 
-async def test_range_past_the_end_answers_416(sim: SimServer, http: aiohttp.ClientSession) -> None:
-    _, urls = await finished_urls(http, sim, 1)
+async def test_range_past_the_end_answers_416(
+    fast_sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    _, urls = await finished_urls(http, fast_sim, 1)
     async with http.get(urls[0], headers={"Range": "bytes=999999-"}) as r:
         assert r.status == 416
-        assert r.headers["Content-Range"] == f"bytes */{sim.config.image_bytes}"
+        assert r.headers["Content-Range"] == f"bytes */{fast_sim.config.image_bytes}"
 
 
 async def test_multiple_or_malformed_ranges_serve_the_whole_file(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    _, urls = await finished_urls(http, sim, 1)
+    _, urls = await finished_urls(http, fast_sim, 1)
     for header in ("bytes=0-1,5-9", "items=0-5", "bytes=abc-"):
         async with http.get(urls[0], headers={"Range": header}) as r:
             assert r.status == 200
-            assert len(await r.read()) == sim.config.image_bytes
+            assert len(await r.read()) == fast_sim.config.image_bytes
 
 
 async def test_head_gives_headers_only_and_is_not_an_image_served(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    _, urls = await finished_urls(http, sim, 1)
+    _, urls = await finished_urls(http, fast_sim, 1)
     async with http.head(urls[0]) as r:
         assert r.status == 200
-        assert int(r.headers["Content-Length"]) == sim.config.image_bytes
+        assert int(r.headers["Content-Length"]) == fast_sim.config.image_bytes
         assert await r.read() == b""
-    assert sim.stats.images_served == 0
+    assert fast_sim.stats.images_served == 0
 
 
-async def test_url_expires_after_the_ttl(sim: SimServer, http: aiohttp.ClientSession) -> None:
-    _, urls = await finished_urls(http, sim, 1)
+async def test_url_expires_after_the_ttl(fast_sim: SimServer, http: aiohttp.ClientSession) -> None:
+    _, urls = await finished_urls(http, fast_sim, 1)
     async with http.get(urls[0]) as r:
         assert r.status == 200
-    sim.config.url_ttl_s = 0  # expire everything that completed before now
+    fast_sim.config.url_ttl_s = 0  # expire everything that completed before now
     async with http.get(urls[0]) as r:
         assert r.status == 404
-    sim.config.url_ttl_s = 86400
+    fast_sim.config.url_ttl_s = 86400
     async with http.get(urls[0]) as r:
         assert r.status == 200
 
 
 async def test_tampered_or_unknown_urls_answer_404(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    task_id, urls = await finished_urls(http, sim, 1)
+    task_id, urls = await finished_urls(http, fast_sim, 1)
     url = urls[0]
     bad = [
         url[:-4] + "0000",  # signature changed
@@ -188,12 +194,12 @@ async def test_tampered_or_unknown_urls_answer_404(
         url.replace("/0.png", "/1.png"),  # another index, same signature
         url.split("?")[0],  # no query
         url.replace(task_id, "task_unknown"),
-        f"{sim.origin}/files/{task_id}/x.png",
+        f"{fast_sim.origin}/files/{task_id}/x.png",
     ]
     for u in bad:
         async with http.get(u) as r:
             assert r.status == 404, u
-    assert sim.stats.count("file", 404) == len(bad)
+    assert fast_sim.stats.count("file", 404) == len(bad)
 
 
 async def test_url_of_an_unfinished_task_answers_404(http: aiohttp.ClientSession) -> None:
@@ -205,44 +211,38 @@ async def test_url_of_an_unfinished_task_answers_404(http: aiohttp.ClientSession
 
 
 async def test_p_truncate_closes_the_download_after_about_half(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    _, urls = await finished_urls(http, sim, 1)
-    sim.config.p_truncate = 1.0
-    async with http.get(urls[0]) as r:
-        assert r.status == 200
-        assert int(r.headers["Content-Length"]) == sim.config.image_bytes
+    async with faulty_download(http, fast_sim, "p_truncate") as (_, r):
+        assert int(r.headers["Content-Length"]) == fast_sim.config.image_bytes
         with pytest.raises(aiohttp.ClientPayloadError):
             await r.read()
-    assert sim.stats.faults["truncate"] == 1
-    assert sim.stats.images_served == 0
-    sim.config.p_truncate = 0.0
-    async with http.get(urls[0]) as r:
-        assert len(await r.read()) == sim.config.image_bytes
+    assert fast_sim.stats.faults["truncate"] == 1
+    assert fast_sim.stats.images_served == 0
+    fast_sim.config.p_truncate = 0.0
+    async with http.get(r.url) as again:
+        assert len(await again.read()) == fast_sim.config.image_bytes
 
 
 async def test_p_corrupt_serves_wrong_bytes_of_the_right_length(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    task_id, urls = await finished_urls(http, sim, 1)
-    sim.config.p_corrupt = 1.0
-    async with http.get(urls[0]) as r:
-        assert r.status == 200
+    async with faulty_download(http, fast_sim, "p_corrupt") as (task_id, r):
         data = await r.read()
-    assert len(data) == sim.config.image_bytes
+    assert len(data) == fast_sim.config.image_bytes
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert hashlib.sha256(data).hexdigest() != sim.tasks[task_id].sha256[0]
-    assert sim.stats.faults["corrupt"] == 1
+    assert hashlib.sha256(data).hexdigest() != fast_sim.tasks[task_id].sha256[0]
+    assert fast_sim.stats.faults["corrupt"] == 1
 
 
 async def test_api_faults_do_not_touch_downloads(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    _, urls = await finished_urls(http, sim, 1)
-    sim.config.p_reset = sim.config.p_5xx = sim.config.p_429 = 1.0
+    _, urls = await finished_urls(http, fast_sim, 1)
+    fast_sim.config.p_reset = fast_sim.config.p_5xx = fast_sim.config.p_429 = 1.0
     async with http.get(urls[0]) as r:
         assert r.status == 200
-        assert len(await r.read()) == sim.config.image_bytes
+        assert len(await r.read()) == fast_sim.config.image_bytes
 
 
 async def test_image_bytes_knob_sets_the_file_size(http: aiohttp.ClientSession) -> None:

@@ -6,27 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from simfixtures import AUTH, body, fast_config, get_status, post, submit, wait_terminal
+from simfixtures import body, fast_config, get_status, post, submit, wait_terminal
 
 from runner.sim import SimConfig, SimServer
-from runner.sim.tasks import RETRYABLE_FAIL_CODES
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
-    async with SimServer(fast_config()) as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers=AUTH) as session:
-        yield session
+from runner.sim.tasks import FAIL_MESSAGES, RETRYABLE_FAIL_CODES
 
 
 def result_urls(data: dict[str, Any]) -> list[str]:
@@ -72,12 +59,12 @@ async def test_states_are_seen_in_order_and_end_in_success(http: aiohttp.ClientS
 
 
 async def test_success_reports_unix_ms_times_and_result_json(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
     before_ms = time.time() * 1000
-    task_id = await submit(http, sim, body(max_images=3))
+    task_id = await submit(http, fast_sim, body(max_images=3))
     after_ms = time.time() * 1000
-    data = await wait_terminal(http, sim, task_id)
+    data = await wait_terminal(http, fast_sim, task_id)
     assert data["state"] == "success"
     assert set(data) == {"taskId", "state", "createTime", "completeTime", "costTime", "resultJson"}
     assert all(isinstance(data[k], int) for k in ("createTime", "completeTime", "costTime"))
@@ -87,7 +74,7 @@ async def test_success_reports_unix_ms_times_and_result_json(
     assert 25 <= data["costTime"] <= 35  # 2K: 25-35 s at scale 0.001
     urls = result_urls(data)
     assert len(urls) == 3 and len(set(urls)) == 3
-    assert all(u.startswith(sim.origin + "/files/") for u in urls)
+    assert all(u.startswith(fast_sim.origin + "/files/") for u in urls)
 
 
 async def test_generation_time_is_drawn_per_task_from_the_documented_ranges(
@@ -123,46 +110,33 @@ async def test_other_models_take_2k_time_unless_asked_for_4k(http: aiohttp.Clien
 
 
 async def test_disabled_sequential_makes_exactly_max_images(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
     for n in (1, 4, 10):
-        data = await wait_terminal(http, sim, await submit(http, sim, body(max_images=n)))
+        data = await wait_terminal(http, fast_sim, await submit(http, fast_sim, body(max_images=n)))
         assert len(result_urls(data)) == n
 
 
 async def test_auto_sequential_makes_between_one_and_max_images(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
     payload = body(max_images=6, sequential_image_generation="auto")
-    ids = [await submit(http, sim, payload) for _ in range(30)]
-    counts = [len(result_urls(await wait_terminal(http, sim, i))) for i in ids]
+    ids = [await submit(http, fast_sim, payload) for _ in range(30)]
+    counts = [len(result_urls(await wait_terminal(http, fast_sim, i))) for i in ids]
     assert all(1 <= c <= 6 for c in counts)
     assert len(set(counts)) > 1  # the model "decides": counts vary
 
 
-FAIL_CODES = [
-    "CONTENT_VIOLATION",
-    "NSFW_DETECTED",
-    "PROMPT_TOO_LONG",
-    "INVALID_PROMPT",
-    "INVALID_IMAGE_URL",
-    "IMAGE_TOO_LARGE",
-    "UNSUPPORTED_FORMAT",
-    "IMAGE_DOWNLOAD_FAILED",
-    "PROCESSING_TIMEOUT",
-    "MODEL_UNAVAILABLE",
-    "GENERATION_FAILED",
-    "INSUFFICIENT_CREDITS",
-    "SensitiveContentDetected",
-]
+# Every code of the API page (the simulator's message table) and one of another model.
+FAIL_CODES = [*FAIL_MESSAGES, "SensitiveContentDetected"]
 
 
 @pytest.mark.parametrize("code", FAIL_CODES)
 async def test_fail_marker_in_prompt_fails_the_task_with_that_code(
-    sim: SimServer, http: aiohttp.ClientSession, code: str
+    fast_sim: SimServer, http: aiohttp.ClientSession, code: str
 ) -> None:
-    task_id = await submit(http, sim, body(prompt=f"a cat [fail:{code}] on a mat"))
-    data = await wait_terminal(http, sim, task_id)
+    task_id = await submit(http, fast_sim, body(prompt=f"a cat [fail:{code}] on a mat"))
+    data = await wait_terminal(http, fast_sim, task_id)
     assert data["state"] == "failed"
     assert data["failCode"] == code
     assert isinstance(data["failMsg"], str) and data["failMsg"]
@@ -178,11 +152,11 @@ async def test_fail_marker_in_prompt_fails_the_task_with_that_code(
 
 
 async def test_fail_marker_works_for_other_models_too(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
     payload = {"input": {"prompt": "[fail:GENERATION_FAILED]"}}
-    task_id = await submit(http, sim, payload, model="nano-banana")
-    data = await wait_terminal(http, sim, task_id, model="nano-banana")
+    task_id = await submit(http, fast_sim, payload, model="nano-banana")
+    data = await wait_terminal(http, fast_sim, task_id, model="nano-banana")
     assert data["failCode"] == "GENERATION_FAILED"
 
 
@@ -210,12 +184,12 @@ async def test_p_stuck_task_stays_processing_past_its_completion_time(
 
 
 async def test_task_ids_are_unique_and_counted_per_prompt(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    ids = [await submit(http, sim, body(prompt=f"p{i % 3}")) for i in range(9)]
+    ids = [await submit(http, fast_sim, body(prompt=f"p{i % 3}")) for i in range(9)]
     assert len(set(ids)) == 9
-    assert sim.stats.tasks_created == 9
-    assert sim.stats.submissions_per_prompt == {"p0": 3, "p1": 3, "p2": 3}
+    assert fast_sim.stats.tasks_created == 9
+    assert fast_sim.stats.submissions_per_prompt == {"p0": 3, "p1": 3, "p2": 3}
 
 
 async def test_credits_are_spent_per_generated_image_and_exhaustion_answers_403(
@@ -246,30 +220,30 @@ async def test_seeded_simulators_draw_the_same_tasks(http: aiohttp.ClientSession
 
 
 async def test_a_client_written_from_the_api_page_gets_its_images(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
     """Submit, poll, parse resultJson, download: the bytes are the recorded images."""
-    task_id = await submit(http, sim, body(max_images=2))
-    data = await wait_terminal(http, sim, task_id)
+    task_id = await submit(http, fast_sim, body(max_images=2))
+    data = await wait_terminal(http, fast_sim, task_id)
     digests = []
     for url in result_urls(data):
         async with http.get(url) as resp:
             assert resp.status == 200
             digests.append(hashlib.sha256(await resp.read()).hexdigest())
-    assert digests == sim.tasks[task_id].sha256
+    assert digests == fast_sim.tasks[task_id].sha256
 
 
 async def test_task_record_exposes_state_input_times_urls_and_hashes(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
     payload = body(max_images=2, aspect_ratio="3:4")
-    task_id = await submit(http, sim, payload)
-    record = sim.tasks[task_id]
+    task_id = await submit(http, fast_sim, payload)
+    record = fast_sim.tasks[task_id]
     assert record.input == payload["input"]
     assert record.create_ms <= record.processing_ms <= record.complete_ms
-    data = await wait_terminal(http, sim, task_id)
+    data = await wait_terminal(http, fast_sim, task_id)
     assert record.state == "success"
     assert record.result_urls == result_urls(data)
     assert len(record.sha256) == 2
-    failed = sim.tasks[await submit(http, sim, body(prompt="[fail:INVALID_PROMPT]"))]
+    failed = fast_sim.tasks[await submit(http, fast_sim, body(prompt="[fail:INVALID_PROMPT]"))]
     assert failed.result_urls == [] and failed.sha256 == []

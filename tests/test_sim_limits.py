@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from simfixtures import (
-    AUTH,
     MODEL,
     body,
     fast_config,
@@ -22,18 +20,6 @@ from simfixtures import (
 )
 
 from runner.sim import SimConfig, SimServer
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
-    async with SimServer(fast_config()) as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers=AUTH) as session:
-        yield session
 
 
 async def test_requests_over_the_window_answer_429_with_retry_after(
@@ -148,120 +134,126 @@ async def test_stuck_tasks_hold_their_slot_forever(http: aiohttp.ClientSession) 
         assert sim.stats.live == 1
 
 
+def assert_refused_by_fault(sim: SimServer, fault: str, times: int) -> None:
+    """The injected ``fault`` answered ``times`` requests, and no task was created."""
+    assert sim.stats.tasks_created == 0
+    assert sim.stats.faults[fault] == times
+
+
 async def test_p_429_injects_429_before_any_side_effect(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    sim.config.p_429 = 1.0
-    async with http.post(f"{sim.base_url}/generateTask/{MODEL}", json=body()) as r:
+    fast_sim.config.p_429 = 1.0
+    async with http.post(f"{fast_sim.base_url}/generateTask/{MODEL}", json=body()) as r:
         assert r.status == 429
         assert "Retry-After" in r.headers
-    assert sim.stats.tasks_created == 0
-    assert sim.stats.faults["429"] == 1
+    assert_refused_by_fault(fast_sim, "429", 1)
 
 
 async def test_p_5xx_injects_server_errors_in_the_envelope(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    sim.config.p_5xx = 1.0
+    fast_sim.config.p_5xx = 1.0
     seen = set()
     for _ in range(20):
-        status, envelope = await post(http, sim, body())
+        status, envelope = await post(http, fast_sim, body())
         assert envelope["code"] == status
         seen.add(status)
     assert seen <= {500, 502, 503, 504} and len(seen) > 1
-    assert sim.stats.tasks_created == 0
-    assert sim.stats.faults["5xx"] == 20
+    assert_refused_by_fault(fast_sim, "5xx", 20)
 
 
 async def test_p_reset_drops_the_connection_and_creates_nothing(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    sim.config.p_reset = 1.0
+    fast_sim.config.p_reset = 1.0
     with pytest.raises(aiohttp.ClientConnectionError):
-        await post(http, sim, body())
+        await post(http, fast_sim, body())
     with pytest.raises(aiohttp.ClientConnectionError):
-        await get_status(http, sim, "task_x")
-    assert sim.stats.tasks_created == 0
-    assert sim.stats.count("generate", 0) == 1
-    assert sim.stats.count("status", 0) >= 1  # aiohttp retries an idempotent GET once
-    sim.config.p_reset = 0.0
-    assert (await post(http, sim, body()))[0] == 200  # the next request is answered
+        await get_status(http, fast_sim, "task_x")
+    assert fast_sim.stats.tasks_created == 0
+    assert fast_sim.stats.count("generate", 0) == 1
+    assert fast_sim.stats.count("status", 0) >= 1  # aiohttp retries an idempotent GET once
+    fast_sim.config.p_reset = 0.0
+    assert (await post(http, fast_sim, body()))[0] == 200  # the next request is answered
 
 
 async def test_p_reset_after_creates_the_task_but_loses_the_answer(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    sim.config.p_reset_after = 1.0
+    fast_sim.config.p_reset_after = 1.0
     with pytest.raises(aiohttp.ClientConnectionError):
-        await post(http, sim, body(prompt="lost answer"))
-    assert sim.stats.tasks_created == 1
-    assert sim.stats.submissions_per_prompt["lost answer"] == 1
-    assert sim.stats.count("generate", 0) == 1
-    assert sim.stats.faults["reset_after"] == 1
+        await post(http, fast_sim, body(prompt="lost answer"))
+    assert fast_sim.stats.tasks_created == 1
+    assert fast_sim.stats.submissions_per_prompt["lost answer"] == 1
+    assert fast_sim.stats.count("generate", 0) == 1
+    assert fast_sim.stats.faults["reset_after"] == 1
 
 
 async def test_p_slow_delays_the_answer_past_a_client_timeout(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    sim.config.p_slow, sim.config.slow_s = 1.0, 0.3
+    fast_sim.config.p_slow, fast_sim.config.slow_s = 1.0, 0.3
     timeout = aiohttp.ClientTimeout(total=0.05)
-    url = f"{sim.base_url}/generateTask/{MODEL}"
+    url = f"{fast_sim.base_url}/generateTask/{MODEL}"
     with pytest.raises(asyncio.TimeoutError):
         async with http.post(url, json=body(prompt="impatient"), timeout=timeout) as r:
             await r.read()
     # The request had arrived: the task exists although its client gave up on the answer.
-    await until(lambda: sim.stats.tasks_created == 1)
-    assert sim.stats.submissions_per_prompt["impatient"] == 1
-    assert (await post(http, sim, body()))[0] == 200  # a patient client gets its answer
-    assert sim.stats.faults["slow"] == 2
+    await until(lambda: fast_sim.stats.tasks_created == 1)
+    assert fast_sim.stats.submissions_per_prompt["impatient"] == 1
+    assert (await post(http, fast_sim, body()))[0] == 200  # a patient client gets its answer
+    assert fast_sim.stats.faults["slow"] == 2
 
 
 async def test_config_changes_take_effect_on_the_next_request(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    sim.config.p_5xx = 1.0
-    assert (await post(http, sim, body()))[0] >= 500
-    sim.config.p_5xx = 0.0
-    assert (await post(http, sim, body()))[0] == 200
+    fast_sim.config.p_5xx = 1.0
+    assert (await post(http, fast_sim, body()))[0] >= 500
+    fast_sim.config.p_5xx = 0.0
+    assert (await post(http, fast_sim, body()))[0] == 200
 
 
 async def test_control_endpoints_report_stats_and_change_config(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    await submit(http, sim, body(prompt="one"))
-    async with http.get(f"{sim.origin}/_sim/stats") as r:
+    await submit(http, fast_sim, body(prompt="one"))
+    async with http.get(f"{fast_sim.origin}/_sim/stats") as r:
         stats = await r.json()
     assert stats["requests"] == {"generate": {"200": 1}}
     assert stats["tasks_created"] == 1 and stats["submissions_per_prompt"] == {"one": 1}
-    async with http.post(f"{sim.origin}/_sim/config", json={"p_5xx": 1.0, "gen_2k_s": [1, 2]}) as r:
+    async with http.post(
+        f"{fast_sim.origin}/_sim/config", json={"p_5xx": 1.0, "gen_2k_s": [1, 2]}
+    ) as r:
         assert r.status == 200
         assert (await r.json())["p_5xx"] == 1.0
-    assert sim.config.p_5xx == 1.0 and sim.config.gen_2k_s == (1.0, 2.0)
-    assert (await post(http, sim, body()))[0] >= 500
+    assert fast_sim.config.p_5xx == 1.0 and fast_sim.config.gen_2k_s == (1.0, 2.0)
+    assert (await post(http, fast_sim, body()))[0] >= 500
     for raw, field in (
         (b'{"p_9xx": 1}', "p_9xx"),
         (b'{"p_429": 2}', "p_429"),
         (b"[1]", "body"),
         (b"{", "body"),
     ):
-        async with http.post(f"{sim.origin}/_sim/config", data=raw) as r:
+        async with http.post(f"{fast_sim.origin}/_sim/config", data=raw) as r:
             assert r.status == 400
             assert (await r.json())["error"] == field
-    async with http.get(f"{sim.origin}/_sim/config") as r:
+    async with http.get(f"{fast_sim.origin}/_sim/config") as r:
         assert (await r.json())["p_429"] == 0.0  # the rejected change left nothing behind
-    assert sim.stats.count() == 2  # control requests are not counted
+    assert fast_sim.stats.count() == 2  # control requests are not counted
 
 
 async def test_control_task_endpoint_shows_the_record(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    task_id = await submit(http, sim, body(max_images=2))
-    await wait_terminal(http, sim, task_id)
-    async with http.get(f"{sim.origin}/_sim/tasks/{task_id}") as r:
+    task_id = await submit(http, fast_sim, body(max_images=2))
+    await wait_terminal(http, fast_sim, task_id)
+    async with http.get(f"{fast_sim.origin}/_sim/tasks/{task_id}") as r:
         record = await r.json()
-    assert record["sha256"] == sim.tasks[task_id].sha256
+    assert record["sha256"] == fast_sim.tasks[task_id].sha256
     assert record["status"]["state"] == "success"
-    async with http.get(f"{sim.origin}/_sim/tasks/task_nope") as r:
+    async with http.get(f"{fast_sim.origin}/_sim/tasks/task_nope") as r:
         assert r.status == 404
 
 
@@ -286,16 +278,16 @@ def test_config_rejects_bad_values_naming_the_field() -> None:
 
 
 async def test_stats_count_filters_by_endpoint_and_status(
-    sim: SimServer, http: aiohttp.ClientSession
+    fast_sim: SimServer, http: aiohttp.ClientSession
 ) -> None:
-    task_id = await submit(http, sim, body())
-    await get_status(http, sim, task_id)
-    await get_status(http, sim, "task_missing")
-    assert sim.stats.count() == 3
-    assert sim.stats.count("status") == 2
-    assert sim.stats.count(status=404) == 1
-    assert sim.stats.count("generate", 200) == 1
-    assert sim.stats.to_dict()["requests"]["status"] == {"200": 1, "404": 1}
+    task_id = await submit(http, fast_sim, body())
+    await get_status(http, fast_sim, task_id)
+    await get_status(http, fast_sim, "task_missing")
+    assert fast_sim.stats.count() == 3
+    assert fast_sim.stats.count("status") == 2
+    assert fast_sim.stats.count(status=404) == 1
+    assert fast_sim.stats.count("generate", 200) == 1
+    assert fast_sim.stats.to_dict()["requests"]["status"] == {"200": 1, "404": 1}
 
 
 def test_defaults_are_the_documented_limits_and_timings() -> None:

@@ -197,7 +197,10 @@ class SimServer:
     # -- the API gate ------------------------------------------------------------------
 
     async def _gate(self, request: web.Request, endpoint: str) -> tuple[str, web.Response | None]:
-        """Faults, authentication and the request window: (key, early answer or None)."""
+        """Faults, authentication, the request window and the model in the path.
+
+        Returns (key, early answer or None): with None the request may go on.
+        """
         cfg, rng = self.config, self._rng
         if cfg.p_reset and rng.random() < cfg.p_reset:
             self.stats.faults["reset"] += 1
@@ -231,6 +234,9 @@ class SimServer:
             self.stats.faults["5xx"] += 1
             status = rng.choice((500, 502, 503, 504))
             return key, self._answer(endpoint, status, {}, f"{_MESSAGES[status]} (injected)")
+        model = request.match_info["model"]
+        if not self._known_model(model):
+            return key, self._answer(endpoint, 404, {"error": "model"}, f"unknown model {model!r}")
         return key, None
 
     def _key(self, request: web.Request) -> str | None:
@@ -254,8 +260,6 @@ class SimServer:
         if early is not None:
             return early
         model = request.match_info["model"]
-        if not self._known_model(model):
-            return self._answer("generate", 404, {"error": "model"}, f"unknown model {model!r}")
         try:
             body = orjson.loads(await request.read())
             sub = parse_submission(model, body)
@@ -318,8 +322,6 @@ class SimServer:
         if early is not None:
             return early
         model = request.match_info["model"]
-        if not self._known_model(model):
-            return self._answer("status", 404, {"error": "model"}, f"unknown model {model!r}")
         task_id = request.query.get("taskId", "")
         if not task_id:
             msg = "invalid parameters: the query parameter taskId is required"

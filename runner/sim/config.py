@@ -33,6 +33,11 @@ def _knob(default: Any, kind: str, help_text: str) -> Any:
     return field(default=default, metadata={"kind": kind, "help": help_text})
 
 
+def _prob(event: str) -> Any:
+    """A fault knob: the probability of ``event``, off (0) by default."""
+    return _knob(0.0, "prob", f"probability {event}")
+
+
 @dataclass
 class SimConfig:
     """Every knob of the simulator. Mutable: changes apply from the next request."""
@@ -63,26 +68,16 @@ class SimConfig:
         1.0, "float", "REAL seconds sent in Retry-After on every 429 (may be fractional)"
     )
     send_retry_after: bool = _knob(True, "bool", "send the Retry-After header on 429")
-    p_429: float = _knob(0.0, "prob", "probability an API request gets a spurious 429")
-    p_5xx: float = _knob(0.0, "prob", "probability an API request gets a 500/502/503/504")
-    p_reset: float = _knob(
-        0.0, "prob", "probability an API request's connection is reset before anything happens"
-    )
-    p_reset_after: float = _knob(
-        0.0, "prob", "probability a submission creates its task, then resets the connection"
-    )
-    p_slow: float = _knob(0.0, "prob", "probability an API request waits slow_s before answering")
+    p_429: float = _prob("an API request gets a spurious 429")
+    p_5xx: float = _prob("an API request gets a 500/502/503/504")
+    p_reset: float = _prob("an API request's connection is reset before anything happens")
+    p_reset_after: float = _prob("a submission creates its task, then resets the connection")
+    p_slow: float = _prob("an API request waits slow_s before answering")
     slow_s: float = _knob(5.0, "float", "REAL seconds of delay of a slow answer (not scaled)")
-    p_truncate: float = _knob(
-        0.0, "prob", "probability a download closes after about half of its body"
-    )
-    p_corrupt: float = _knob(
-        0.0, "prob", "probability a download serves wrong bytes of the right length"
-    )
-    p_fail: float = _knob(
-        0.0, "prob", "probability a task fails with a retryable failCode (processing class)"
-    )
-    p_stuck: float = _knob(0.0, "prob", "probability a task stays processing forever")
+    p_truncate: float = _prob("a download closes after about half of its body")
+    p_corrupt: float = _prob("a download serves wrong bytes of the right length")
+    p_fail: float = _prob("a task fails with a retryable failCode (processing class)")
+    p_stuck: float = _prob("a task stays processing forever")
     credits: int | None = _knob(
         None, "optint", "remaining balance in images; unset: unlimited (403 when exhausted)"
     )
@@ -92,8 +87,8 @@ class SimConfig:
     callback_retry_delays_s: tuple[float, ...] = _knob(
         (30.0, 60.0, 120.0), "delays", "delays before each webhook retry (one per retry)"
     )
-    p_cb_duplicate: float = _knob(0.0, "prob", "probability a webhook is delivered twice")
-    p_cb_drop: float = _knob(0.0, "prob", "probability a webhook is never even attempted")
+    p_cb_duplicate: float = _prob("a webhook is delivered twice")
+    p_cb_drop: float = _prob("a webhook is never even attempted")
     seed: int | None = _knob(None, "optint", "seed of the random draws, for reproducible runs")
 
     def __post_init__(self) -> None:

@@ -244,23 +244,42 @@ def parse_submission(model: str, body: Any) -> Submission:
     if model != STRICT_MODEL and model not in LENIENT_MODELS:
         raise UnknownModel(model)
     request_type, callback_url, provider, inp = _envelope_fields(body)
-    if model in LENIENT_MODELS:
-        prompt = _prompt(inp.get("prompt"), None)
-        n = inp.get("max_images", 1)
-        return Submission(
-            model=model,
-            request_type=request_type,
-            callback_url=callback_url,
-            provider=provider,
-            input=inp,
-            prompt=prompt,
-            max_images=n if _is_int(n) and 1 <= n <= MAX_IMAGES else 1,
-            resolution="4K" if inp.get("resolution") == "4K" else "2K",
-            sequential=inp.get("sequential_image_generation") == "auto",
-        )
+    read_input = _lenient_input if model in LENIENT_MODELS else _strict_input
+    prompt, max_images, resolution, sequential = read_input(inp)
+    return Submission(
+        model=model,
+        request_type=request_type,
+        callback_url=callback_url,
+        provider=provider,
+        input=inp,
+        prompt=prompt,
+        max_images=max_images,
+        resolution=resolution,
+        sequential=sequential,
+    )
+
+
+# What a submission's ``input`` decides: prompt, max_images, resolution, sequential.
+_InputFields = tuple[str, int, str, bool]
+
+
+def _lenient_input(inp: dict[str, Any]) -> _InputFields:
+    """The other models: a prompt is required; anything else off the table takes a default."""
+    prompt = _prompt(inp.get("prompt"), None)
+    n = inp.get("max_images", 1)
+    return (
+        prompt,
+        n if _is_int(n) and 1 <= n <= MAX_IMAGES else 1,
+        "4K" if inp.get("resolution") == "4K" else "2K",
+        inp.get("sequential_image_generation") == "auto",
+    )
+
+
+def _strict_input(inp: dict[str, Any]) -> _InputFields:
+    """``seedream-4-5``: every rule of the API page's input table."""
     for name in inp:
         if name not in _INPUT_FIELDS:
-            raise InvalidRequest(f"input.{name}", f"unknown field for {model}")
+            raise InvalidRequest(f"input.{name}", f"unknown field for {STRICT_MODEL}")
     mode = _choice(
         "input.mode", inp.get("mode", "text-to-image"), ("text-to-image", "image-to-image")
     )
@@ -290,17 +309,7 @@ def parse_submission(model: str, body: Any) -> Submission:
         inp.get("sequential_image_generation", "disabled"),
         ("disabled", "auto"),
     )
-    return Submission(
-        model=model,
-        request_type=request_type,
-        callback_url=callback_url,
-        provider=provider,
-        input=inp,
-        prompt=prompt,
-        max_images=n,
-        resolution=resolution,
-        sequential=sequential == "auto",
-    )
+    return prompt, n, resolution, sequential == "auto"
 
 
 def _draw_ms(rng: random.Random, bounds: tuple[float, float], scale: float) -> int:
