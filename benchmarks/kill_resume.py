@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import read_jsonl, run_runner, sim_get, simulator, verify_images, write_campaign
 
 from runner.ledger import Phase, read_index
+from runner.submit import MAX_ON_WIRE
 
 
 def main() -> None:
@@ -89,7 +90,7 @@ def main() -> None:
             },
             "uncertain_reported": summary["uncertain_submissions"]["all_runs"],
             "duplicate_submissions": sum(stats["submissions_per_prompt"].values()) - args.jobs,
-            "submissions_on_wire_cap": 64,
+            "submissions_on_wire_cap": MAX_ON_WIRE,
         }
         print(json.dumps(report, indent=2))
 

@@ -24,23 +24,25 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .budget import ImageBudget
+from .callback import CallbackReceiver, load_secret
 from .client import ApiClient, FailClass, TaskState, TaskStatus, classify_fail_code
 from .download import fetch_image
 from .errors import (
     FatalApiError,
     PermanentApiError,
     TransientApiError,
-    UncertainSubmitError,
 )
 from .ledger import FolderLock, JobRecord, Ledger, Phase
 from .limits import RequestBudget, Slots
 from .manifest import Campaign, Job, image_path
-from .outputs import RunCounters, write_results, write_summary
+from .outputs import LedgerView, RunCounters, ledger_view, write_results, write_summary
 from .scheduler import Poller, PollTimeout
+from .submit import Submitter
 
 __all__ = ["Engine", "RunOptions"]
 
@@ -55,26 +57,8 @@ class RunOptions:
     progress_every_s: float = 10.0
 
 
-#: the outcome of a submission was lost: submit again
-_RETRY = object()
-
-#: submissions on the wire at once: at ~0.3 s each that is ~200/s, more than the rate limit
-#: lets through even while 1,000 slots fill at start; and it
-#: bounds what a SIGKILL at the worst moment can leave uncertain
-MAX_SUBMISSIONS_ON_WIRE = 64
-
-
 class _Stop(Exception):
     """Raised inside the job TaskGroup to cancel what is left once a stop has settled."""
-
-
-@dataclass(slots=True)
-class _Reservations:
-    """Images that submitted work could still produce, for the budget."""
-
-    spent: int = 0  # images generated (done or downloading), all runs
-    reserved: int = 0  # max_images of tasks submitted and not yet ended
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Engine:
@@ -89,19 +73,17 @@ class Engine:
         self.stop_reason: str | None = None
         self.fatal: FatalApiError | None = None
         self._stopping = asyncio.Event()
-        self._on_wire = 0  # submissions sent and not yet answered
-        self._wire_idle = asyncio.Event()
-        self._wire_idle.set()
         limits = campaign.limits
         self.slots = Slots(limits.concurrency)
         self._pipeline = Slots(limits.concurrency + max(64, 4 * limits.downloads))
         self._downloads = asyncio.Semaphore(limits.downloads)
-        self._images = _Reservations()
+        self.budget = ImageBudget(campaign.budget, ())
         self._timed_out = 0
         self._client: ApiClient | None = None
-        self._key_proven = False
-        self._wire = asyncio.Semaphore(MAX_SUBMISSIONS_ON_WIRE)
-        self._probe = asyncio.Lock()
+        self._submitter: Submitter | None = None
+        self._receiver: CallbackReceiver | None = None
+        self._live_tasks: dict[str, Job] = {}  # task id -> job, for tasks being watched
+        self._finished: dict[str, None] = {}  # recently ended task ids (duplicate webhooks)
         self._poller: Poller | None = None
 
     # -- public --------------------------------------------------------------------------
@@ -112,7 +94,7 @@ class Engine:
             self.stop_reason = reason
             log.warning("stopping (%s): no new submissions; run again to continue", reason)
         self._stopping.set()
-        self._images.changed.set()
+        self.budget.wake()
         self.slots.close()
         self._pipeline.close()
 
@@ -132,8 +114,18 @@ class Engine:
             self._recover_uncertain()
             async with self._api() as client:
                 self._client = client
+                self._submitter = Submitter(
+                    client,
+                    self.ledger,
+                    self.counters,
+                    payload=self._payload,
+                    fail=self._fail,
+                    stopping=self._stopping,
+                    max_uncertain=self.campaign.retry.attempts,
+                )
                 await self._run_jobs(client)
-            code = self._exit_code()
+            view = ledger_view(self.campaign, self.ledger.index)
+            code = self._exit_code(view)
             if self.counters.remaining:
                 log.warning(
                     "%d jobs remain (%s); run the same command again to continue",
@@ -143,7 +135,7 @@ class Engine:
                 )
             self.counters.wall_time_s = time.monotonic() - started
             write_results(self.campaign, self.ledger.index)
-            write_summary(self.campaign, self.ledger.index, self.counters, client.stats, code)
+            write_summary(self.campaign, view, self.counters, client.stats, code)
             return code
         finally:
             self.ledger.close()
@@ -180,7 +172,17 @@ class Engine:
                 connections=limits.concurrency + limits.downloads + 16,
             )
             client.halt = self._stopping
-            yield await stack.enter_async_context(client)
+            await stack.enter_async_context(client)
+            if api.mode == "callback":
+                self._receiver = CallbackReceiver(
+                    api.callback_listen,
+                    api.callback_public_url,
+                    load_secret(self.out),
+                    known=self._known_task,
+                    accept=self._accept_delivery,
+                )
+                await stack.enter_async_context(self._receiver)
+            yield client
 
     def _recover_uncertain(self) -> None:
         """A submission written but never answered (the last run was killed): uncertain."""
@@ -211,9 +213,10 @@ class Engine:
             interval_s=p.interval_s * scale,
             jitter=p.jitter,
             timeout_s=p.timeout_s * scale,
+            callbacks=self._receiver is not None,
             workers=min(64, self.campaign.limits.concurrency),
         )
-        self._count_images()
+        self.budget = ImageBudget(self.campaign.budget, self.ledger.index.values())
         loop = asyncio.get_running_loop()
         deadline = None
         if self.options.deadline_s is not None:
@@ -233,6 +236,14 @@ class Engine:
                     pass
                 for task in (poll_task, sync_task, progress):
                     task.cancel()
+            c = self.counters
+            c.polled_results, c.webhook_results = (
+                poller.resolved_by_poll,
+                poller.resolved_by_webhook,
+            )
+            if self._receiver is not None:
+                c.webhook_duplicates = self._receiver.duplicates
+                c.webhook_rejected = self._receiver.rejected
         finally:
             if deadline is not None:
                 deadline.cancel()
@@ -240,9 +251,8 @@ class Engine:
     async def _stop_when_settled(self) -> None:
         """After a stop request, once no submission is on the wire, cancel the rest."""
         await self._stopping.wait()
-        while self._on_wire:
-            self._wire_idle.clear()
-            await self._wire_idle.wait()
+        if self._submitter is not None:
+            await self._submitter.settled()
         raise _Stop
 
     async def _sync_ledger(self) -> None:
@@ -299,13 +309,19 @@ class Engine:
             if action == "download":
                 jobs.create_task(self._guard(job, self._download_job(job)))
                 continue
-            if action == "submit" and not await self._fits_budget(job):
+            if action == "submit" and not await self.budget.admit(job.max_images, self._stopping):
                 self._pipeline.release()
+                if self.budget.exhausted:
+                    self.counters.budget_stopped = True
+                    log.warning(
+                        "budget reached: %d images spent or reserved; submitting no more",
+                        self.budget.spent + self.budget.reserved,
+                    )
                 return
             if not await self.slots.acquire():
                 self._pipeline.release()
                 if action == "submit":
-                    self._reserve(job.max_images, -1)
+                    self.budget.release(job.max_images)
                 return
             if action == "poll":
                 rec = self.ledger.index[job.id]
@@ -359,56 +375,42 @@ class Engine:
             log.error("%s", exc)
         self.request_stop("the API refused the account")
 
-    # -- budget --------------------------------------------------------------------------
-
-    def _count_images(self) -> None:
-        for rec in self.ledger.index.values():
-            if rec.phase in (Phase.DONE, Phase.RESULT):
-                self._images.spent += len(rec.urls)
-            elif rec.phase is Phase.LIVE:
-                self._images.reserved += rec.max_images
-
-    def _budget_left(self) -> float:
-        b = self.campaign.budget
-        used = self._images.spent + self._images.reserved
-        left = float("inf")
-        if b.max_images is not None:
-            left = b.max_images - used
-        if b.max_cost is not None:
-            left = min(left, b.max_cost / b.price_per_image - used)
-        return left
-
-    async def _fits_budget(self, job: Job) -> bool:
-        """Wait while work in flight might still leave room; False once it cannot."""
-        while self._budget_left() < job.max_images:
-            if self._stopping.is_set():
-                return False
-            if not self._images.reserved:
-                # Nothing in flight could free room: admit no more, but let the work
-                # already paid for (downloads) finish.
-                self.counters.budget_stopped = True
-                log.warning(
-                    "budget reached: %d images spent or reserved; submitting no more",
-                    self._images.spent,
-                )
-                return False
-            self._images.changed.clear()
-            await self._images.changed.wait()
-        self._reserve(job.max_images, +1)
-        return True
-
-    def _reserve(self, images: int, delta: int) -> None:
-        self._images.reserved += delta * images
-        self._images.changed.set()
-
     # -- one job ---------------------------------------------------------------------------
 
     def _payload(self, job: Job) -> dict[str, Any]:
-        return {
+        payload: dict[str, Any] = {
             "request_type": "async",
             "provider": self.campaign.api.provider,
             "input": job.input,
         }
+        if self._receiver is not None:
+            payload["request_type"] = "callback"
+            payload["callback_url"] = self._receiver.callback_url
+        return payload
+
+    # -- webhooks --------------------------------------------------------------------------
+
+    def _known_task(self, task_id: str) -> bool:
+        return task_id in self._live_tasks or task_id in self._finished
+
+    def _accept_delivery(self, status: TaskStatus) -> bool:
+        """A valid webhook for a known task: record it, then resolve the task. False for
+        a duplicate (the task has already ended)."""
+        job = self._live_tasks.get(status.task_id)
+        if job is None or self._poller is None:
+            return False
+        self.ledger.append(
+            "delivered",
+            job.id,
+            task=status.task_id,
+            state=status.state.value,
+            urls=list(status.result_urls),
+            code=status.fail_code,
+            create_ms=status.create_ms,
+            complete_ms=status.complete_ms,
+            cost_ms=status.cost_ms,
+        )
+        return self._poller.deliver(status)
 
     def _kind(self, job: Job) -> tuple[Any, ...]:
         inp = job.input
@@ -422,7 +424,8 @@ class Engine:
         try:
             while True:
                 if task_id is None:
-                    task_id = await self._submit(job)
+                    assert self._submitter is not None
+                    task_id = await self._submitter.submit(job)
                     if task_id is None:
                         return
                     ago = 0.0
@@ -434,75 +437,17 @@ class Engine:
                 task_id = None
         finally:
             self.slots.release()
-            self._reserve(job.max_images, -1)
+            self.budget.release(job.max_images)
         await self._download_job(job)
-
-    async def _submit(self, job: Job) -> str | None:
-        """Submit, one at a time until the API has accepted the key once: a bad key or
-        an empty balance then costs one refused request, not a thousand."""
-        if self._key_proven:
-            return await self._submit_recorded(job)
-        async with self._probe:
-            task_id = await self._submit_recorded(job)
-            if task_id is not None:
-                self._key_proven = True
-            return task_id
-
-    async def _submit_recorded(self, job: Job) -> str | None:
-        """Submit until a task exists or the job cannot go on. None: no task."""
-        while True:
-            async with self._wire:
-                outcome = await self._send_submission(job)
-            if outcome is not _RETRY:
-                return outcome if isinstance(outcome, str) else None
-
-    async def _send_submission(self, job: Job) -> object:
-        """One submission, its intent written before it is sent and its outcome after.
-        Returns the taskId, None (no task was created) or _RETRY (the outcome was lost)."""
-        if self._stopping.is_set():
-            return None
-        assert self._client is not None
-        self.ledger.append("submit", job.id, fp=job.fingerprint, imgs=job.max_images)
-        self._on_wire += 1
-        self.counters.submitted += 1
-        try:
-            task_id = await self._client.submit(self._payload(job))
-        except UncertainSubmitError as exc:
-            self.ledger.append("uncertain", job.id, why=str(exc))
-            self.counters.uncertain += 1
-            if self.ledger.index[job.id].uncertain >= self.campaign.retry.attempts:
-                self._fail(job, "UNCERTAIN", "submissions kept losing their answer", True)
-                return None
-            return _RETRY
-        except PermanentApiError as exc:
-            self._key_proven = True  # the key passed; this job's content did not
-            if exc.code == "BAD_ANSWER":
-                # Answered 200 but unreadably: a task may exist. Never pay again blindly.
-                self.ledger.append("uncertain", job.id, why=str(exc))
-                self.counters.uncertain += 1
-                self._fail(job, "BAD_ANSWER", str(exc), retryable=True)
-            else:
-                self.ledger.append("unsent", job.id, status=exc.status)
-                self._fail(job, exc.code or f"HTTP_{exc.status}", str(exc), retryable=False)
-            return None
-        except (TransientApiError, FatalApiError) as exc:
-            self.ledger.append("unsent", job.id, status=exc.status)
-            if isinstance(exc, FatalApiError):
-                raise
-            if not self._stopping.is_set():
-                self._fail(job, "SUBMIT_FAILED", str(exc), retryable=True)
-            return None
-        finally:
-            self._on_wire -= 1
-            if not self._on_wire:
-                self._wire_idle.set()
-        self.ledger.append("task", job.id, task=task_id)
-        return task_id
 
     async def _wait(self, job: Job, task_id: str, ago: float) -> TaskStatus | None:
         """Wait for the task's terminal status. None: it stays live (timeout or stop)."""
         assert self._poller is not None
-        future = self._poller.watch(task_id, self._kind(job), ago)
+        # A task left by an earlier run may have finished while nobody listened for its
+        # webhook: in callback mode ask about it at once.
+        resumed = ago > 0 and self._receiver is not None
+        future = self._poller.watch(task_id, self._kind(job), ago, poll_now=resumed)
+        self._live_tasks[task_id] = job
         try:
             return await future
         except PollTimeout:
@@ -512,6 +457,11 @@ class Engine:
         except asyncio.CancelledError:
             self._poller.forget(task_id)
             raise
+        finally:
+            del self._live_tasks[task_id]
+            self._finished[task_id] = None
+            if len(self._finished) > 100_000:
+                del self._finished[next(iter(self._finished))]
 
     def _settle(self, job: Job, status: TaskStatus) -> bool:
         """Record a terminal status. True: go on (download, or resubmit a failure)."""
@@ -525,7 +475,7 @@ class Engine:
                 complete_ms=status.complete_ms,
                 cost_ms=status.cost_ms,
             )
-            self._images.spent += len(status.result_urls)
+            self.budget.produced(len(status.result_urls))
             return True
         fail_class = classify_fail_code(status.fail_code)
         self.ledger.append(
@@ -606,20 +556,11 @@ class Engine:
 
     # -- the end -------------------------------------------------------------------------
 
-    def _exit_code(self) -> int:
+    def _exit_code(self, view: LedgerView) -> int:
         if self.fatal is not None:
             return 3
-        remaining = 0
-        failed = 0
-        for job in self.campaign.jobs():
-            rec = self.ledger.index.get(job.id)
-            if rec is None or rec.fp != job.fingerprint:
-                remaining += 1
-            elif rec.phase is Phase.FAILED:
-                failed += 1
-            elif rec.phase is not Phase.DONE:
-                remaining += 1
-        self.counters.remaining = remaining
-        if remaining:
+        failed = view.states.get("failed", 0)
+        self.counters.remaining = view.jobs - view.states.get("done", 0) - failed
+        if self.counters.remaining:
             return 4
         return 1 if failed else 0

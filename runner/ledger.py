@@ -14,6 +14,8 @@ Events, in the order a job meets them::
                 between ``submit`` and ``task``); the job will be submitted again
     task_failed the task ended failed (code, message, class)
     result      the task succeeded: result URLs and timings
+    delivered   a webhook brought the task's end (written before it is acknowledged);
+                a successful one counts as ``result``
     file        one image is on disk, verified (path relative to the folder, bytes, sha256)
     done        every image of the job is on disk
     failed      the job ended without images (code, message, retryable or not)
@@ -141,7 +143,7 @@ def _apply(index: dict[str, JobRecord], ev: dict[str, Any]) -> None:
         rec.fail_code, rec.fail_msg = ev.get("code"), ev.get("msg")
         if ev.get("class") == "retryable":
             rec.failed_tasks += 1
-    elif kind == "result":
+    elif kind == "result" or (kind == "delivered" and ev.get("state") == "success"):
         rec.phase = Phase.RESULT
         rec.urls = tuple(ev.get("urls") or ())
         rec.create_ms, rec.complete_ms, rec.cost_ms = (

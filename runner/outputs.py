@@ -38,6 +38,10 @@ class RunCounters:
     download_parked: int = 0
     skipped_done: int = 0
     skipped_failed: int = 0
+    polled_results: int = 0  # tasks whose end was learned by polling
+    webhook_results: int = 0  # ... by a webhook (callback mode)
+    webhook_duplicates: int = 0
+    webhook_rejected: int = 0  # forged, malformed or for unknown tasks
     budget_stopped: bool = False
     remaining: int = 0
     wall_time_s: float = 0.0
@@ -130,12 +134,11 @@ def ledger_view(campaign: Campaign, index: Mapping[str, JobRecord]) -> LedgerVie
 
 def write_summary(
     campaign: Campaign,
-    index: Mapping[str, JobRecord],
+    view: LedgerView,
     run: RunCounters,
     stats: ClientStats,
     exit_code: int,
 ) -> dict[str, Any]:
-    view = ledger_view(campaign, index)
     price = campaign.budget.price_per_image
     summary: dict[str, Any] = {
         "name": campaign.name,

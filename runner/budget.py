@@ -1,0 +1,72 @@
+"""The spending cap: never submit work that could exceed ``budget.max_images`` or
+``budget.max_cost``.
+
+Images count in two ways: *spent* (a task succeeded and produced them, in any run) and
+*reserved* (a job was admitted and its task could still produce up to ``max_images``).
+A job is admitted only if spent + reserved + its ``max_images`` fits; while tasks in
+flight hold reservations, admission waits for them, since a task that makes fewer images
+than it might (``sequential_image_generation: auto``) frees room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from .ledger import JobRecord, Phase
+from .manifest import Budget
+
+__all__ = ["ImageBudget"]
+
+
+class ImageBudget:
+    def __init__(self, budget: Budget, records: Iterable[JobRecord]) -> None:
+        self.budget = budget
+        self.spent = 0
+        self.reserved = 0
+        self.exhausted = False
+        self._changed = asyncio.Event()
+        for rec in records:
+            if rec.phase in (Phase.DONE, Phase.RESULT):
+                self.spent += len(rec.urls)
+            elif rec.phase is Phase.LIVE:
+                self.reserved += rec.max_images  # resumed tasks: released when they end
+
+    def left(self) -> float:
+        """Images that may still be committed (infinite without a cap)."""
+        b = self.budget
+        used = self.spent + self.reserved
+        left = float("inf")
+        if b.max_images is not None:
+            left = b.max_images - used
+        if b.max_cost is not None:
+            left = min(left, b.max_cost / b.price_per_image - used)
+        return left
+
+    async def admit(self, images: int, stopping: asyncio.Event) -> bool:
+        """Reserve ``images`` for one job, waiting while work in flight may free room.
+        False once nothing in flight can: the budget is exhausted (or the run stops)."""
+        while self.left() < images:
+            if stopping.is_set():
+                return False
+            if not self.reserved:
+                self.exhausted = True
+                return False
+            self._changed.clear()
+            await self._changed.wait()
+        self.reserved += images
+        return True
+
+    def release(self, images: int) -> None:
+        """A job admitted (or resumed) with ``images`` reserved has ended its task."""
+        self.reserved -= images
+        self._changed.set()
+
+    def produced(self, images: int) -> None:
+        """A task succeeded with this many images."""
+        self.spent += images
+        self._changed.set()
+
+    def wake(self) -> None:
+        """Let a waiting admission re-check (the run is stopping)."""
+        self._changed.set()
