@@ -230,7 +230,7 @@ class ApiClient:
 
     async def _send(self, kind: str, method: str, url: str, body: bytes | None) -> Any:
         """Send one API request and return the ``data`` of a 200 envelope."""
-        await self.budget.acquire()
+        await self.budget.acquire(urgent=kind == "submit")
         if kind == "submit" and self.halt is not None and self.halt.is_set():
             raise TransientApiError("submit: not sent, the run is stopping")
         self.stats.requests[kind] += 1

@@ -146,7 +146,8 @@ class Engine:
     @contextlib.asynccontextmanager
     async def _api(self) -> AsyncIterator[ApiClient]:
         api, limits = self.campaign.api, self.campaign.limits
-        budget = RequestBudget(limits.rate, limits.rate_period_s)
+        # A burst as large as the slots lets a fresh run fill them all at once.
+        budget = RequestBudget(limits.rate, limits.rate_period_s, burst=limits.concurrency)
         async with contextlib.AsyncExitStack() as stack:
             base_url, key = api.base_url, self.options.api_key
             if api.embedded:
@@ -214,6 +215,7 @@ class Engine:
             jitter=p.jitter,
             timeout_s=p.timeout_s * scale,
             callbacks=self._receiver is not None,
+            request_rate=client.budget.sustained_per_s,
             workers=min(64, self.campaign.limits.concurrency),
         )
         self.budget = ImageBudget(self.campaign.budget, self.ledger.index.values())

@@ -24,14 +24,15 @@ from aiolimiter import AsyncLimiter
 __all__ = ["RequestBudget", "Slots", "limiter_shape"]
 
 
-def limiter_shape(rate: int, period_s: float) -> tuple[float, float]:
-    """Return ``(burst, seconds_per_burst)`` for an AsyncLimiter that keeps every
-    ``period_s`` window at or below ``rate`` requests."""
-    burst = max(1.0, min(rate * 0.02, 200.0))
-    if burst >= rate:
-        burst = float(rate) / 2 if rate > 1 else 1.0
-    drain_per_s = max(rate - burst, 1.0) / period_s
-    return burst, burst / drain_per_s
+def limiter_shape(rate: int, period_s: float, burst: int) -> tuple[float, float]:
+    """Return ``(capacity, seconds_per_capacity)`` for an AsyncLimiter that keeps every
+    ``period_s`` window at or below ``rate`` requests while allowing ``burst`` at once.
+
+    The burst is capped at a tenth of the window, so the sustained rate keeps at least
+    90 % of ``rate / period_s``."""
+    capacity = float(max(1, min(burst, rate // 10)))
+    drain_per_s = max(rate - capacity, 1.0) / period_s
+    return capacity, capacity / drain_per_s
 
 
 class RequestBudget:
@@ -43,11 +44,17 @@ class RequestBudget:
     #: fraction of the configured rate regained per second without a 429
     INCREASE_PER_S = 0.05
 
-    def __init__(self, rate: int, period_s: float) -> None:
+    def __init__(self, rate: int, period_s: float, burst: int = 1) -> None:
         self.rate = rate
         self.period_s = period_s
-        burst, seconds = limiter_shape(rate, period_s)
-        self._hard = AsyncLimiter(burst, seconds)
+        capacity, seconds = limiter_shape(rate, period_s, burst)
+        #: the sustained pace the hard cap allows
+        self.sustained_per_s = (rate - capacity) / period_s
+        self._hard = AsyncLimiter(capacity, seconds)
+        # Submissions go before polls: an idle slot costs more than a late poll.
+        self._submits_waiting = 0
+        self._no_submits_waiting = asyncio.Event()
+        self._no_submits_waiting.set()
         self._factor = 1.0
         self._factor_at = time.monotonic()
         self._paused_until = 0.0
@@ -69,8 +76,25 @@ class RequestBudget:
         self._factor_at = now
         return self._factor
 
-    async def acquire(self) -> None:
-        """Wait until one more request may be sent."""
+    async def acquire(self, urgent: bool = False) -> None:
+        """Wait until one more request may be sent. ``urgent`` requests (submissions)
+        overtake the others still waiting to enter the limiter."""
+        if not urgent:
+            await self._no_submits_waiting.wait()
+            await self._pace()
+            await self._hard.acquire()
+            return
+        self._submits_waiting += 1
+        self._no_submits_waiting.clear()
+        try:
+            await self._pace()
+            await self._hard.acquire()
+        finally:
+            self._submits_waiting -= 1
+            if not self._submits_waiting:
+                self._no_submits_waiting.set()
+
+    async def _pace(self) -> None:
         while True:
             now = time.monotonic()
             if now < self._paused_until:
@@ -85,8 +109,7 @@ class RequestBudget:
                 self._next_slot = slot + spacing
                 if slot > now:
                     await asyncio.sleep(slot - now)
-            break
-        await self._hard.acquire()
+            return
 
     def throttle(self, retry_after_s: float | None) -> None:
         """Record a 429: slow down and pause every request for ``retry_after_s`` (or a

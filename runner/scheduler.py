@@ -6,10 +6,15 @@ terminal :class:`~runner.client.TaskStatus`. No coroutine sleeps per task: one l
 until the earliest due time and hands due tasks to a small pool of workers.
 
 When to poll: until enough completions have been seen, the configured recipe
-(``initial_delay`` after submission, then every ``interval``). After that, the observed
-completion times of tasks of the same kind (resolution, image count) give a ladder of
-quantiles, so polls land where completions are likely and few are spent before. Every
-wait is jittered by ``jitter`` so polls never march in lockstep.
+(``initial_delay`` after submission, then every ``interval``). After that, polls follow a
+ladder of quantiles of the completion times observed for tasks of the same kind
+(resolution, image count): the k-th poll of a task lands where a k/m share of such tasks
+is done. The ladder's length m is what the request budget affords: with R requests a
+second, L live tasks and a mean completion time D, each task may spend R*D/L requests;
+one goes to the submission and a ladder of m rungs costs about (m+1)/2 polls, so m
+follows. Fewer live tasks (a small campaign, the tail of a big one) buy a finer ladder
+and less detection lag. Every wait is jittered by ``jitter`` (of the wait, or of
+``interval`` where that is shorter) so polls never march in lockstep.
 
 A webhook (callback mode) resolves a task through :meth:`Poller.deliver`; the heap entry
 is then skipped lazily.
@@ -45,8 +50,6 @@ class CompletionModel:
 
     MIN_SAMPLES = 20
     WINDOW = 400
-    #: the cumulative probabilities the successive polls aim at
-    LADDER = (0.25, 0.5, 0.7, 0.85, 0.95, 0.99)
 
     def __init__(self) -> None:
         self._samples: dict[Hashable, deque[float]] = {}
@@ -68,12 +71,11 @@ class CompletionModel:
             ordered = self._sorted[kind] = sorted(samples)
         return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
-    def count(self, kind: Hashable) -> int:
-        return len(self._samples.get(kind, ()))
-
-    def spread(self, kind: Hashable) -> float | None:
-        lo, hi = self.quantile(kind, 0.0), self.quantile(kind, 1.0)
-        return None if lo is None or hi is None else hi - lo
+    def mean(self, kind: Hashable) -> float | None:
+        samples = self._samples.get(kind)
+        if samples is None or len(samples) < self.MIN_SAMPLES:
+            return None
+        return sum(samples) / len(samples)
 
 
 @dataclass(slots=True)
@@ -92,6 +94,9 @@ class _Watch:
 class Poller:
     """Polls every watched task at the right moments and resolves its future."""
 
+    #: share of the request budget polling plans to use (the rest absorbs retries)
+    BUDGET_SHARE = 0.85
+    MIN_RUNGS, MAX_RUNGS = 2, 24
     #: callback mode, before any completion time is known: overdue at this many
     #: ``initial_delay``s (50 s with the provider's 20 s: past most 2K and many 4K tasks)
     CALLBACK_FALLBACK_FACTOR = 2.5
@@ -106,6 +111,7 @@ class Poller:
         timeout_s: float,
         workers: int = 64,
         callbacks: bool = False,
+        request_rate: float = float("inf"),
     ) -> None:
         self.client = client
         self.initial_delay_s = initial_delay_s
@@ -113,6 +119,8 @@ class Poller:
         self.jitter = jitter
         self.timeout_s = timeout_s
         self.model = CompletionModel()
+        #: API requests per second the run may spend (submissions and polls together)
+        self.request_rate = request_rate
         #: webhooks are expected: poll only tasks whose webhook is overdue
         self.callbacks = callbacks
         #: seconds from completion to webhook arrival, recent deliveries
@@ -166,13 +174,23 @@ class Poller:
     # -- timing policy -----------------------------------------------------------------
 
     def _jittered(self, seconds: float) -> float:
-        return max(0.0, seconds * (1 + random.uniform(-self.jitter, self.jitter)))
+        spread = self.jitter * min(seconds, self.interval_s)
+        return max(0.0, seconds + random.uniform(-spread, spread))
+
+    def rungs(self, kind: Hashable) -> int:
+        """How many quantile rungs the request budget affords for this kind now."""
+        mean = self.model.mean(kind)
+        if mean is None:
+            return self.MIN_RUNGS
+        per_task = self.request_rate * self.BUDGET_SHARE * mean / max(1, self.live)
+        polls = per_task - 1.0  # one request is the submission
+        return max(self.MIN_RUNGS, min(self.MAX_RUNGS, int(2 * polls - 1)))
 
     def _first_age(self, kind: Hashable) -> float:
         """How old a task should be when it is first polled."""
         if self.callbacks:
             return self._overdue_age(kind)
-        first = self.model.quantile(kind, self.model.LADDER[0])
+        first = self.model.quantile(kind, 1 / self.rungs(kind))
         return first if first is not None else self.initial_delay_s
 
     def _overdue_age(self, kind: Hashable) -> float:
@@ -191,9 +209,14 @@ class Poller:
         if self.callbacks:
             # The webhook may still come: back off, but keep checking.
             return self._jittered(min(self.interval_s * 2 ** (w.polls - 1), 10 * self.interval_s))
-        if w.polls < len(self.model.LADDER):
-            target = self.model.quantile(w.kind, self.model.LADDER[w.polls])
-            if target is not None and target > age:
+        # The next rung above the task's age: stateless, so a ladder that is refined or
+        # coarsened as the budget changes simply takes over.
+        m = self.rungs(w.kind)
+        for rung in range(1, m + 1):
+            target = self.model.quantile(w.kind, rung / m)
+            if target is None:
+                break
+            if target > age + 1e-3:
                 return self._jittered(target - age)
         return self._jittered(self.interval_s)
 

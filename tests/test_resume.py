@@ -45,8 +45,10 @@ def _assert_complete(path: Path, sim: SimServer) -> dict[str, object]:
     assert not any(p.suffix == ".part" for p in (out / "images").rglob("*"))
     summary = orjson.loads((out / "summary.json").read_bytes())
     assert isinstance(summary, dict)
+    # A kill between writing a submission's intent and sending it counts as uncertain
+    # without reaching the server: every duplicate is reported, not every report a duplicate.
     extra = sum(sim.stats.submissions_per_prompt.values()) - JOBS
-    assert extra == summary["uncertain_submissions"]["all_runs"], "every duplicate is reported"
+    assert extra <= summary["uncertain_submissions"]["all_runs"], "every duplicate is reported"
     return summary
 
 
