@@ -97,6 +97,9 @@ class Poller:
     #: share of the request budget polling plans to use (the rest absorbs retries)
     BUDGET_SHARE = 0.85
     MIN_RUNGS, MAX_RUNGS = 2, 24
+    #: callback mode: the share of tasks expected done when the one early look comes;
+    #: about 1 - this share of tasks (plus the dropped webhooks) get polled once
+    CALLBACK_EARLY_QUANTILE = 0.9
     #: callback mode, before any completion time is known: overdue at this many
     #: ``initial_delay``s (50 s with the provider's 20 s: past most 2K and many 4K tasks)
     CALLBACK_FALLBACK_FACTOR = 2.5
@@ -189,7 +192,10 @@ class Poller:
     def _first_age(self, kind: Hashable) -> float:
         """How old a task should be when it is first polled."""
         if self.callbacks:
-            return self._overdue_age(kind)
+            # One early look where most tasks are done (a dropped webhook then costs a
+            # few seconds, not the whole tail); then the overdue mark.
+            early = self.model.quantile(kind, self.CALLBACK_EARLY_QUANTILE)
+            return early if early is not None else self._overdue_age(kind)
         first = self.model.quantile(kind, 1 / self.rungs(kind))
         return first if first is not None else self.initial_delay_s
 
@@ -202,11 +208,14 @@ class Poller:
             return self.initial_delay_s * self.CALLBACK_FALLBACK_FACTOR
         lags = sorted(self.lags)
         lag = lags[int(0.95 * (len(lags) - 1))] if lags else 0.0
-        return late + max(2 * self.interval_s, 3 * lag)
+        return late + max(self.interval_s / 2, 3 * lag)
 
     def _next_delay(self, w: _Watch, now: float) -> float:
         age = now - w.submitted
         if self.callbacks:
+            overdue = self._overdue_age(w.kind)
+            if overdue > age:
+                return self._jittered(overdue - age)
             # The webhook may still come: back off, but keep checking.
             return self._jittered(min(self.interval_s * 2 ** (w.polls - 1), 10 * self.interval_s))
         # The next rung above the task's age: stateless, so a ladder that is refined or
