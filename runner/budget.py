@@ -11,6 +11,7 @@ than it might (``sequential_image_generation: auto``) frees room.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterable
 
 from .ledger import JobRecord, Phase
@@ -40,7 +41,9 @@ class ImageBudget:
         if b.max_images is not None:
             left = b.max_images - used
         if b.max_cost is not None:
-            left = min(left, b.max_cost / b.price_per_image - used)
+            # Whole images; the epsilon keeps 0.12 / 0.04 (2.9999999999999996) at 3.
+            affordable = math.floor(b.max_cost / b.price_per_image + 1e-9)
+            left = min(left, affordable - used)
         return left
 
     async def admit(self, images: int, stopping: asyncio.Event) -> bool:

@@ -6,6 +6,11 @@ work remaining, 5 another run holds the output folder.
 
 Signals: the first SIGINT/SIGTERM asks the engine to stop gracefully (no new submission,
 submissions on the wire land in the ledger, exit 4); a second one cancels at once.
+
+Without a network: ``--dry-run`` (the plan: jobs, worst-case images and cost, the mix of
+resolutions and aspect ratios, the budget, done / pending / failed in the ledger),
+``--status`` (the same picture plus failures by code with example prompts) and
+``--report`` (rewrite ``report.html``).
 """
 
 from __future__ import annotations
@@ -26,11 +31,16 @@ from .engine import Engine, RunOptions
 from .errors import ManifestError, RunnerError
 from .ledger import read_index
 from .manifest import Campaign, load_campaign
-from .outputs import ledger_view
+from .outputs import LedgerView, ledger_view
+from .progress import install_console
+from .report import REPORT_NAME, write_report
 
 __all__ = ["main"]
 
 log = logging.getLogger("runner")
+
+#: without a terminal, one progress line this often (a cron log stays readable)
+PROGRESS_LINE_EVERY_S = 30.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,8 +50,20 @@ def _parser() -> argparse.ArgumentParser:
         "run the same command again to resume.",
     )
     p.add_argument("manifest", help="campaign file (.yaml/.yml) or job list (.jsonl)")
-    p.add_argument("--dry-run", action="store_true", help="validate and plan; no network")
-    p.add_argument("--status", action="store_true", help="print the ledger's state; no network")
+    offline = p.add_mutually_exclusive_group()
+    offline.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate and plan: jobs, images, cost, mix, ledger; no network",
+    )
+    offline.add_argument(
+        "--status",
+        action="store_true",
+        help="the ledger's picture, failures by code with examples; no network",
+    )
+    offline.add_argument(
+        "--report", action="store_true", help=f"rewrite {REPORT_NAME} in the output folder"
+    )
     p.add_argument("--base-url", help="API base URL, or 'embedded' for the built-in simulator")
     p.add_argument("--concurrency", type=int, help="tasks alive on the API at once")
     p.add_argument("--rate", type=int, help="at most N API requests per --rate-period")
@@ -55,32 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
-    p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress display or progress lines (shown only when stderr is a terminal)",
+    )
     return p
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return orjson.dumps(
-            {
-                "t": round(record.created, 3),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "msg": record.getMessage(),
-            }
-        ).decode()
-
-
-def _setup_logging(fmt: str, quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("runner")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING if quiet else logging.INFO)
-    root.propagate = False
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,55 +103,137 @@ def _emit(data: Mapping[str, Any], human: str, fmt: str) -> None:
         sys.stdout.write(human)
 
 
-def _dry_run(campaign: Campaign, fmt: str) -> int:
-    index, _ = read_index(campaign.output.dir)
-    view = ledger_view(campaign, index)
-    states = dict(view.states)
-    price = campaign.budget.price_per_image
-    todo = view.jobs - states.get("done", 0) - states.get("failed", 0)
-    data = {
+def _mix(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{key} {n:,}" for key, n in sorted(counts.items(), key=lambda x: -x[1]))
+
+
+def _plan(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list[str]]:
+    """The picture shared by --dry-run and --status: jobs, worst-case images and cost, the
+    mix, the budget, and where the ledger stands."""
+    states = view.states
+    b = campaign.budget
+    price = b.price_per_image
+    done, failed = states.get("done", 0), states.get("failed", 0)
+    pending = view.jobs - done - failed
+    data: dict[str, Any] = {
         "name": campaign.name,
         "jobs": view.jobs,
         "images": view.images_planned,
         "estimated_cost_usd": round(view.images_planned * price, 2),
-        "done": states.get("done", 0),
-        "failed": states.get("failed", 0),
-        "pending": todo,
+        "price_per_image_usd": price,
+        "max_images": b.max_images,
+        "max_cost_usd": b.max_cost,
+        "resolutions": dict(view.resolutions),
+        "aspect_ratios": dict(view.aspect_ratios),
+        "done": done,
+        "failed": failed,
+        "pending": pending,
+        "pending_images": view.images_pending,
+        "pending_cost_usd": round(view.images_pending * price, 2),
         "output": str(campaign.output.dir),
     }
-    human = (
-        f"{campaign.name}: {view.jobs} jobs, {view.images_planned} images at most, "
-        f"estimated ${view.images_planned * price:,.2f} (at ${price}/image)\n"
-        f"ledger: {data['done']} done, {data['failed']} failed, {todo} pending\n"
-        f"output: {campaign.output.dir}\n"
-    )
-    _emit(data, human, fmt)
+    caps = []
+    if b.max_images is not None:
+        caps.append(f"max_images {b.max_images:,}")
+    if b.max_cost is not None:
+        caps.append(f"max_cost ${b.max_cost:,.2f}")
+    lines = [
+        f"{campaign.name}: {view.jobs:,} jobs, {view.images_planned:,} images at most, "
+        f"estimated ${view.images_planned * price:,.2f} (at ${price}/image)",
+        f"  budget: {', '.join(caps) if caps else 'no cap'}",
+        f"  resolutions: {_mix(view.resolutions)}",
+        f"  aspect ratios: {_mix(view.aspect_ratios)}",
+        f"ledger: {done:,} done, {failed:,} failed, {pending:,} pending "
+        f"({view.images_pending:,} images, ${view.images_pending * price:,.2f} at most)",
+    ]
+    return data, lines
+
+
+def _dry_run(campaign: Campaign, fmt: str) -> int:
+    index, _ = read_index(campaign.output.dir)
+    data, lines = _plan(campaign, ledger_view(campaign, index))
+    lines.append(f"output: {campaign.output.dir}")
+    _emit(data, "\n".join(lines) + "\n", fmt)
     return 0
 
 
 def _status(campaign: Campaign, fmt: str) -> int:
     index, report = read_index(campaign.output.dir)
     view = ledger_view(campaign, index)
-    states = dict(view.states)
-    data = {
-        "name": campaign.name,
-        "jobs": view.jobs,
-        "states": states,
-        "images": view.images_done,
-        "uncertain_submissions": view.uncertain,
-        "failures": dict(view.failures),
-        "failure_examples": view.examples,
-        "ledger_lines": report.lines,
-    }
-    lines = [f"{campaign.name}: {view.jobs} jobs, {view.images_done} images on disk"]
-    lines += [f"  {state:<12} {count}" for state, count in sorted(states.items())]
+    data, lines = _plan(campaign, view)
+    data.update(
+        {
+            "states": dict(view.states),
+            "images_on_disk": view.images_done,
+            "uncertain_submissions": view.uncertain,
+            "failures": dict(view.failures),
+            "failure_examples": view.examples,
+            "ledger_lines": report.lines,
+        }
+    )
+    lines.append(f"  images on disk: {view.images_done:,}")
+    lines += [f"  {state:<12} {count:,}" for state, count in sorted(view.states.items())]
     if view.uncertain:
-        lines.append(f"  uncertain submissions so far: {view.uncertain}")
+        lines.append(f"  uncertain submissions so far: {view.uncertain:,}")
+    if view.failures:
+        lines.append("failures by code:")
     for code, count in view.failures.most_common():
-        examples = ", ".join((view.examples).get(code, []))
-        lines.append(f"  failed {code}: {count} (e.g. {examples})")
+        lines.append(f"  {code}: {count:,} job{'s' if count != 1 else ''}")
+        for ex in view.examples.get(code, []):
+            message = f" ({ex['message']})" if ex["message"] else ""
+            lines.append(f'    {ex["id"]}: "{ex["prompt"]}"{message}')
     _emit(data, "\n".join(lines) + "\n", fmt)
     return 0
+
+
+def _report(campaign: Campaign) -> int:
+    index, _ = read_index(campaign.output.dir)
+    summary: dict[str, Any] | None = None
+    try:
+        loaded = orjson.loads((campaign.output.dir / "summary.json").read_bytes())
+        summary = loaded if isinstance(loaded, dict) else None
+    except (OSError, orjson.JSONDecodeError):
+        pass
+    campaign.output.dir.mkdir(parents=True, exist_ok=True)
+    path = write_report(campaign, index, summary)
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def _finished(campaign: Campaign, code: int) -> None:
+    """The closing summary (a line, or a JSON record carrying the summary)."""
+    out = campaign.output.dir
+    try:
+        summary = orjson.loads((out / "summary.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        log.info("finished with exit code %d", code)
+        return
+    jobs, run = summary.get("jobs", {}), summary.get("run", {})
+    api = sum(n for kind, n in summary.get("requests", {}).items() if kind != "file")
+    remaining = run.get("remaining", 0)
+    log.info(
+        "finished with exit code %d: %d done, %d failed, %d remaining of %d jobs; %d images; "
+        "spent $%.2f; %d API requests, %d answered 429; %.1f s; summary.json, %s in %s",
+        code,
+        jobs.get("done", 0),
+        jobs.get("failed", 0),
+        remaining,
+        jobs.get("total", 0),
+        summary.get("images", 0),
+        summary.get("estimated_spend_usd", 0.0),
+        api,
+        summary.get("throttled_429", 0),
+        summary.get("wall_time_s", 0.0),
+        REPORT_NAME,
+        out,
+        extra={"summary": summary},
+    )
+    if run.get("budget_stopped") and remaining:
+        log.warning(
+            "the budget is spent: %d jobs remain unsubmitted; raise budget.max_images or "
+            "budget.max_cost in the manifest and run again to continue",
+            remaining,
+        )
 
 
 async def _run(engine: Engine) -> int:
@@ -179,7 +263,7 @@ async def _run(engine: Engine) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(args.log_format, args.quiet)
+    install_console(args.log_format, args.quiet, not args.no_progress, sys.stderr)
     try:
         campaign = load_campaign(args.manifest, _overrides(args))
         deadline = None
@@ -191,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dry_run(campaign, args.log_format)
         if args.status:
             return _status(campaign, args.log_format)
+        if args.report:
+            return _report(campaign)
         key = ""
         if not campaign.api.embedded:
             key = os.environ.get(campaign.api.key_env, "").strip()
@@ -206,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 api_key=key,
                 deadline_s=deadline,
                 retry_failed=args.retry_failed,
-                progress_every_s=0.0 if args.no_progress else 10.0,
+                progress_every_s=0.0 if args.no_progress else PROGRESS_LINE_EVERY_S,
             ),
         )
         code = asyncio.run(_run(engine))
@@ -217,9 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Disk full, permissions: the ledger holds everything done so far.
         log.error("cannot write the output: %s; free the space and run again", exc.strerror)
         return 4
-    if not args.quiet:
-        summary = campaign.output.dir / "summary.json"
-        log.info("finished with exit code %d; summary in %s", code, summary)
+    _finished(campaign, code)
     return code
 
 

@@ -41,6 +41,8 @@ from .ledger import FolderLock, JobRecord, Ledger, Phase
 from .limits import RequestBudget, Slots
 from .manifest import Campaign, Job, image_path
 from .outputs import LedgerView, RunCounters, ledger_view, write_results, write_summary
+from .progress import ProgressReporter, Snapshot
+from .report import write_report
 from .scheduler import Poller, PollTimeout
 from .submit import Submitter
 
@@ -135,7 +137,8 @@ class Engine:
                 )
             self.counters.wall_time_s = time.monotonic() - started
             write_results(self.campaign, self.ledger.index)
-            write_summary(self.campaign, view, self.counters, client.stats, code)
+            summary = write_summary(self.campaign, view, self.counters, client.stats, code)
+            write_report(self.campaign, self.ledger.index, summary)
             return code
         finally:
             self.ledger.close()
@@ -263,21 +266,19 @@ class Engine:
             await asyncio.to_thread(self.ledger.sync)
 
     async def _progress(self) -> None:
-        """One concise line per interval (the live display is the CLI's business)."""
-        if self.options.progress_every_s <= 0:
-            return
-        while True:
-            await asyncio.sleep(self.options.progress_every_s)
-            c = self.counters
-            log.info(
-                "progress: %d done, %d failed, %d live, %d downloading, %d requests, %d 429s",
-                c.done,
-                c.failed,
-                self.slots.used,
-                c.downloading,
-                sum(self._client.stats.requests.values()) if self._client else 0,
-                self._client.stats.throttled if self._client else 0,
-            )
+        """The live panel on a terminal, else one concise line per interval."""
+        await ProgressReporter(self.snapshot, self.options.progress_every_s).run()
+
+    def snapshot(self) -> Snapshot:
+        """The run's live numbers, for the progress display."""
+        stats = self._client.stats if self._client is not None else None
+        return Snapshot.take(
+            self.campaign,
+            self.counters,
+            live=self.slots.used,
+            images_billed=self.budget.spent,
+            stats=stats,
+        )
 
     # -- feeding jobs --------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """What a run leaves beside its images: ``results.jsonl`` and ``summary.json``, and the
-ledger views behind ``--status`` and ``--dry-run``.
+ledger views behind ``--status``, ``--dry-run`` and ``report.html``.
 
 Both files are rewritten whole at the end of every run (to a temporary name, then
 renamed), from the ledger: they always describe the campaign as it stands, across every
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,20 @@ import orjson
 
 from .client import ClientStats
 from .ledger import JobRecord, Phase
-from .manifest import Campaign
+from .manifest import Campaign, Job
 
-__all__ = ["LedgerView", "RunCounters", "ledger_view", "write_results", "write_summary"]
+__all__ = [
+    "LedgerView",
+    "RunCounters",
+    "job_states",
+    "ledger_view",
+    "write_atomic",
+    "write_results",
+    "write_summary",
+]
+
+#: prompts quoted as examples (``--status``) are cut to this many characters
+EXAMPLE_PROMPT_CHARS = 80
 
 
 @dataclass(slots=True)
@@ -47,7 +58,8 @@ class RunCounters:
     wall_time_s: float = 0.0
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a whole file under a temporary name, then rename it into place."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as f:
         f.write(data)
@@ -67,12 +79,22 @@ def _state(rec: JobRecord | None, fp: str) -> str:
     }.get(rec.phase, "pending")
 
 
+def job_states(
+    campaign: Campaign, index: Mapping[str, JobRecord]
+) -> Iterator[tuple[Job, JobRecord | None, str]]:
+    """Every manifest job in order, with its ledger record (None when the ledger has none
+    for this content) and its state: pending, live, downloading, done or failed."""
+    for job in campaign.jobs():
+        rec = index.get(job.id)
+        if rec is not None and rec.fp != job.fingerprint:
+            rec = None  # the content changed under this id: its history no longer applies
+        yield job, rec, _state(rec, job.fingerprint)
+
+
 def write_results(campaign: Campaign, index: Mapping[str, JobRecord]) -> None:
     """One line per manifest job that reached an end (done or failed)."""
     lines: list[bytes] = []
-    for job in campaign.jobs():
-        rec = index.get(job.id)
-        state = _state(rec, job.fingerprint)
+    for job, rec, state in job_states(campaign, index):
         if rec is None or state not in ("done", "failed"):
             continue
         entry: dict[str, Any] = {
@@ -94,7 +116,7 @@ def write_results(campaign: Campaign, index: Mapping[str, JobRecord]) -> None:
             },
         }
         lines.append(orjson.dumps(entry))
-    _write_atomic(campaign.output.dir / "results.jsonl", b"".join(x + b"\n" for x in lines))
+    write_atomic(campaign.output.dir / "results.jsonl", b"".join(x + b"\n" for x in lines))
 
 
 @dataclass(slots=True)
@@ -107,18 +129,31 @@ class LedgerView:
     images_done: int = 0
     uncertain: int = 0
     failures: Counter[str] = field(default_factory=Counter)  # by fail code
-    examples: dict[str, list[str]] = field(default_factory=dict)  # fail code -> job ids
+    #: fail code -> up to 3 examples: {"id", "prompt" (cut), "message"}
+    examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    resolutions: Counter[str] = field(default_factory=Counter)  # jobs per resolution
+    aspect_ratios: Counter[str] = field(default_factory=Counter)  # jobs per aspect ratio
+    images_pending: int = 0  # worst case, of the jobs not done or failed
+
+
+def _cut(text: str, limit: int = EXAMPLE_PROMPT_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def ledger_view(campaign: Campaign, index: Mapping[str, JobRecord]) -> LedgerView:
+    """One pass over the manifest: counts per state, the plan's mix, failures by code."""
     view = LedgerView()
-    for job in campaign.jobs():
+    for job, rec, state in job_states(campaign, index):
         view.jobs += 1
         view.images_planned += job.max_images
-        rec = index.get(job.id)
-        state = _state(rec, job.fingerprint)
+        inp = job.input
+        view.resolutions[str(inp.get("resolution", "2K"))] += 1  # the API's default
+        view.aspect_ratios[str(inp.get("aspect_ratio", "unset"))] += 1
         view.states[state] += 1
-        if rec is None or rec.fp != job.fingerprint:
+        if state not in ("done", "failed"):
+            view.images_pending += job.max_images
+        if rec is None:
             continue
         view.uncertain += rec.uncertain
         if state == "done":
@@ -128,7 +163,14 @@ def ledger_view(campaign: Campaign, index: Mapping[str, JobRecord]) -> LedgerVie
             view.failures[code] += 1
             examples = view.examples.setdefault(code, [])
             if len(examples) < 3:
-                examples.append(job.id)
+                prompt = inp.get("prompt")
+                examples.append(
+                    {
+                        "id": job.id,
+                        "prompt": _cut(prompt if isinstance(prompt, str) else ""),
+                        "message": _cut(rec.fail_msg or "", 200),
+                    }
+                )
     return view
 
 
@@ -156,7 +198,7 @@ def write_summary(
         "run": asdict(run),
         "wall_time_s": round(run.wall_time_s, 3),
     }
-    _write_atomic(
+    write_atomic(
         campaign.output.dir / "summary.json",
         orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n",
     )
