@@ -13,6 +13,7 @@ import math
 import re
 
 from runner.errors import ManifestError
+from runner.messages import show
 
 __all__ = ["MAX_DURATION_S", "parse_duration"]
 
@@ -30,15 +31,10 @@ _COMPOUND = re.compile(rf"(?:{_NUMBER}\s*(?:ms|s|m|h|d)\s*)+")
 _FORMS = "use seconds as a number (20, 1.5) or a string such as '250ms', '1.5s', '3m', '2h', '1d'"
 
 
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def parse_duration(value: object, where: str) -> float:
     """Return ``value`` as seconds, or raise ManifestError naming ``where``."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ManifestError(f"{_show(value)} is not a duration; {_FORMS}", where)
+        raise ManifestError(f"{show(value)} is not a duration; {_FORMS}", where)
     if isinstance(value, str):
         text = value.strip()
         if _BARE.fullmatch(text):
@@ -46,16 +42,16 @@ def parse_duration(value: object, where: str) -> float:
         elif _COMPOUND.fullmatch(text):
             seconds = sum(float(n) * _UNIT_S[u] for n, u in _PART.findall(text))
         else:
-            raise ManifestError(f"{_show(value)} is not a duration; {_FORMS}", where)
+            raise ManifestError(f"{show(value)} is not a duration; {_FORMS}", where)
     else:
         try:
             seconds = float(value)
         except OverflowError:  # an int too large for a float
             seconds = math.inf
         if math.isnan(seconds):
-            raise ManifestError(f"{_show(value)} is not a duration; {_FORMS}", where)
+            raise ManifestError(f"{show(value)} is not a duration; {_FORMS}", where)
         if seconds < 0:
-            raise ManifestError(f"{_show(value)} must not be negative; {_FORMS}", where)
+            raise ManifestError(f"{show(value)} must not be negative; {_FORMS}", where)
     if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
-        raise ManifestError(f"{_show(value)} is too long; at most 365d", where)
+        raise ManifestError(f"{show(value)} is too long; at most 365d", where)
     return seconds

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from runner.errors import ManifestError
-from runner.jobspec import ASPECT_RATIOS
+from runner.fields import ASPECT_RATIOS
 from runner.manifest import Campaign, Job, load_campaign
 
 URL = "https://example.com/ref.jpg"

@@ -1,0 +1,147 @@
+"""The manifest's job list, streamed: ``jobs:`` entries, then ``jobs_file`` lines.
+
+Each pass re-reads the job file, so memory follows the number of distinct ids, not the
+file's length. Identical jobs (same id, same fingerprint) collapse into the first with a
+warning; two different jobs under one id are a :class:`~runner.errors.ManifestError`
+naming both places. A later pass refuses to go on if the file changed since validation.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+from runner.errors import ManifestError
+from runner.jobspec import Job, JobSpec
+from runner.messages import KeyPath, Where, format_path
+
+__all__ = ["JobList"]
+
+_MAX_WARNINGS = 20
+_ENTRY = 1 << 40  # places: a jobs_file line number, or _ENTRY + index into ``jobs:``
+_PLACE_BITS = 41
+_PLACE_MASK = (1 << _PLACE_BITS) - 1
+
+
+class _LineWhere:
+    """Key paths below one JSONL line: ``prompts.jsonl:17: aspect_ratio``."""
+
+    __slots__ = ("label",)
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def __call__(self, path: KeyPath) -> str:
+        return f"{self.label}: {format_path(path)}" if path else self.label
+
+
+class JobList:
+    """The manifest's jobs in order, ``jobs:`` entries then ``jobs_file`` lines.
+
+    Every pass re-reads the file, so memory does not grow with its length. ``validate``
+    remembers, per id, the first place it appeared and a 64-bit fingerprint prefix, packed
+    into one int (about 150 bytes a job with the key); ``unique`` yields only those.
+    """
+
+    def __init__(
+        self, spec: JobSpec, entries: list[object], where: Where, file: Path | None,
+        file_display: str, file_where: str,
+    ) -> None:  # fmt: skip
+        self.spec, self.entries, self.where = spec, entries, where
+        self.file, self.file_display, self.file_where = file, file_display, file_where
+        self._first: dict[str, int] = {}
+        self._stamp: tuple[int, int] | None = None
+
+    def validate(self) -> tuple[int, int, list[str]]:
+        """Check every job; return the job count, image count and warnings."""
+        first, warnings = self._first, []
+        jobs = images = duplicates = 0
+        for job, place in self._all():
+            packed = int(job.fingerprint[:16], 16) << _PLACE_BITS | place
+            earlier = first.get(job.id)
+            if earlier is None:
+                first[job.id] = packed
+                jobs += 1
+                images += job.max_images
+            elif earlier >> _PLACE_BITS == packed >> _PLACE_BITS:
+                duplicates += 1
+                if duplicates <= _MAX_WARNINGS:
+                    warnings.append(
+                        f"{job.where}: the same job as {self._place(earlier)} (id {job.id}); "
+                        "it runs once"
+                    )
+            else:
+                raise ManifestError(
+                    f"id {job.id!r} is already used by a different job at "
+                    f"{self._place(earlier)}; give one of them another id",
+                    job.where,
+                )
+        if duplicates > _MAX_WARNINGS:
+            warnings.append(f"{duplicates - _MAX_WARNINGS} more duplicate jobs collapsed")
+        return jobs, images, warnings
+
+    def unique(self) -> Iterator[Job]:
+        """The jobs ``validate`` counted, in order: each id at its first place only."""
+        first = self._first
+        for job, place in self._all():
+            if first.get(job.id) == int(job.fingerprint[:16], 16) << _PLACE_BITS | place:
+                yield job
+
+    def _place(self, packed: int) -> str:
+        place = packed & _PLACE_MASK
+        if place >= _ENTRY:
+            return self.where(("jobs", place - _ENTRY))
+        return f"{self.file_display}:{place}"
+
+    def _all(self) -> Iterator[tuple[Job, int]]:
+        expand = self.spec.expand
+        for i, raw in enumerate(self.entries):
+            where = functools.partial(lambda i, path: self.where(("jobs", i, *path)), i)
+            for job in expand(raw, self.where(("jobs", i)), where):
+                yield job, _ENTRY + i
+        if self.file is not None:
+            yield from self._lines(self.file)
+
+    def _lines(self, file: Path) -> Iterator[tuple[Job, int]]:
+        display, expand = self.file_display, self.spec.expand
+        try:
+            # Not a FIFO or device: opening one could block, reading one could never end.
+            if not stat.S_ISREG(file.stat().st_mode):
+                raise ManifestError(f"{display} is not a regular file", self.file_where)
+            handle = file.open("rb")
+        except OSError as exc:
+            raise ManifestError(
+                f"cannot read {display}: {exc.strerror or exc}", self.file_where
+            ) from None
+        with handle:
+            info = os.fstat(handle.fileno())
+            stamp = (info.st_size, info.st_mtime_ns)
+            if self._stamp is None:
+                self._stamp = stamp
+            elif stamp != self._stamp:  # a later pass must see what validation saw
+                raise ManifestError("changed since the manifest was checked; run again", display)
+            try:
+                for n, line in enumerate(handle, 1):
+                    if n == 1 and line.startswith(codecs.BOM_UTF8):
+                        line = line[3:]
+                    if not line or line.isspace():
+                        continue
+                    label = f"{display}:{n}"
+                    try:
+                        raw = orjson.loads(line)
+                    except orjson.JSONDecodeError as exc:
+                        raise ManifestError(
+                            f"not valid JSON (column {exc.colno}: {exc.msg}); each line must "
+                            "be one job object",
+                            label,
+                        ) from None
+                    for job in expand(raw, label, _LineWhere(label)):
+                        yield job, n
+            except OSError as exc:
+                raise ManifestError(f"cannot read: {exc.strerror or exc}", display) from None
