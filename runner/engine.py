@@ -400,7 +400,7 @@ class Engine:
         """A valid webhook for a known task: record it, then resolve the task. False for
         a duplicate (the task has already ended)."""
         job = self._live_tasks.get(status.task_id)
-        if job is None or self._poller is None:
+        if job is None or self._poller is None or not self._poller.watching(status.task_id):
             return False
         self.ledger.append(
             "delivered",

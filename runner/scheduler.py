@@ -159,6 +159,10 @@ class Poller:
         self._schedule(w, delay, now)
         return w.future
 
+    def watching(self, task_id: str) -> bool:
+        """Whether the task is still waited on (not yet resolved, forgotten or failed)."""
+        return task_id in self._watches
+
     def forget(self, task_id: str) -> None:
         """Stop watching (the job was cancelled); its heap entry is skipped lazily."""
         self._watches.pop(task_id, None)

@@ -196,7 +196,7 @@ def _public_url(value: Any, where: str) -> str:
     ok = isinstance(value, str) and is_http_url(value) and not set("?#") & set(value)
     # Plain http only for a receiver on this machine (tests); real webhooks need https.
     if ok and value.startswith("http://"):
-        ok = value.split("/")[2].rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "[::1]")
+        ok = _local(value)
     if not ok:
         raise _fail(
             value,
@@ -321,7 +321,22 @@ def read_settings(
         **({"path_template": template} if template else {}),
     )
     _apply_overrides(parts, overrides)
+    api: ApiSettings = parts["api"]
+    if api.mode == "callback" and api.callback_public_url is None and not _local(api.base_url):
+        # Only an API on this machine (the simulator) can reach the receiver's own address.
+        raise ManifestError(
+            "mode callback needs api.callback.public_url (an https:// URL the API can reach)",
+            root.sub("api", (*_API, "callback", "simulator")).where("mode"),
+        )
     return name, parts
+
+
+def _local(base_url: str) -> bool:
+    """The API is the embedded simulator or listens on this machine."""
+    if base_url == "embedded":
+        return True
+    host = base_url.split("/")[2].rsplit(":", 1)[0] if "//" in base_url else ""
+    return host in ("127.0.0.1", "localhost", "[::1]")
 
 
 def _parts(root: Section) -> dict[str, Any]:
@@ -336,11 +351,6 @@ def _parts(root: Section) -> dict[str, Any]:
     settings = replace(
         api.build(ApiSettings, _API), **{k: v for k, v in nested.items() if v is not None}
     )
-    if settings.mode == "callback" and settings.callback_public_url is None:
-        raise ManifestError(
-            "mode callback needs api.callback.public_url (an https:// URL the API can reach)",
-            api.where("mode"),
-        )
     return {
         "api": settings,
         "limits": root.sub("limits", tuple(_LIMITS)).build(Limits, _LIMITS),
