@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,15 @@ async def run_cli(path: Path, base_url: str, *extra: str, key: str = TEST_KEY) -
     _, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, err.decode()
+
+
+async def wait_until(
+    condition: Callable[[], bool], proc: asyncio.subprocess.Process | None = None
+) -> None:
+    """Wait until the condition holds (e.g. on the simulator's counters), or the process
+    ends. Polls every 5 ms, for at most 20 s."""
+    for _ in range(4000):
+        if condition() or (proc is not None and proc.returncode is not None):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition never held")

@@ -9,7 +9,15 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from runs import assert_images_match_server, out_dir, prompts, run_cli, run_engine, start_cli
+from runs import (
+    assert_images_match_server,
+    out_dir,
+    prompts,
+    run_cli,
+    run_engine,
+    start_cli,
+    wait_until,
+)
 
 from runner.callback import MAX_BODY, SECRET_NAME, CallbackReceiver, load_secret
 from runner.client import TaskState, TaskStatus
@@ -40,7 +48,7 @@ async def test_callback_run_completes_with_few_status_requests(sim, manifest):
 async def test_duplicate_deliveries_are_acknowledged_and_ignored(sim, manifest):
     sim.config.p_cb_duplicate = 1.0  # every webhook comes twice
     path = manifest(prompts(8), api=_callback_settings(), limits={"concurrency": 8})
-    code, engine = await run_engine(path, sim.base_url)
+    code, _ = await run_engine(path, sim.base_url)
     assert code == 0
     events = _ledger_events(out_dir(path))
     per_task: dict[object, int] = {}
@@ -140,9 +148,8 @@ async def test_forged_posts_are_rejected_without_side_effects(receiver, forgery)
         body = orjson.dumps(env)
     elif forgery == "array_body":
         body = b"[1, 2, 3]"
-    async with aiohttp.ClientSession() as http:
-        async with http.request(method, url, data=body) as resp:
-            assert resp.status >= 400
+    async with aiohttp.ClientSession() as http, http.request(method, url, data=body) as resp:
+        assert resp.status >= 400
     assert accepted == []
     assert rx.rejected == 1
 
@@ -154,9 +161,7 @@ async def test_forged_posts_during_a_run_change_nothing(sim, manifest):
     path = manifest(prompts(3), api=_callback_settings(), limits={"concurrency": 3})
     run = asyncio.ensure_future(run_engine(path, sim.base_url))
     out = out_dir(path)
-    while not list(sim.tasks):
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: len(sim.tasks) == 3)
     secret = (out / SECRET_NAME).read_text().strip()
     # the receiver's port is in the callback URL the simulator was given
     callback_url = next(iter(sim.tasks.values())).submission.callback_url
@@ -182,8 +187,7 @@ async def test_killed_callback_run_resumes_and_polls_tasks_left_in_flight(sim, m
     sim.config.gen_2k_s = (100.0, 150.0)
     path = manifest(prompts(10), api=_callback_settings(), limits={"concurrency": 10})
     proc = await start_cli(path, sim.base_url)
-    while sim.stats.tasks_created < 10 and proc.returncode is None:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: sim.stats.tasks_created >= 10, proc)
     proc.kill()
     await proc.wait()
     secret = (out_dir(path) / SECRET_NAME).read_text()

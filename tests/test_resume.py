@@ -14,7 +14,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from runs import assert_images_match_server, out_dir, prompts, run_cli, start_cli
+from runs import (
+    assert_images_match_server,
+    out_dir,
+    prompts,
+    run_cli,
+    start_cli,
+    wait_until,
+)
 
 from runner.ledger import Phase, read_index
 from runner.sim import SimServer
@@ -26,15 +33,6 @@ def _campaign(manifest: Callable[..., Path]) -> Path:
     jobs = [*prompts(JOBS - 2), {"prompt": "a triptych", "max_images": 3}]
     jobs.append({"prompt": "a big one", "resolution": "4K"})
     return manifest(jobs, limits={"concurrency": 8})
-
-
-async def _until(condition: Callable[[], bool], proc: asyncio.subprocess.Process) -> None:
-    """Wait until the condition holds (checking the simulator's counters)."""
-    for _ in range(4000):
-        if condition() or proc.returncode is not None:
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition never held")
 
 
 def _assert_complete(path: Path, sim: SimServer) -> dict[str, object]:
@@ -65,7 +63,7 @@ async def test_sigkill_at_any_moment_then_resume_loses_nothing(sim, manifest, mo
         "during_downloads": lambda: sim.stats.images_served >= 5,
     }
     proc = await start_cli(path, sim.base_url)
-    await _until(triggers[moment], proc)
+    await wait_until(triggers[moment], proc)
     if proc.returncode is None:
         proc.kill()
     await proc.wait()
@@ -81,7 +79,7 @@ async def test_repeated_sigkills_then_resume_pay_each_job_at_most_once_more(sim,
     for round_ in range(4):
         proc = await start_cli(path, sim.base_url)
         target = (round_ + 1) * 5
-        await _until(lambda t=target: sim.stats.tasks_created >= t, proc)
+        await wait_until(lambda t=target: sim.stats.tasks_created >= t, proc)
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
@@ -93,7 +91,7 @@ async def test_repeated_sigkills_then_resume_pay_each_job_at_most_once_more(sim,
 async def test_sigterm_exits_4_with_zero_uncertain_then_resume_submits_nothing_twice(sim, manifest):
     path = _campaign(manifest)
     proc = await start_cli(path, sim.base_url)
-    await _until(lambda: sim.stats.tasks_created >= 10, proc)
+    await wait_until(lambda: sim.stats.tasks_created >= 10, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = await proc.communicate()
     assert proc.returncode == 4, err.decode()
@@ -113,7 +111,7 @@ async def test_second_signal_stops_at_once(sim, manifest):
     sim.config.p_slow, sim.config.slow_s = 1.0, 30.0  # every answer hangs
     path = _campaign(manifest)
     proc = await start_cli(path, sim.base_url)
-    await _until(lambda: sim.stats.faults["slow"] >= 1, proc)  # a submission hangs
+    await wait_until(lambda: sim.stats.faults["slow"] >= 1, proc)  # a submission hangs
     proc.send_signal(signal.SIGINT)  # graceful: would wait for that answer
     await asyncio.sleep(0.2)
     proc.send_signal(signal.SIGINT)  # at once
@@ -134,7 +132,7 @@ async def test_deadline_stops_submitting_exits_4_and_the_next_run_finishes(sim, 
 async def test_torn_last_ledger_line_is_tolerated(sim, manifest):
     path = _campaign(manifest)
     proc = await start_cli(path, sim.base_url)
-    await _until(lambda: sim.stats.tasks_created >= 10, proc)
+    await wait_until(lambda: sim.stats.tasks_created >= 10, proc)
     proc.kill()
     await proc.wait()
     ledger = out_dir(path) / "ledger.jsonl"
