@@ -3,6 +3,7 @@ again: every image byte-identical, zero 429s, no job submitted twice, and a seco
 that sends no submission and no download.
 
     python benchmarks/scale_run.py [--jobs 3000] [--concurrency 1000] [--time-scale 0.5]
+    python benchmarks/scale_run.py --mode callback --cb-duplicate 0.05 --cb-drop 0.02
 
 The simulator's durations and the request window are scaled together, so the load has
 the real API's shape (1,000 slots, 10,000 requests per scaled minute) at a fraction of
@@ -35,6 +36,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=1000)
     ap.add_argument("--time-scale", type=float, default=0.5)
     ap.add_argument("--image-bytes", type=int, default=16384)
+    ap.add_argument("--mode", choices=("poll", "callback"), default="poll")
+    ap.add_argument("--cb-duplicate", type=float, default=0.0, help="share of webhooks sent twice")
+    ap.add_argument("--cb-drop", type=float, default=0.0, help="share of webhooks never sent")
     args = ap.parse_args()
     scale = args.time_scale
     period = 60 * scale
@@ -42,10 +46,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, simulator(
         "--time-scale", str(scale), "--rate", "10000", "--rate-period", str(period),
         "--image-bytes", str(args.image_bytes), "--seed", "1",
+        "--p-cb-duplicate", str(args.cb_duplicate), "--p-cb-drop", str(args.cb_drop),
     ) as base_url:  # fmt: skip
+        api: dict[str, object] = {"mode": args.mode}
+        if args.mode == "callback":
+            api["callback"] = {"listen": "127.0.0.1:0"}
         manifest = write_campaign(
             Path(tmp),
             jobs,
+            api=api,
             limits={"concurrency": args.concurrency, "rate": 10000, "rate_period": period},
             polling={
                 "initial_delay": 20 * scale,
@@ -64,6 +73,12 @@ def main() -> None:
             requests.get("status", {}).values()
         )
         report = {
+            "mode": args.mode,
+            "webhooks": {
+                "duplicated_share": args.cb_duplicate,
+                "dropped_share": args.cb_drop,
+                "dropped": stats.get("callbacks_dropped", 0),
+            },
             "jobs": args.jobs,
             "concurrency": args.concurrency,
             "time_scale": scale,
