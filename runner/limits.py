@@ -48,8 +48,9 @@ class RequestBudget:
         self.rate = rate
         self.period_s = period_s
         capacity, seconds = limiter_shape(rate, period_s, burst)
-        #: the sustained pace the hard cap allows
+        #: the sustained pace the hard cap allows, and the burst it allows on top
         self.sustained_per_s = (rate - capacity) / period_s
+        self.burst = capacity
         self._hard = AsyncLimiter(capacity, seconds)
         # Submissions go before polls: an idle slot costs more than a late poll.
         self._submits_waiting = 0

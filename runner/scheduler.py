@@ -23,9 +23,8 @@ is then skipped lazily.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import bisect
 import heapq
-import itertools
 import logging
 import random
 import time
@@ -45,37 +44,103 @@ class PollTimeout(Exception):
     """The task outlived ``polling.timeout`` in this run; it stays live on the API."""
 
 
-class CompletionModel:
-    """Observed completion times (seconds from submission), per kind of task."""
+class Sample:
+    """One task as the model sees it: when it started, until when it was last seen
+    running, and its duration once known."""
 
-    MIN_SAMPLES = 20
-    WINDOW = 400
+    __slots__ = ("duration", "seen_running", "started")
+
+    def __init__(self, started: float, duration: float | None = None) -> None:
+        self.started = started  # monotonic seconds
+        self.duration = duration
+        #: age at which the task was last known to be running; None: "until now" (a
+        #: webhook would have said otherwise)
+        self.seen_running: float | None = None
+
+
+class CompletionModel:
+    """Completion times (seconds from submission) per kind of task, estimated with the
+    Kaplan-Meier product-limit estimator over the most recent submissions.
+
+    Tasks still running count as *censored*: "at least this old" (the age at which a poll
+    last found them running, or their age now where a webhook would tell). Without them the
+    early
+    estimate is biased short, since the first tasks to finish are the fast ones: a model
+    that had seen only the first 2 % of a wave finish would place its 90th percentile
+    where barely 5 % are done. With them, a quantile that the data cannot support yet is
+    simply unknown (None), and callers fall back to the configured recipe.
+    """
+
+    MIN_SAMPLES = 10
+    WINDOW = 2000  # recent submissions per kind (a minute of a full-speed run)
+    REFRESH_S = 0.5  # a kind's estimate is recomputed at most this often
 
     def __init__(self) -> None:
-        self._samples: dict[Hashable, deque[float]] = {}
-        self._sorted: dict[Hashable, list[float]] = {}
+        self._samples: dict[Hashable, deque[Sample]] = {}
+        self._tables: dict[Hashable, tuple[float, list[float], list[float]]] = {}
+        self._done: dict[Hashable, int] = {}
+
+    def started(self, kind: Hashable, sample: Sample) -> None:
+        self._samples.setdefault(kind, deque(maxlen=self.WINDOW)).append(sample)
+
+    def finished(self, kind: Hashable, sample: Sample, seconds: float) -> None:
+        sample.duration = max(seconds, 1e-3)
+        self._done[kind] = self._done.get(kind, 0) + 1
 
     def observe(self, kind: Hashable, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        window = self._samples.setdefault(kind, deque(maxlen=self.WINDOW))
-        window.append(seconds)
-        self._sorted.pop(kind, None)
+        """A completion of a task that was not followed from its start."""
+        sample = Sample(time.monotonic() - seconds)
+        self.started(kind, sample)
+        self.finished(kind, sample, seconds)
+
+    def _table(self, kind: Hashable) -> tuple[list[float], list[float]] | None:
+        """(cumulative probabilities, times) of the estimate, or None if too little is
+        known yet."""
+        if self._done.get(kind, 0) < self.MIN_SAMPLES:
+            return None
+        now = time.monotonic()
+        cached = self._tables.get(kind)
+        if cached is not None and now - cached[0] < self.REFRESH_S:
+            return cached[1], cached[2]
+        # (time, 0 for a completion / 1 for a censoring): completions sort first on ties
+        events = sorted(
+            (s.duration, 0)
+            if s.duration is not None
+            else (now - s.started if s.seen_running is None else s.seen_running, 1)
+            for s in self._samples.get(kind, ())
+        )
+        at_risk = len(events)
+        survival = 1.0
+        probs: list[float] = []
+        times: list[float] = []
+        for t, censored in events:
+            if not censored:
+                survival *= (at_risk - 1) / at_risk
+                probs.append(1.0 - survival)
+                times.append(t)
+            at_risk -= 1
+        self._tables[kind] = (now, probs, times)
+        return probs, times
 
     def quantile(self, kind: Hashable, p: float) -> float | None:
-        samples = self._samples.get(kind)
-        if samples is None or len(samples) < self.MIN_SAMPLES:
+        """The time by which a share ``p`` of such tasks are done; None if unknown."""
+        table = self._table(kind)
+        if table is None:
             return None
-        ordered = self._sorted.get(kind)
-        if ordered is None:
-            ordered = self._sorted[kind] = sorted(samples)
-        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+        probs, times = table
+        i = bisect.bisect_left(probs, p - 1e-9)
+        return times[i] if i < len(times) else None
 
-    def mean(self, kind: Hashable) -> float | None:
-        samples = self._samples.get(kind)
-        if samples is None or len(samples) < self.MIN_SAMPLES:
+    def cdf(self, kind: Hashable, t: float) -> tuple[float, float] | None:
+        """(the share of such tasks done by age ``t``, the longest completion seen); None
+        while too little is known. Past the longest completion the share stays where the
+        data left it: a lower bound."""
+        table = self._table(kind)
+        if table is None or not table[1]:
             return None
-        return sum(samples) / len(samples)
+        probs, times = table
+        i = bisect.bisect_right(times, t)
+        return (probs[i - 1] if i else 0.0), times[-1]
 
 
 @dataclass(slots=True)
@@ -84,19 +149,34 @@ class _Watch:
     kind: Hashable
     submitted: float  # monotonic seconds
     future: asyncio.Future[TaskStatus]
+    sample: Sample
+    deadline: float
+    #: the gain a poll must promise before it is spent on this task (jittered per task)
+    threshold: float
+    next_at: float = 0.0  # recipe and callback modes: when the next poll is due
+    last_poll: float = 0.0  # monotonic time of the last poll (submission time at first)
     polls: int = 0
-    due: float = 0.0
-    deadline: float = 0.0
-    failures: int = 0
+    in_flight: bool = False
     seen_unknown: set[str] = field(default_factory=set)
 
 
 class Poller:
-    """Polls every watched task at the right moments and resolves its future."""
+    """Polls every watched task when it is worth it and resolves its future."""
 
-    #: share of the request budget polling plans to use (the rest absorbs retries)
-    BUDGET_SHARE = 0.85
-    MIN_RUNGS, MAX_RUNGS = 2, 24
+    TICK_S = 0.1
+    #: share of the sustained request rate that submissions and polls together may use;
+    #: the rest absorbs retries
+    BUDGET_SHARE = 0.9
+    #: a poll is spent only on a task at least this likely to have finished since its
+    #: last poll (when the budget is slack; when it binds, the likeliest go first)
+    MIN_GAIN = 0.15
+    #: no task is polled more often than every interval * this
+    MIN_SPACING = 0.25
+    #: poll mode, before any completion of a kind is known: the share of tasks that
+    #: follow the recipe (scouts); the others wait until the scouts' findings say when
+    #: polling pays, keeping the budget for then (they fall back to the recipe at twice
+    #: its initial delay if nothing is learned by then)
+    SCOUT_SHARE = 0.1
     #: callback mode: the share of tasks expected done when the one early look comes;
     #: about 1 - this share of tasks (plus the dropped webhooks) get polled once
     CALLBACK_EARLY_QUANTILE = 0.9
@@ -115,6 +195,7 @@ class Poller:
         workers: int = 64,
         callbacks: bool = False,
         request_rate: float = float("inf"),
+        request_burst: float = 1.0,
     ) -> None:
         self.client = client
         self.initial_delay_s = initial_delay_s
@@ -122,18 +203,20 @@ class Poller:
         self.jitter = jitter
         self.timeout_s = timeout_s
         self.model = CompletionModel()
-        #: API requests per second the run may spend (submissions and polls together)
+        #: API requests per second the run may spend (submissions and polls together),
+        #: and the burst the rate limiter allows after a quiet spell
         self.request_rate = request_rate
+        self.request_burst = request_burst
         #: webhooks are expected: poll only tasks whose webhook is overdue
         self.callbacks = callbacks
         #: seconds from completion to webhook arrival, recent deliveries
         self.lags: deque[float] = deque(maxlen=400)
         self._workers = workers
-        self._heap: list[tuple[float, int, _Watch]] = []
-        self._seq = itertools.count()
         self._watches: dict[str, _Watch] = {}
-        self._wake = asyncio.Event()
         self._due: asyncio.Queue[_Watch] = asyncio.Queue()
+        self._tokens = 0.0
+        self._submits_seen = 0
+        self._submit_rate = 0.0  # recent submissions per second (moving average)
         self.polls = 0
         self.resolved_by_poll = 0
         self.resolved_by_webhook = 0
@@ -148,15 +231,26 @@ class Poller:
         """Start watching a task submitted ``submitted_ago_s`` seconds ago; with
         ``poll_now``, ask about it at once (a task left in flight by an earlier run)."""
         now = time.monotonic()
-        w = _Watch(task_id, kind, now - submitted_ago_s, asyncio.get_running_loop().create_future())
-        w.deadline = w.submitted + self.timeout_s
+        started = now - submitted_ago_s
+        sample = Sample(started)
+        if not self.callbacks:
+            sample.seen_running = 0.0  # known running only when a poll says so
+        w = _Watch(
+            task_id,
+            kind,
+            started,
+            asyncio.get_running_loop().create_future(),
+            sample,
+            deadline=started + self.timeout_s,
+            threshold=self.MIN_GAIN * random.uniform(1 - self.jitter, 1 + self.jitter),
+            last_poll=started,
+        )
+        self.model.started(kind, sample)
+        first = self._first_age(kind)
+        if not self.callbacks and random.random() >= max(self.SCOUT_SHARE, 10 / (1 + self.live)):
+            first *= 2  # not a scout
+        w.next_at = now if poll_now else started + self._jittered(first)
         self._watches[task_id] = w
-        if poll_now:
-            delay = 0.0
-        else:
-            age = self._first_age(kind)
-            delay = self._jittered(max(0.0, age - submitted_ago_s))
-        self._schedule(w, delay, now)
         return w.future
 
     def watching(self, task_id: str) -> bool:
@@ -164,7 +258,7 @@ class Poller:
         return task_id in self._watches
 
     def forget(self, task_id: str) -> None:
-        """Stop watching (the job was cancelled); its heap entry is skipped lazily."""
+        """Stop watching (the job was cancelled)."""
         self._watches.pop(task_id, None)
 
     def deliver(self, status: TaskStatus) -> bool:
@@ -184,24 +278,14 @@ class Poller:
         spread = self.jitter * min(seconds, self.interval_s)
         return max(0.0, seconds + random.uniform(-spread, spread))
 
-    def rungs(self, kind: Hashable) -> int:
-        """How many quantile rungs the request budget affords for this kind now."""
-        mean = self.model.mean(kind)
-        if mean is None:
-            return self.MIN_RUNGS
-        per_task = self.request_rate * self.BUDGET_SHARE * mean / max(1, self.live)
-        polls = per_task - 1.0  # one request is the submission
-        return max(self.MIN_RUNGS, min(self.MAX_RUNGS, int(2 * polls - 1)))
-
     def _first_age(self, kind: Hashable) -> float:
-        """How old a task should be when it is first polled."""
+        """Recipe and callback modes: how old a task should be when first polled."""
         if self.callbacks:
             # One early look where most tasks are done (a dropped webhook then costs a
             # few seconds, not the whole tail); then the overdue mark.
             early = self.model.quantile(kind, self.CALLBACK_EARLY_QUANTILE)
             return early if early is not None else self._overdue_age(kind)
-        first = self.model.quantile(kind, 1 / self.rungs(kind))
-        return first if first is not None else self.initial_delay_s
+        return self.initial_delay_s
 
     def _overdue_age(self, kind: Hashable) -> float:
         """Callback mode: the age after which a missing webhook is overdue. Nearly every
@@ -214,72 +298,110 @@ class Poller:
         lag = lags[int(0.95 * (len(lags) - 1))] if lags else 0.0
         return late + max(self.interval_s / 2, 3 * lag)
 
-    def _next_delay(self, w: _Watch, now: float) -> float:
+    def _next_at(self, w: _Watch, now: float) -> float:
+        """Recipe and callback modes: when to poll a task found still running."""
         age = now - w.submitted
         if self.callbacks:
             overdue = self._overdue_age(w.kind)
             if overdue > age:
-                return self._jittered(overdue - age)
+                return now + self._jittered(overdue - age)
             # The webhook may still come: back off, but keep checking.
-            return self._jittered(min(self.interval_s * 2 ** (w.polls - 1), 10 * self.interval_s))
-        # The next rung above the task's age: stateless, so a ladder that is refined or
-        # coarsened as the budget changes simply takes over.
-        m = self.rungs(w.kind)
-        for rung in range(1, m + 1):
-            target = self.model.quantile(w.kind, rung / m)
-            if target is None:
-                break
-            if target > age + 1e-3:
-                return self._jittered(target - age)
-        return self._jittered(self.interval_s)
+            backoff = min(self.interval_s * 2 ** (w.polls - 1), 10 * self.interval_s)
+            return now + self._jittered(backoff)
+        return now + self._jittered(self.interval_s)
 
-    def _schedule(self, w: _Watch, delay: float, now: float) -> None:
-        w.due = min(now + delay, w.deadline)
-        heapq.heappush(self._heap, (w.due, next(self._seq), w))
-        if self._heap[0][2] is w:
-            self._wake.set()
+    def gain(self, w: _Watch, now: float) -> float:
+        """What polling this task now is worth: the probability that it finished since
+        its last poll (poll mode, once completion times are known); otherwise 1 once the
+        recipe's (or the webhook's) due time has come, growing with lateness, else 0."""
+        if now - w.last_poll < self.interval_s * self.MIN_SPACING and w.polls:
+            return 0.0
+        value = 0.0
+        known = None if self.callbacks else self.model.cdf(w.kind, now - w.submitted)
+        if known is not None:
+            done_now, longest = known
+            before = self.model.cdf(w.kind, w.last_poll - w.submitted)
+            done_before = before[0] if before is not None else 0.0
+            if done_before < 1.0 - 1e-9:
+                value = (done_now - done_before) / (1.0 - done_before)
+                value = value if value >= w.threshold else 0.0
+            if now - w.submitted <= longest:
+                return value  # within what the data covers, it alone decides
+            # Older than any completion seen: the recipe's interval is a floor.
+            w.next_at = max(w.next_at, w.last_poll + self.interval_s)
+            if value:
+                return value
+        if now < w.next_at:
+            return value
+        return 1.0 + (now - w.next_at) / max(self.interval_s, 1e-9)
 
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run the timer loop and the poll workers until cancelled."""
+        """Run the allocation loop and the poll workers until cancelled."""
         async with asyncio.TaskGroup() as tg:
             for _ in range(self._workers):
                 tg.create_task(self._worker())
-            await self._timer()
+            await self._allocate()
 
-    async def _timer(self) -> None:
+    def _poll_rate(self, dt: float) -> float:
+        """Polls per second the budget leaves after recent submissions."""
+        submits = self.client.stats.requests["submit"]
+        rate = (submits - self._submits_seen) / dt if dt > 0 else 0.0
+        self._submits_seen = submits
+        self._submit_rate += (rate - self._submit_rate) * min(1.0, dt)  # ~1 s average
+        return max(0.0, self.request_rate * self.BUDGET_SHARE - self._submit_rate)
+
+    async def _allocate(self) -> None:
+        """Every tick: fail tasks past their deadline, then hand the budget's polls to
+        the tasks where a poll is worth the most."""
+        last = time.monotonic()
         while True:
+            await asyncio.sleep(self.TICK_S)
             now = time.monotonic()
-            while self._heap and self._heap[0][0] <= now:
-                _, _, w = heapq.heappop(self._heap)
-                if self._watches.get(w.task_id) is not w or w.future.done():
-                    continue  # resolved by a webhook, forgotten, or rescheduled
+            rate = self._poll_rate(now - last)
+            last = now
+            # Bank budget through quiet spells, as the rate limiter itself does, so that
+            # a wave of completions can be met with a burst.
+            cap = max(1.0, rate * 2.0, self.request_burst * 0.9)
+            self._tokens = min(self._tokens + rate * self.TICK_S, cap)
+            candidates: list[tuple[float, _Watch]] = []
+            for w in list(self._watches.values()):
+                if w.in_flight:
+                    continue
                 if now >= w.deadline:
                     self._fail(w, PollTimeout(f"task {w.task_id} outlived polling.timeout"))
                     continue
+                value = self.gain(w, now)
+                if value > 0:
+                    candidates.append((value, w))
+            room = int(self._tokens)
+            if len(candidates) > room:
+                candidates = heapq.nlargest(room, candidates, key=lambda c: c[0])
+            for _, w in candidates:
+                w.in_flight = True
+                self._tokens -= 1
                 self._due.put_nowait(w)
-            self._wake.clear()
-            timeout = self._heap[0][0] - now if self._heap else None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _worker(self) -> None:
         while True:
             w = await self._due.get()
-            if w.future.done() or self._watches.get(w.task_id) is not w:
-                continue
-            await self._poll(w)
+            try:
+                if not w.future.done() and self._watches.get(w.task_id) is w:
+                    await self._poll(w)
+            finally:
+                w.in_flight = False
 
     async def _poll(self, w: _Watch) -> None:
         w.polls += 1
         self.polls += 1
+        w.last_poll = time.monotonic()
         try:
             status = await self.client.status(w.task_id)
         except TransientApiError as exc:
             # Retries inside the client are exhausted; keep the task and try later.
             log.warning("polling %s failed for now: %s", w.task_id, exc)
-            self._schedule(w, self._jittered(self.interval_s * 2), time.monotonic())
+            w.next_at = time.monotonic() + self._jittered(self.interval_s * 2)
             return
         except Exception as exc:  # permanent, fatal or unexpected: the job decides
             self._fail(w, exc)
@@ -296,7 +418,9 @@ class Poller:
             w.seen_unknown.add(status.raw_state)
             log.warning("task %s is in undocumented state %r", w.task_id, status.raw_state)
         now = time.monotonic()
-        self._schedule(w, self._next_delay(w, now), now)
+        if w.sample.seen_running is not None:
+            w.sample.seen_running = w.last_poll - w.submitted
+        w.next_at = self._next_at(w, now)
 
     def _finish(self, w: _Watch, status: TaskStatus) -> None:
         self._watches.pop(w.task_id, None)
@@ -304,7 +428,7 @@ class Poller:
             seconds = (status.complete_ms - status.create_ms) / 1000
         else:
             seconds = time.monotonic() - w.submitted
-        self.model.observe(w.kind, seconds)
+        self.model.finished(w.kind, w.sample, seconds)
         if not w.future.done():
             w.future.set_result(status)
 
