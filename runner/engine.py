@@ -219,6 +219,7 @@ class Engine:
             timeout_s=p.timeout_s * scale,
             callbacks=self._receiver is not None,
             request_rate=client.budget.sustained_per_s,
+            request_burst=client.budget.burst,
             workers=min(64, self.campaign.limits.concurrency),
         )
         self.budget = ImageBudget(self.campaign.budget, self.ledger.index.values())
