@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +22,13 @@ import aiofiles
 
 from .client import ApiClient
 from .errors import PermanentApiError, TransientApiError
+from .ledger import JobRecord, Ledger
+from .manifest import Campaign, Job, image_path
+from .outputs import RunCounters
 
-__all__ = ["MAX_IMAGE_BYTES", "FileRecord", "fetch_image", "sniff_ext"]
+log = logging.getLogger("runner")
+
+__all__ = ["MAX_IMAGE_BYTES", "Downloader", "FileRecord", "fetch_image", "sniff_ext"]
 
 MAX_IMAGE_BYTES = 256 << 20  # a 4K PNG is tens of MB; refuse anything absurd
 _CHUNK = 1 << 16
@@ -121,3 +127,82 @@ async def fetch_image(
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, dest)
     return FileRecord(dest, size, digest.hexdigest(), ext)
+
+
+class Downloader:
+    """Downloads the images of jobs whose task succeeded, recording each verified file
+    and the job's end in the ledger. Its own concurrency limit (``limits.downloads``)."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        ledger: Ledger,
+        campaign: Campaign,
+        counters: RunCounters,
+        *,
+        fail: Callable[[Job, str, str, bool], None],
+        backoff_s: float,
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.campaign = campaign
+        self.counters = counters
+        self.out = campaign.output.dir
+        self._fail = fail
+        self._backoff_s = backoff_s
+        self._limit = asyncio.Semaphore(campaign.limits.downloads)
+
+    def files_present(self, rec: JobRecord) -> bool:
+        """Every image the ledger recorded for the job is still on disk."""
+        return bool(rec.files) and all(
+            (self.out / str(f["path"])).is_file() for f in rec.files.values()
+        )
+
+    async def job(self, job: Job) -> None:
+        """Fetch the job's images not yet on disk; then record it done. A transient
+        failure parks the job for the next run; a permanent one fails it (retryable)."""
+        rec = self.ledger.index[job.id]
+        self.counters.downloading += 1
+        try:
+            for index, url in enumerate(rec.urls):
+                if index in rec.files and (self.out / str(rec.files[index]["path"])).is_file():
+                    continue
+                async with self._limit:
+                    record = await self._fetch(job.id, rec.task_id or "", index, url)
+                self.ledger.append(
+                    "file",
+                    job.id,
+                    i=index,
+                    path=record.path.relative_to(self.out).as_posix(),
+                    bytes=record.bytes,
+                    sha256=record.sha256,
+                )
+                self.counters.images += 1
+        except TransientApiError as exc:
+            log.warning("job %s: download failed for now: %s", job.id, exc)
+            self.counters.download_parked += 1
+            return
+        except PermanentApiError as exc:
+            self._fail(job, exc.code or "DOWNLOAD_FAILED", str(exc), True)
+            return
+        finally:
+            self.counters.downloading -= 1
+        self.ledger.append("done", job.id, task=rec.task_id)
+        self.counters.done += 1
+
+    async def _fetch(self, job_id: str, task_id: str, index: int, url: str) -> FileRecord:
+        # The temporary name is derived from the id (not the id itself), so no id can
+        # steer it anywhere; the final name is checked to stay inside the folder.
+        part_name = hashlib.sha1(job_id.encode()).hexdigest()[:20] + f"-{index}.part"
+
+        def dest_for(ext: str) -> Path:
+            return image_path(self.campaign.output, job_id, index, ext, task_id)
+
+        return await fetch_image(
+            self.client,
+            url,
+            self.out / ".tmp" / part_name,
+            dest_for,
+            attempts=self.campaign.retry.attempts,
+            backoff_s=self._backoff_s,
+        )

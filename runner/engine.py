@@ -20,26 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .budget import ImageBudget
 from .callback import CallbackReceiver, load_secret
 from .client import ApiClient, FailClass, TaskState, TaskStatus, classify_fail_code
-from .download import fetch_image
+from .download import Downloader
 from .errors import (
     FatalApiError,
     PermanentApiError,
-    TransientApiError,
 )
 from .ledger import FolderLock, JobRecord, Ledger, Phase
 from .limits import RequestBudget, Slots
-from .manifest import Campaign, Job, image_path
+from .manifest import Campaign, Job
 from .outputs import LedgerView, RunCounters, ledger_view, write_results, write_summary
 from .progress import ProgressReporter, Snapshot
 from .report import write_report
@@ -83,9 +80,8 @@ class Engine:
         self._timed_out = 0
         self._client: ApiClient | None = None
         self._submitter: Submitter | None = None
+        self._downloader: Downloader
         self._receiver: CallbackReceiver | None = None
-        self._live_tasks: dict[str, Job] = {}  # task id -> job, for tasks being watched
-        self._finished: dict[str, None] = {}  # recently ended task ids (duplicate webhooks)
         self._poller: Poller | None = None
 
     # -- public --------------------------------------------------------------------------
@@ -113,18 +109,27 @@ class Engine:
                     self.ledger.report.torn_tail,
                     self.ledger.report.corrupt,
                 )
-            self._recover_uncertain()
             async with self._api() as client:
                 self._client = client
+                self._downloader = Downloader(
+                    client,
+                    self.ledger,
+                    self.campaign,
+                    self.counters,
+                    fail=self._fail,
+                    backoff_s=0.5 * self._time_scale,
+                )
                 self._submitter = Submitter(
                     client,
                     self.ledger,
                     self.counters,
-                    payload=self._payload,
+                    provider=self.campaign.api.provider,
+                    callback_url=self._receiver.callback_url if self._receiver else None,
                     fail=self._fail,
                     stopping=self._stopping,
                     max_uncertain=self.campaign.retry.attempts,
                 )
+                self._submitter.recover_uncertain()
                 await self._run_jobs(client)
             view = ledger_view(self.campaign, self.ledger.index)
             code = self._exit_code(view)
@@ -182,24 +187,11 @@ class Engine:
                     api.callback_listen,
                     api.callback_public_url,
                     load_secret(self.out),
-                    known=self._known_task,
+                    known=lambda task_id: self._poller is not None and self._poller.knows(task_id),
                     accept=self._accept_delivery,
                 )
                 await stack.enter_async_context(self._receiver)
             yield client
-
-    def _recover_uncertain(self) -> None:
-        """A submission written but never answered (the last run was killed): uncertain."""
-        for job_id, rec in list(self.ledger.records()):
-            if rec.phase is Phase.SUBMITTING:
-                self.ledger.append("uncertain", job_id, why="killed before the answer")
-                self.counters.uncertain += 1
-        if self.counters.uncertain:
-            log.warning(
-                "%d submissions of the last run have an unknown outcome (it was killed while "
-                "they were on the wire); they count as uncertain and will be submitted again",
-                self.counters.uncertain,
-            )
 
     @property
     def _time_scale(self) -> float:
@@ -311,7 +303,7 @@ class Engine:
             if not await self._pipeline.acquire():
                 return
             if action == "download":
-                jobs.create_task(self._guard(job, self._download_job(job)))
+                jobs.create_task(self._guard(job, self._downloader.job(job)))
                 continue
             if action == "submit" and not await self.budget.admit(job.max_images, self._stopping):
                 self._pipeline.release()
@@ -338,7 +330,7 @@ class Engine:
         if rec is None:
             return "submit"
         if rec.phase is Phase.DONE:
-            if self._files_present(rec):
+            if self._downloader.files_present(rec):
                 self.counters.skipped_done += 1
                 return None
             return "download" if rec.urls else "submit"
@@ -356,11 +348,6 @@ class Engine:
             self._fail(job, rec.fail_code or "FAILED", rec.fail_msg or "", retryable=True)
             return None
         return "submit"
-
-    def _files_present(self, rec: JobRecord) -> bool:
-        return bool(rec.files) and all(
-            (self.out / str(f["path"])).is_file() for f in rec.files.values()
-        )
 
     async def _guard(self, job: Job, work: Any) -> None:
         """Run one job's coroutine; release its pipeline place whatever happens."""
@@ -381,31 +368,18 @@ class Engine:
 
     # -- one job ---------------------------------------------------------------------------
 
-    def _payload(self, job: Job) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "request_type": "async",
-            "provider": self.campaign.api.provider,
-            "input": job.input,
-        }
-        if self._receiver is not None:
-            payload["request_type"] = "callback"
-            payload["callback_url"] = self._receiver.callback_url
-        return payload
-
     # -- webhooks --------------------------------------------------------------------------
 
-    def _known_task(self, task_id: str) -> bool:
-        return task_id in self._live_tasks or task_id in self._finished
-
     def _accept_delivery(self, status: TaskStatus) -> bool:
-        """A valid webhook for a known task: record it, then resolve the task. False for
-        a duplicate (the task has already ended)."""
-        job = self._live_tasks.get(status.task_id)
-        if job is None or self._poller is None or not self._poller.watching(status.task_id):
+        """A valid webhook for a task being waited on: record it, then resolve the task.
+        False for a duplicate (the task has already ended)."""
+        assert self._poller is not None
+        job_id = self._poller.job_of(status.task_id)
+        if job_id is None:
             return False
         self.ledger.append(
             "delivered",
-            job.id,
+            job_id,
             task=status.task_id,
             state=status.state.value,
             urls=list(status.result_urls),
@@ -442,7 +416,7 @@ class Engine:
         finally:
             self.slots.release()
             self.budget.release(job.max_images)
-        await self._download_job(job)
+        await self._downloader.job(job)
 
     async def _wait(self, job: Job, task_id: str, ago: float) -> TaskStatus | None:
         """Wait for the task's terminal status. None: it stays live (timeout or stop)."""
@@ -450,8 +424,7 @@ class Engine:
         # A task left by an earlier run may have finished while nobody listened for its
         # webhook: in callback mode ask about it at once.
         resumed = ago > 0 and self._receiver is not None
-        future = self._poller.watch(task_id, self._kind(job), ago, poll_now=resumed)
-        self._live_tasks[task_id] = job
+        future = self._poller.watch(task_id, self._kind(job), ago, poll_now=resumed, job_id=job.id)
         try:
             return await future
         except PollTimeout:
@@ -461,11 +434,6 @@ class Engine:
         except asyncio.CancelledError:
             self._poller.forget(task_id)
             raise
-        finally:
-            del self._live_tasks[task_id]
-            self._finished[task_id] = None
-            if len(self._finished) > 100_000:
-                del self._finished[next(iter(self._finished))]
 
     def _settle(self, job: Job, status: TaskStatus) -> bool:
         """Record a terminal status. True: go on (download, or resubmit a failure)."""
@@ -510,53 +478,6 @@ class Engine:
         self.ledger.append("failed", job.id, code=code, msg=message[:500], retryable=retryable)
         self.counters.failed += 1
         log.warning("job %s failed: %s %s", job.id, code, message)
-
-    async def _download_job(self, job: Job) -> None:
-        rec = self.ledger.index[job.id]
-        assert self._client is not None
-        self.counters.downloading += 1
-        try:
-            for index, url in enumerate(rec.urls):
-                if index in rec.files and (self.out / str(rec.files[index]["path"])).is_file():
-                    continue
-                async with self._downloads:
-                    record = await self._fetch(job, rec, index, url)
-                self.ledger.append(
-                    "file",
-                    job.id,
-                    i=index,
-                    path=record.path.relative_to(self.out).as_posix(),
-                    bytes=record.bytes,
-                    sha256=record.sha256,
-                )
-                self.counters.images += 1
-        except TransientApiError as exc:
-            log.warning("job %s: download failed for now: %s", job.id, exc)
-            self.counters.download_parked += 1
-            return
-        except PermanentApiError as exc:
-            self._fail(job, exc.code or "DOWNLOAD_FAILED", str(exc), retryable=True)
-            return
-        finally:
-            self.counters.downloading -= 1
-        self.ledger.append("done", job.id, task=rec.task_id)
-        self.counters.done += 1
-
-    async def _fetch(self, job: Job, rec: JobRecord, index: int, url: str) -> Any:
-        assert self._client is not None
-        part_name = hashlib.sha1(job.id.encode()).hexdigest()[:20] + f"-{index}.part"
-
-        def dest_for(ext: str) -> Path:
-            return image_path(self.campaign.output, job.id, index, ext, rec.task_id or "")
-
-        return await fetch_image(
-            self._client,
-            url,
-            self.out / ".tmp" / part_name,
-            dest_for,
-            attempts=self.campaign.retry.attempts,
-            backoff_s=0.5 * self._time_scale,
-        )
 
     # -- the end -------------------------------------------------------------------------
 

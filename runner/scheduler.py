@@ -155,6 +155,7 @@ class _Watch:
     threshold: float
     next_at: float = 0.0  # recipe and callback modes: when the next poll is due
     last_poll: float = 0.0  # monotonic time of the last poll (submission time at first)
+    job_id: str = ""
     polls: int = 0
     in_flight: bool = False
     seen_unknown: set[str] = field(default_factory=set)
@@ -213,6 +214,7 @@ class Poller:
         self.lags: deque[float] = deque(maxlen=400)
         self._workers = workers
         self._watches: dict[str, _Watch] = {}
+        self._ended: dict[str, None] = {}  # recently ended task ids, oldest first
         self._due: asyncio.Queue[_Watch] = asyncio.Queue()
         self._tokens = 0.0
         self._submits_seen = 0
@@ -226,10 +228,16 @@ class Poller:
         return len(self._watches)
 
     def watch(
-        self, task_id: str, kind: Hashable, submitted_ago_s: float = 0.0, poll_now: bool = False
+        self,
+        task_id: str,
+        kind: Hashable,
+        submitted_ago_s: float = 0.0,
+        poll_now: bool = False,
+        job_id: str = "",
     ) -> asyncio.Future[TaskStatus]:
-        """Start watching a task submitted ``submitted_ago_s`` seconds ago; with
-        ``poll_now``, ask about it at once (a task left in flight by an earlier run)."""
+        """Start watching a task (of job ``job_id``) submitted ``submitted_ago_s`` seconds
+        ago; with ``poll_now``, ask about it at once (a task left in flight by an earlier
+        run)."""
         now = time.monotonic()
         started = now - submitted_ago_s
         sample = Sample(started)
@@ -244,6 +252,7 @@ class Poller:
             deadline=started + self.timeout_s,
             threshold=self.MIN_GAIN * random.uniform(1 - self.jitter, 1 + self.jitter),
             last_poll=started,
+            job_id=job_id,
         )
         self.model.started(kind, sample)
         first = self._first_age(kind)
@@ -253,9 +262,14 @@ class Poller:
         self._watches[task_id] = w
         return w.future
 
-    def watching(self, task_id: str) -> bool:
-        """Whether the task is still waited on (not yet resolved, forgotten or failed)."""
-        return task_id in self._watches
+    def job_of(self, task_id: str) -> str | None:
+        """The job of a task still waited on (not yet resolved, forgotten or failed)."""
+        w = self._watches.get(task_id)
+        return w.job_id if w is not None else None
+
+    def knows(self, task_id: str) -> bool:
+        """Waited on now, or ended recently (a late duplicate webhook is no stranger)."""
+        return task_id in self._watches or task_id in self._ended
 
     def forget(self, task_id: str) -> None:
         """Stop watching (the job was cancelled)."""
@@ -424,6 +438,9 @@ class Poller:
 
     def _finish(self, w: _Watch, status: TaskStatus) -> None:
         self._watches.pop(w.task_id, None)
+        self._ended[w.task_id] = None
+        if len(self._ended) > 100_000:
+            del self._ended[next(iter(self._ended))]
         if status.create_ms is not None and status.complete_ms is not None:
             seconds = (status.complete_ms - status.create_ms) / 1000
         else:

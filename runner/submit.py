@@ -19,16 +19,19 @@ Three guards keep payment frugal:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from .client import ApiClient
 from .errors import FatalApiError, PermanentApiError, TransientApiError, UncertainSubmitError
-from .ledger import Ledger
+from .ledger import Ledger, Phase
 from .manifest import Job
 from .outputs import RunCounters
 
 __all__ = ["MAX_ON_WIRE", "Submitter"]
+
+log = logging.getLogger("runner")
 
 #: Submissions on the wire at once. At ~0.3 s a round trip that is ~200 per second, more
 #: than the rate limit lets through even while 1,000 slots fill at start.
@@ -46,7 +49,8 @@ class Submitter:
         ledger: Ledger,
         counters: RunCounters,
         *,
-        payload: Callable[[Job], dict[str, Any]],
+        provider: str,
+        callback_url: str | None,
         fail: FailJob,
         stopping: asyncio.Event,
         max_uncertain: int,
@@ -54,7 +58,8 @@ class Submitter:
         self.client = client
         self.ledger = ledger
         self.counters = counters
-        self._payload = payload
+        self._provider = provider
+        self._callback_url = callback_url
         self._fail = fail
         self._stopping = stopping
         self._max_uncertain = max_uncertain
@@ -64,6 +69,31 @@ class Submitter:
         self.on_wire = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def recover_uncertain(self) -> int:
+        """Count as uncertain every submission an earlier run wrote but never saw
+        answered (it was killed meanwhile); those jobs will be submitted again."""
+        lost = [job_id for job_id, rec in self.ledger.records() if rec.phase is Phase.SUBMITTING]
+        for job_id in lost:
+            self.ledger.append("uncertain", job_id, why="killed before the answer")
+        self.counters.uncertain += len(lost)
+        if lost:
+            log.warning(
+                "%d submissions of the last run have an unknown outcome (it was killed while "
+                "they were on the wire); they count as uncertain and will be submitted again",
+                len(lost),
+            )
+        return len(lost)
+
+    def payload(self, job: Job) -> dict[str, Any]:
+        """The request body for a job: its input, and where to post the result in
+        callback mode."""
+        body: dict[str, Any] = {"request_type": "async", "provider": self._provider}
+        if self._callback_url is not None:
+            body["request_type"] = "callback"
+            body["callback_url"] = self._callback_url
+        body["input"] = job.input
+        return body
 
     async def settled(self) -> None:
         """Wait until no submission is on the wire (after a stop, none starts)."""
@@ -96,7 +126,7 @@ class Submitter:
         self.on_wire += 1
         self.counters.submitted += 1
         try:
-            task_id = await self.client.submit(self._payload(job))
+            task_id = await self.client.submit(self.payload(job))
         except UncertainSubmitError as exc:
             self._uncertain(job, str(exc))
             if self.ledger.index[job.id].uncertain >= self._max_uncertain:
