@@ -7,7 +7,8 @@ The command line is ``python -m runner MANIFEST``; a library user needs only the
     exit_code = await Engine(campaign, RunOptions(api_key=...)).run()
 """
 
-from .engine import Engine, RunOptions
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     FatalApiError,
     LockedError,
@@ -27,3 +28,16 @@ __all__ = [
     "RunnerError",
     "load_campaign",
 ]
+
+if TYPE_CHECKING:
+    from .engine import Engine, RunOptions
+
+
+def __getattr__(name: str) -> Any:
+    # The engine (and aiohttp with it) loads on first use, so `--dry-run` and `--status`
+    # start fast.
+    if name in ("Engine", "RunOptions"):
+        from . import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'runner' has no attribute {name!r}")

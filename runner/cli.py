@@ -22,18 +22,20 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .durations import parse_duration
-from .engine import Engine, RunOptions
 from .errors import ManifestError, RunnerError
 from .ledger import read_index
 from .manifest import Campaign, load_campaign
 from .outputs import LedgerView, ledger_view
 from .progress import install_console
 from .report import REPORT_NAME, write_report
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 __all__ = ["main"]
 
@@ -261,6 +263,15 @@ async def _run(engine: Engine) -> int:
             loop.remove_signal_handler(sig)
 
 
+def _disk_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first OSError in ``group`` (a write failed: disk full, file too large), else
+    the group itself, re-raised unchanged."""
+    found: BaseException | None = group.subgroup(lambda exc: isinstance(exc, OSError))
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found if isinstance(found, OSError) else group
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     install_console(args.log_format, args.quiet, not args.no_progress, sys.stderr)
@@ -286,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "(or api.key_env to the name of another), or use --base-url embedded",
                     "environment",
                 )
+        from .engine import Engine, RunOptions  # aiohttp and the rest: only to run
+
         engine = Engine(
             campaign,
             RunOptions(
@@ -295,13 +308,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress_every_s=0.0 if args.no_progress else PROGRESS_LINE_EVERY_S,
             ),
         )
-        code = asyncio.run(_run(engine))
+        try:
+            code = asyncio.run(_run(engine))
+        except BaseExceptionGroup as group:
+            # A job's task hit a full disk; the task groups wrap it with its siblings.
+            raise _disk_error(group) from None
     except RunnerError as exc:
         log.error("%s", exc)
         return exc.exit_code
     except OSError as exc:
         # Disk full, permissions: the ledger holds everything done so far.
-        log.error("cannot write the output: %s; free the space and run again", exc.strerror)
+        where = f" ({exc.filename})" if exc.filename else ""
+        log.error(
+            "cannot write the output%s: %s; free the space and run again",
+            where,
+            exc.strerror or exc,
+        )
         return 4
     _finished(campaign, code)
     return code

@@ -13,13 +13,15 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .client import ClientStats
 from .ledger import JobRecord, Phase
 from .manifest import Campaign, Job
+
+if TYPE_CHECKING:  # the client (and aiohttp) are not needed to read a ledger
+    from .client import ClientStats
 
 __all__ = [
     "LedgerView",

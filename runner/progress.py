@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 from rich.console import Console, Group, RenderableType
@@ -34,9 +34,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .client import ClientStats
 from .manifest import Campaign
 from .outputs import RunCounters
+
+if TYPE_CHECKING:  # the client (and aiohttp) are not needed to read a ledger
+    from .client import ClientStats
 
 __all__ = [
     "ConsoleHandler",
