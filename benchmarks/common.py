@@ -12,11 +12,12 @@ import heapq
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,40 @@ def simulator(*options: str) -> Iterator[str]:
         proc.wait(10)
 
 
+def snapshot_code(folder: Path) -> dict[str, Any]:
+    """Copy the ``runner`` package into ``folder`` and make every process started from
+    now on (simulator, runner, helpers) import that copy: a long benchmark then measures
+    one version of the code even while the working tree is being edited. Changes the
+    working directory to ``folder``. Returns the commit and whether the tree was dirty."""
+    import shutil
+
+    import runner
+
+    package = Path(runner.__file__).parent
+    shutil.copytree(package, folder / "runner", ignore=shutil.ignore_patterns("__pycache__"))
+    # `python -m` puts the working directory first on sys.path, PYTHONPATH next: both must
+    # lead to the copy, ahead of the editable install.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(folder), os.environ.get("PYTHONPATH")) if p
+    )
+    os.chdir(folder)
+    repo = package.parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--", "runner")),
+        "snapshot": True,
+    }
+
+
 def sim_get(base_url: str, path: str) -> Any:
     origin = base_url.rsplit("/api/", 1)[0]
     with urllib.request.urlopen(origin + path, timeout=30) as resp:
@@ -60,27 +95,102 @@ def write_campaign(folder: Path, jobs: list[dict[str, Any]], **settings: Any) ->
     return path
 
 
-def run_runner(manifest: Path, *args: str) -> dict[str, Any]:
+def run_runner(
+    manifest: Path,
+    *args: str,
+    timeout_s: float | None = None,
+    on_tick: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Run the CLI to the end in its own process; return exit code, wall and CPU time,
-    and peak RSS of that process alone."""
+    and peak RSS of that process alone. ``timeout_s`` and ``on_tick`` as in
+    :func:`run_process`."""
     env = {**os.environ, "APIXO_API_KEY": "bench-key"}
-    started = time.monotonic()
-    proc = subprocess.Popen(
+    return run_process(
         [sys.executable, "-m", "runner", str(manifest), "--quiet", *args],
         env=env,
-        stderr=subprocess.PIPE,
+        timeout_s=timeout_s,
+        on_tick=on_tick,
     )
-    _, status, usage = os.wait4(proc.pid, 0)
+
+
+def run_process(
+    argv: Sequence[str],
+    env: dict[str, str] | None = None,
+    *,
+    timeout_s: float | None = None,
+    on_tick: Callable[[int], None] | None = None,
+    tick_s: float = 1.0,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run ``argv`` to the end; return exit code, wall and CPU time, and peak RSS of that
+    process alone (its children excluded). After ``timeout_s`` it gets SIGTERM, then
+    SIGKILL 10 s later (``timed_out`` is then true). ``on_tick(pid)`` is called about
+    every ``tick_s`` while it runs (to sample it). ``quiet`` discards its stdout.
+
+    Peak RSS is the kernel's high-water mark of the child's own memory (``VmHWM``),
+    sampled while it runs: ``ru_maxrss`` from ``wait4`` would not do, because Linux
+    carries the parent's high-water mark over ``fork`` and ``execve``, so a child of a
+    big parent would report at least the parent's size."""
+    started = time.monotonic()
+    stdout = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(list(argv), env=env, stdout=stdout, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    # Drain stderr as it comes: a chatty child must not block on a full pipe.
+    chunks: list[bytes] = []
+    os.set_blocking(proc.stderr.fileno(), False)
+    timed_out = False
+    killed_at: float | None = None
+    next_tick = started + tick_s
+    hwm_kb = 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        hwm_kb = max(hwm_kb, _vm_hwm_kb(proc.pid))
+        _drain(proc.stderr.fileno(), chunks)
+        now = time.monotonic()
+        if timeout_s is not None and now - started > timeout_s and killed_at is None:
+            timed_out, killed_at = True, now
+            proc.send_signal(signal.SIGTERM)
+        elif killed_at is not None and now - killed_at > 10:
+            proc.kill()
+        if on_tick is not None and now >= next_tick:
+            on_tick(proc.pid)
+            next_tick = now + tick_s
+        time.sleep(0.1)
     wall = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    return {
+    os.set_blocking(proc.stderr.fileno(), True)
+    chunks.append(proc.stderr.read())
+    proc.stderr.close()
+    err = b"".join(chunks).decode(errors="replace")
+    result: dict[str, Any] = {
         "exit_code": proc.returncode,
         "wall_s": round(wall, 3),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "peak_rss_mb": round((hwm_kb or usage.ru_maxrss) / 1024, 1),
         "stderr_tail": err[-2000:],
     }
+    if timed_out:
+        result["timed_out"] = True
+    return result
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    """The peak resident set of ``pid`` so far, in KiB (0 if unknown)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _drain(fd: int, chunks: list[bytes]) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while data := os.read(fd, 65536):
+            chunks.append(data)
+            if sum(len(c) for c in chunks) > 1 << 20:  # keep the tail only
+                del chunks[: len(chunks) // 2]
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -90,19 +200,29 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def verify_images(out: Path, image_bytes: int) -> dict[str, int]:
     """Compare every file on disk with what the simulator serves for its task and index
     (the simulator's images are a pure function of both)."""
+    return verify_files(
+        (
+            (result["task_id"], index, out / f["path"])
+            for result in read_jsonl(out / "results.jsonl")
+            for index, f in enumerate(result["files"])
+        ),
+        image_bytes,
+    )
+
+
+def verify_files(files: Iterable[tuple[str, int, Path]], image_bytes: int) -> dict[str, int]:
+    """Compare each ``(task_id, index, path)`` with the image the simulator serves."""
     ok = wrong = missing = 0
-    for result in read_jsonl(out / "results.jsonl"):
-        for index, f in enumerate(result["files"]):
-            path = out / f["path"]
-            if not path.is_file():
-                missing += 1
-                continue
-            expected = hashlib.sha256(render_png(result["task_id"], index, image_bytes))
-            actual = hashlib.sha256(path.read_bytes())
-            if expected.hexdigest() == actual.hexdigest():
-                ok += 1
-            else:
-                wrong += 1
+    for task_id, index, path in files:
+        if not path.is_file():
+            missing += 1
+            continue
+        expected = hashlib.sha256(render_png(task_id, index, image_bytes))
+        actual = hashlib.sha256(path.read_bytes())
+        if expected.hexdigest() == actual.hexdigest():
+            ok += 1
+        else:
+            wrong += 1
     return {"identical": ok, "different": wrong, "missing": missing}
 
 
@@ -112,6 +232,16 @@ def makespan_efficiency(out: Path, concurrency: int) -> dict[str, float]:
     events = read_jsonl(out / "ledger.jsonl")
     submits = [e["t"] for e in events if e["e"] == "submit"]
     results = [e for e in events if e["e"] == "result"]
+    return schedule_figures(submits, results, concurrency)
+
+
+def schedule_figures(
+    submits: Sequence[float], results: Sequence[dict[str, Any]], concurrency: int
+) -> dict[str, float]:
+    """The figures of :func:`makespan_efficiency` for any client: ``submits`` are local
+    Unix times of submissions, ``results`` hold ``t`` (local Unix time the client knew of
+    the terminal state) and the API's ``create_ms`` and ``complete_ms``, in the order the
+    client learnt them."""
     durations = [
         (e["complete_ms"] - e["create_ms"]) / 1000
         for e in results
@@ -120,7 +250,7 @@ def makespan_efficiency(out: Path, concurrency: int) -> dict[str, float]:
     if not submits or not results:
         return {"efficiency": 0.0}
     slots = [0.0] * concurrency
-    for d in durations:  # greedy list scheduling in submission order
+    for d in durations:  # greedy list scheduling in the order the results came
         heapq.heapreplace(slots, slots[0] + d)
     ideal = max(slots)
     measured = max(e["t"] for e in results) - min(submits)
@@ -133,6 +263,20 @@ def makespan_efficiency(out: Path, concurrency: int) -> dict[str, float]:
         "measured_makespan_s": round(measured, 3),
         "detection_lag_p50_s": round(lags[len(lags) // 2], 3) if lags else 0.0,
         "detection_lag_p95_s": round(lags[int(len(lags) * 0.95)], 3) if lags else 0.0,
+    }
+
+
+def api_requests(stats: dict[str, Any]) -> dict[str, int]:
+    """API requests (submissions and polls, whatever their answer) and 429s, from the
+    simulator's ``/_sim/stats``."""
+    requests = stats["requests"]
+    generate = sum(requests.get("generate", {}).values())
+    status = sum(requests.get("status", {}).values())
+    return {
+        "generate": generate,
+        "status": status,
+        "api": generate + status,
+        "http_429": sum(v.get("429", 0) for v in requests.values()),
     }
 
 
