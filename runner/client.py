@@ -379,6 +379,9 @@ class ApiClient:
         """Open a result URL for streaming, from ``offset`` when resuming."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         self.stats.requests["file"] += 1
+        # Exceptions thrown into the ``yield`` come from the caller (writing the file to a
+        # full disk, say): they are not the server's doing and must not be translated.
+        in_caller = False
         try:
             async with self.session.get(
                 url,
@@ -407,12 +410,16 @@ class ApiClient:
                 start, total = 0, resp.content_length
                 if resp.status == 206:
                     start, total = _content_range(resp.headers.get("Content-Range", ""))
+                in_caller = True
                 yield FileStream(
                     resp.status, start, total, resp.headers.get("Content-Type", ""), resp
                 )
+                in_caller = False
         except ApiError:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if in_caller:
+                raise
             raise TransientApiError(f"download failed: {type(exc).__name__}") from None
 
 

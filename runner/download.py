@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,43 @@ def sniff_ext(head: bytes) -> str | None:
     if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
     return None
+
+
+def image_is_whole(path: Path, ext: str) -> bool:
+    """The file's structure is intact: for PNG every chunk's CRC matches and the file ends
+    with IEND and nothing after; for JPEG it ends with the EOI marker; for WebP the RIFF
+    size matches the file. Catches wrong bytes that kept a valid signature."""
+    with path.open("rb") as f:
+        if ext == "jpg":
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 4:
+                return False
+            f.seek(-2, os.SEEK_END)
+            return f.read(2) == b"\xff\xd9"
+        if ext == "webp":
+            head = f.read(8)
+            f.seek(0, os.SEEK_END)
+            return len(head) == 8 and int.from_bytes(head[4:8], "little") + 8 == f.tell()
+        f.seek(8)  # past the signature
+        while True:
+            header = f.read(8)
+            if len(header) != 8:
+                return False  # ended without IEND
+            length = int.from_bytes(header[:4], "big")
+            if length > MAX_IMAGE_BYTES:
+                return False
+            crc = zlib.crc32(header[4:])
+            left = length
+            while left:
+                block = f.read(min(left, _CHUNK))
+                if not block:
+                    return False
+                crc = zlib.crc32(block, crc)
+                left -= len(block)
+            if f.read(4) != crc.to_bytes(4, "big"):
+                return False
+            if header[4:] == b"IEND":
+                return f.read(1) == b""
 
 
 async def _download_once(
@@ -107,26 +145,36 @@ async def fetch_image(
     for attempt in range(1, attempts + 1):
         try:
             size, digest = await _download_once(client, url, part, max_bytes)
+            ext = await asyncio.to_thread(_check_image, part)
             break
         except TransientApiError as exc:
-            if exc.code == "RANGE":
-                part.unlink(missing_ok=True)
+            if exc.code in ("RANGE", "NOT_AN_IMAGE", "CORRUPT"):
+                part.unlink(missing_ok=True)  # start over, never from bad bytes
             if attempt == attempts:
+                if exc.code in ("NOT_AN_IMAGE", "CORRUPT"):
+                    raise PermanentApiError(str(exc), 200, exc.code) from None
                 raise
             await asyncio.sleep(exc.retry_after or backoff_s * 2 ** (attempt - 1))
         except PermanentApiError:
             part.unlink(missing_ok=True)
             raise
-    with part.open("rb") as f:
-        head = f.read(16)
-    ext = sniff_ext(head)
-    if ext is None:
-        part.unlink(missing_ok=True)
-        raise PermanentApiError("result is not a PNG, JPEG or WebP image", 200, "NOT_AN_IMAGE")
     dest = dest_for(ext)
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, dest)
     return FileRecord(dest, size, digest.hexdigest(), ext)
+
+
+def _check_image(part: Path) -> str:
+    """The extension of the image in ``part``. A body that is not an image (an HTML error
+    page) or a damaged one is transient: a proxy or the transfer may be at fault, so the
+    download is tried again from the start."""
+    with part.open("rb") as f:
+        ext = sniff_ext(f.read(16))
+    if ext is None:
+        raise TransientApiError("result is not a PNG, JPEG or WebP image", 200, "NOT_AN_IMAGE")
+    if not image_is_whole(part, ext):
+        raise TransientApiError(f"result is a damaged {ext.upper()} image", 200, "CORRUPT")
+    return ext
 
 
 class Downloader:

@@ -178,6 +178,7 @@ class Engine:
                 api.model,
                 budget,
                 attempts=self.campaign.retry.attempts,
+                request_timeout_s=self.campaign.retry.request_timeout_s,
                 connections=limits.concurrency + limits.downloads + 16,
             )
             client.halt = self._stopping

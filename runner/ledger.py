@@ -31,6 +31,7 @@ line elsewhere is skipped and counted.
 from __future__ import annotations
 
 import enum
+import errno
 import fcntl
 import os
 import time
@@ -246,8 +247,11 @@ class Ledger:
         if self._fd is None:
             raise RuntimeError("ledger is not open")
         written = os.write(self._fd, line)
-        if written != len(line):  # pragma: no cover - regular files write whole lines
-            raise OSError("short write to the ledger")
+        if written != len(line):
+            # The disk filled up mid-line: take the fragment back, so that no later line
+            # is glued to it and every line the next run reads is whole.
+            os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+            raise OSError(errno.ENOSPC, "no space left to write the ledger", str(self.path))
         self._dirty = True
         _apply(self.index, ev)
 

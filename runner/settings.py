@@ -75,6 +75,7 @@ class Polling:
 class Retry:
     attempts: int = 8
     failed_tasks: int = 2
+    request_timeout_s: float = 30.0  # an API answer slower than this is given up on
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +287,7 @@ _POLLING: dict[str, tuple[str, Check]] = {
 _RETRY: dict[str, tuple[str, Check]] = {
     "attempts": ("attempts", _int(1, 100)),
     "failed_tasks": ("failed_tasks", _int(0, 20)),
+    "request_timeout": ("request_timeout_s", _duration(positive=True)),
 }
 _BUDGET: dict[str, tuple[str, Check]] = {
     "max_images": ("max_images", _int(1, 10**15)),

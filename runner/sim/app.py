@@ -13,8 +13,10 @@ decided before any side effect: connection reset (``p_reset``), slow answer (``p
 authentication (401, not counted in any window), the per-key sliding request window (429;
 rejected requests count too), injected 429 and 5xx. Submissions then check the model (404),
 the body (400), the live-task limit (429), the balance (403), create the task and maybe
-drop the connection anyway (``p_reset_after``). Per-request work is O(1) amortised: the
-window is a deque of timestamps, live tasks a heap of completion times.
+drop the connection anyway (``p_reset_after``). ``p_hostile`` malforms a 200 answer:
+a submission's taskId, or the status of a finished task (see ``HOSTILE_MODES``).
+Per-request work is O(1) amortised: the window is a deque of timestamps, live tasks a
+heap of completion times.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import orjson
 from aiohttp import web
 
 from runner.sim.callbacks import CallbackSender
-from runner.sim.config import SimConfig
+from runner.sim.config import HOSTILE_MODES, SimConfig
 from runner.sim.files import serve_file
 from runner.sim.limits import Limits
 from runner.sim.stats import SimStats
@@ -294,7 +296,14 @@ class SimServer:
         if cfg.p_reset_after and self._rng.random() < cfg.p_reset_after:
             self.stats.faults["reset_after"] += 1
             return self._reset(request, "generate")
+        if cfg.hostile in (None, "task_id") and self._hostile():
+            self.stats.faults["hostile"] += 1
+            return self._answer("generate", 200, {"taskId": "../../../../etc/passwd"})
         return self._answer("generate", 200, {"taskId": task.task_id})
+
+    def _hostile(self) -> bool:
+        p = self.config.p_hostile
+        return bool(p) and self._rng.random() < p
 
     def _record(self, task: Task) -> None:
         """Book a new task: records, live limit, balance, counters, webhook."""
@@ -331,7 +340,46 @@ class SimServer:
             msg = f"task {task_id!r} not found for model {model!r}"
             return self._answer("status", 404, {"error": "taskId"}, msg)
         state = task.state_at(time.time() * 1000)
-        return self._answer("status", 200, self._status_data(task, state))
+        data = self._status_data(task, state)
+        if state in (SUCCESS, FAILED) and self.config.hostile != "task_id" and self._hostile():
+            self.stats.faults["hostile"] += 1
+            mode = self.config.hostile or self._rng.choice(HOSTILE_MODES[1:])
+            return self._malformed(mode, data)
+        return self._answer("status", 200, data)
+
+    def _malformed(self, mode: str, data: dict[str, Any]) -> web.Response:
+        """A 200 status answer broken the ``mode`` way (see ``HOSTILE_MODES``)."""
+        self.stats.requests["status", 200] += 1
+        urls = {
+            "url_file_scheme": "file:///etc/passwd",
+            "url_ftp_scheme": "ftp://127.0.0.1/result.png",
+            "url_traversal": f"{self.origin}/files/../../../../etc/passwd",
+        }
+        data = dict(data, state="success")
+        body: Any = {"code": 200, "message": "success", "data": data}
+        if mode == "not_json":
+            return web.Response(status=200, text="<html>502 Bad Gateway</html>")
+        if mode == "data_not_object":
+            body["data"] = ["success", data["taskId"]]
+        elif mode == "no_state":
+            del data["state"]
+        elif mode == "state_not_string":
+            data["state"] = 3
+        elif mode == "result_not_string":
+            data["resultJson"] = {"resultUrls": [f"{self.origin}/files/x/0.png"]}
+        elif mode == "result_not_json":
+            data["resultJson"] = "{resultUrls: ["
+        elif mode == "no_result_urls":
+            data["resultJson"] = orjson.dumps({"resultUrls": "none"}).decode()
+        elif mode in urls:
+            data["resultJson"] = orjson.dumps({"resultUrls": [urls[mode]]}).decode()
+        elif mode == "url_not_string":
+            data["resultJson"] = orjson.dumps({"resultUrls": [{"href": 1}, None]}).decode()
+        elif mode == "gigantic":
+            data["failMsg"] = "x" * (3 << 20)
+        elif mode == "other_task":
+            data["taskId"] = "task_someone_else"
+        return web.Response(status=200, body=orjson.dumps(body), content_type="application/json")
 
     def _status_data(self, task: Task, state: str) -> dict[str, Any]:
         urls = self.result_urls(task) if state == SUCCESS else []

@@ -76,6 +76,17 @@ class SimConfig:
     slow_s: float = _knob(5.0, "float", "REAL seconds of delay of a slow answer (not scaled)")
     p_truncate: float = _prob("a download closes after about half of its body")
     p_corrupt: float = _prob("a download serves wrong bytes of the right length")
+    p_html: float = _prob("a download answers 200 with an HTML error page (text/html)")
+    p_wrong_type: float = _prob("a download serves the right image as text/plain")
+    p_oversize: float = _prob("a download announces a 1 GiB body, sends a little, closes")
+    p_hostile: float = _prob(
+        "an answer is malformed: a finished task's status, or a submission's taskId"
+    )
+    hostile: str | None = _knob(
+        None,
+        "optstr",
+        "which malformation p_hostile makes (one of HOSTILE_MODES); unset: any, at random",
+    )
     p_fail: float = _prob("a task fails with a retryable failCode (processing class)")
     p_stuck: float = _prob("a task stays processing forever")
     credits: int | None = _knob(
@@ -123,6 +134,27 @@ class SimConfig:
         return out
 
 
+#: The malformed answers of ``p_hostile``. ``task_id`` applies to submissions (the task is
+#: created, the answer names a path instead of its id); the others to status answers of
+#: finished tasks.
+HOSTILE_MODES = (
+    "task_id",
+    "not_json",
+    "data_not_object",
+    "no_state",
+    "state_not_string",
+    "result_not_string",
+    "result_not_json",
+    "no_result_urls",
+    "url_file_scheme",
+    "url_ftp_scheme",
+    "url_traversal",
+    "url_not_string",
+    "gigantic",
+    "other_task",
+)
+
+
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{name}: expected a number, got {value!r}")
@@ -151,6 +183,8 @@ def _check(name: str, kind: str, value: Any) -> Any:
     if kind == "optstr":
         if value is not None and (not isinstance(value, str) or not value):
             raise ValueError(f"{name}: expected a non-empty string or null, got {value!r}")
+        if name == "hostile" and value is not None and value not in HOSTILE_MODES:
+            raise ValueError(f"{name}: one of {', '.join(HOSTILE_MODES)}, got {value!r}")
         return value
     if kind == "bool":
         if not isinstance(value, bool):

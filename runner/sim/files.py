@@ -10,6 +10,9 @@ Contract of :func:`serve_file` (the URL is already checked by the caller):
 * ``p_truncate``: the headers announce the full length, about half the body is sent, then
   the connection is closed. ``p_corrupt``: the PNG signature is kept and every later byte
   replaced, same length, so only a client that checks the content notices.
+* ``p_wrong_type``: the right bytes labelled ``text/plain``. ``p_html``: a 200 with an HTML
+  error page instead of the image. ``p_oversize``: ``Content-Length`` announces 1 GiB, a
+  little is sent, then the connection is closed.
 """
 
 from __future__ import annotations
@@ -83,6 +86,22 @@ async def serve_file(
         stats.faults["corrupt"] += 1
         data = _corrupt(data, rng)
     body = data[start : end + 1]
+    if config.p_wrong_type and rng.random() < config.p_wrong_type:
+        stats.faults["wrong_type"] += 1
+        headers["Content-Type"] = "text/plain"
+    if config.p_html and rng.random() < config.p_html:
+        stats.faults["html"] += 1
+        page = b"<!DOCTYPE html><html><body><h1>503 Service Unavailable</h1></body></html>\n"
+        return web.Response(status=200, body=page, content_type="text/html")
+    if config.p_oversize and rng.random() < config.p_oversize:
+        stats.faults["oversize"] += 1
+        headers["Content-Length"] = str(1 << 30)
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        if request.transport is not None:
+            request.transport.close()
+        return response
     if config.p_truncate and rng.random() < config.p_truncate:
         stats.faults["truncate"] += 1
         headers["Content-Length"] = str(len(body))

@@ -39,7 +39,8 @@ class SimStats:
     callbacks_dropped: int = 0  # deliveries never attempted (p_cb_drop)
     callbacks_given_up: int = 0  # deliveries whose every retry failed
     credits_spent: int = 0
-    # Injected faults by kind: 429, 5xx, reset, reset_after, slow, truncate, corrupt.
+    # Injected faults by kind: 429, 5xx, reset, reset_after, slow, truncate, corrupt,
+    # wrong_type, html, oversize, hostile.
     faults: Counter[str] = field(default_factory=Counter)
     _live_fn: Callable[[], int] = field(default=_no_live, repr=False, compare=False)
 
