@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from runner.sim import SimConfig, SimServer
 
 @pytest.fixture
 async def sim() -> AsyncIterator[SimServer]:
-    config = SimConfig(time_scale=TIME_SCALE, retry_after_s=0.05, seed=7)
+    # SIM_SEED varies the simulator's draws, e.g. to repeat the fault suite (RELIABILITY.md).
+    seed = int(os.environ.get("SIM_SEED", "7"))
+    config = SimConfig(time_scale=TIME_SCALE, retry_after_s=0.05, seed=seed)
     async with SimServer(config, host="127.0.0.1", port=0) as server:
         yield server
 

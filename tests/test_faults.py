@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults import assert_invariants, duplicates, listing, results, summary
+from faults import assert_invariants, duplicates, listing, results, summary, tally
 from runs import TEST_KEY, out_dir, prompts, run_cli, run_engine, start_cli, wait_until
 
 from runner.ledger import Phase, read_index
@@ -89,6 +89,7 @@ async def test_api_and_download_faults_lose_nothing_and_write_nothing_wrong(
         assert {r["fail_code"] for r in ended.values()} == {"URL_EXPIRED"}
     injected = {k for k in sim.stats.faults if sim.stats.faults[k]}
     assert injected or fault == "expired_result_urls", "the fault really happened"
+    tally(fault, sim, failed=sum(r["state"] == "failed" for r in ended.values()))
 
 
 async def test_stuck_tasks_time_out_stay_live_and_are_polled_not_resubmitted(
@@ -110,6 +111,7 @@ async def test_stuck_tasks_time_out_stay_live_and_are_polled_not_resubmitted(
     sim.config.p_stuck = 0.0
     code, _ = await run_engine(path, sim.base_url)
     assert code == 4 and sim.stats.tasks_created == created, "polled again, not resubmitted"
+    tally("stuck_tasks", sim)
 
 
 async def test_random_sigkills_then_resume_lose_nothing(sim, manifest, tmp_path):
@@ -133,6 +135,7 @@ async def test_random_sigkills_then_resume_lose_nothing(sim, manifest, tmp_path)
     code, err = await run_cli(path, sim.base_url)
     assert code == 0, err
     assert_invariants(path, sim, JOBS, before, code)
+    tally("sigkill", sim, kills=5, uncertain=summary(path)["uncertain_submissions"]["all_runs"])
 
 
 async def test_sigterm_during_downloads_exits_4_cleanly_and_resume_completes(
@@ -154,6 +157,7 @@ async def test_sigterm_during_downloads_exits_4_cleanly_and_resume_completes(
     assert code == 0, err2
     assert duplicates(sim) == 0
     assert_invariants(path, sim, JOBS, before, code)
+    tally("sigterm", sim)
 
 
 # -- a full disk ---------------------------------------------------------------------------
@@ -206,7 +210,11 @@ def _tmpfs(folder: Path, size: str) -> Iterator[Callable[[str], None]]:
 
 
 async def _full_disk_then_space(
-    sim: SimServer, path: Path, before: set[str], fill: Callable[[], tuple[int, str]]
+    name: str,
+    sim: SimServer,
+    path: Path,
+    before: set[str],
+    fill: Callable[[], tuple[int, str]],
 ) -> None:
     code, err = await asyncio.to_thread(fill)
     assert code == 4, err
@@ -217,6 +225,7 @@ async def _full_disk_then_space(
     code, err = await run_cli(path, sim.base_url)
     assert code == 0, err
     assert_invariants(path, sim, JOBS, before, code)
+    tally(name, sim)
 
 
 async def test_disk_full_while_writing_images_stops_with_exit_4_then_rerun_completes(
@@ -240,7 +249,7 @@ async def test_disk_full_while_writing_images_stops_with_exit_4_then_rerun_compl
             resize("8m")
             return proc.returncode, proc.stderr
 
-        await _full_disk_then_space(sim, path, before, fill)
+        await _full_disk_then_space("enospc_images_tmpfs", sim, path, before, fill)
 
 
 async def test_file_too_large_while_writing_images_stops_with_exit_4(sim, manifest, tmp_path):
@@ -250,7 +259,7 @@ async def test_file_too_large_while_writing_images_stops_with_exit_4(sim, manife
     path = manifest(prompts(JOBS))
     before = listing(tmp_path)
     await _full_disk_then_space(
-        sim, path, before, lambda: _run_limited(path, sim.base_url, 32 << 10)
+        "efbig_images", sim, path, before, lambda: _run_limited(path, sim.base_url, 32 << 10)
     )
 
 
@@ -260,7 +269,9 @@ async def test_file_too_large_while_writing_the_ledger_stops_with_exit_4(sim, ma
     sim.config.image_bytes = 2048
     path = manifest(prompts(JOBS))
     before = listing(tmp_path)
-    await _full_disk_then_space(sim, path, before, lambda: _run_limited(path, sim.base_url, 5000))
+    await _full_disk_then_space(
+        "efbig_ledger", sim, path, before, lambda: _run_limited(path, sim.base_url, 5000)
+    )
     ledger = out_dir(path) / "ledger.jsonl"
     assert all(line.endswith(b"}") for line in ledger.read_bytes().splitlines())
 
@@ -270,8 +281,9 @@ async def test_file_too_large_while_writing_the_ledger_stops_with_exit_4(sim, ma
 
 @pytest.mark.parametrize("damage", ["garbage_line", "truncated_mid_line"])
 async def test_damaged_ledger_is_read_past_and_the_run_completes(sim, manifest, tmp_path, damage):
-    """A ledger with a garbage line in the middle, or cut mid-line, after a kill: the run
-    reads what it can, completes, and reports every submission it paid twice."""
+    """A ledger with a garbage line in the middle, or cut in the middle of a line halfway
+    through, after a kill: the run reads what it can and completes with every image right.
+    Submissions whose lines were cut off may be paid again; every other one is reported."""
     path = manifest(prompts(JOBS), limits={"concurrency": 4})
     before = listing(tmp_path)
     proc = await start_cli(path, sim.base_url)
@@ -285,10 +297,14 @@ async def test_damaged_ledger_is_read_past_and_the_run_completes(sim, manifest, 
         lines = data.splitlines(keepends=True)
         lines.insert(len(lines) // 2, b"\x00\xff not json {{{\n")
         ledger.write_bytes(b"".join(lines))
-    else:
-        ledger.write_bytes(data[: len(data) - 7])
+    erased = 0
+    if damage == "truncated_mid_line":
+        cut = len(data) // 2
+        ledger.write_bytes(data[:cut])
+        erased = data[cut - 20 :].count(b'"e":"submit"')
     code, err = await run_cli(path, sim.base_url)
     assert code == 0, err
     assert "Traceback" not in err
-    assert_invariants(path, sim, JOBS, before, code)
+    assert_invariants(path, sim, JOBS, before, code, erased)
     assert len(results(path)) == JOBS
+    tally(f"ledger_{damage}", sim)
