@@ -131,7 +131,7 @@ class Engine:
                 )
                 self._submitter.recover_uncertain()
                 await self._run_jobs(client)
-            view = ledger_view(self.campaign, self.ledger.index)
+            view = ledger_view(self.campaign, self.ledger.state)
             code = self._exit_code(view)
             if self.counters.remaining:
                 log.warning(
@@ -141,9 +141,9 @@ class Engine:
                     or ("budget reached" if self.counters.budget_stopped else "tasks timed out"),
                 )
             self.counters.wall_time_s = time.monotonic() - started
-            write_results(self.campaign, self.ledger.index)
+            write_results(self.campaign, self.ledger.state)
             summary = write_summary(self.campaign, view, self.counters, client.stats, code)
-            write_report(self.campaign, self.ledger.index, summary)
+            write_report(self.campaign, self.ledger.state, summary)
             return code
         finally:
             self.ledger.close()
@@ -216,6 +216,7 @@ class Engine:
             workers=min(64, self.campaign.limits.concurrency),
         )
         self.budget = ImageBudget(self.campaign.budget, self.ledger.index.values())
+        self.budget.spent += self.ledger.state.done_images()  # packed done jobs
         loop = asyncio.get_running_loop()
         deadline = None
         if self.options.deadline_s is not None:
@@ -292,8 +293,10 @@ class Engine:
                 yield job
 
     async def _feed(self, jobs: asyncio.TaskGroup) -> None:
+        state = self.ledger.state
         for job in self._passes():
-            rec = self.ledger.index.get(job.id)
+            # A done job's record is read from its ledger line only to check its files.
+            rec = state.get(job.id)
             if rec is not None and rec.fp != job.fingerprint:
                 rec = None  # the content changed under this id: it runs again
             action = self._action(job, rec)
@@ -334,6 +337,7 @@ class Engine:
             if self._downloader.files_present(rec):
                 self.counters.skipped_done += 1
                 return None
+            self.ledger.state.revive(job.id)  # the downloader works on the full record
             return "download" if rec.urls else "submit"
         if rec.phase is Phase.FAILED:
             if self.options.retry_failed and rec.retryable:

@@ -17,9 +17,15 @@ Events, in the order a job meets them::
     delivered   a webhook brought the task's end (written before it is acknowledged);
                 a successful one counts as ``result``
     file        one image is on disk, verified (path relative to the folder, bytes, sha256)
-    done        every image of the job is on disk
+    done        every image of the job is on disk; the line carries the job's whole state
+                (fingerprint, task, urls, files, timings, counts), so that it alone can
+                stand for the job: replay keeps a done job as one packed int (fingerprint
+                prefix, the line's offset, counts) and reads the line again when its
+                details are wanted. A ``done`` line is also the compacted form of a job
     failed      the job ended without images (code, message, retryable or not)
     timeout     the task outlived polling.timeout in this run; it stays live
+    snap        a job's whole record at once: written by compaction (``runner.snapshot``)
+                in place of its history
 
 Durability: each line is handed to the kernel with one ``os.write`` on an ``O_APPEND``
 descriptor before the call returns, so a SIGKILL at any later moment cannot lose it;
@@ -44,7 +50,7 @@ import orjson
 
 from .errors import LockedError
 
-__all__ = ["FolderLock", "JobRecord", "Ledger", "Phase", "read_index"]
+__all__ = ["FolderLock", "JobRecord", "Ledger", "LedgerIndex", "Phase", "read_index"]
 
 LEDGER_NAME = "ledger.jsonl"
 LOCK_NAME = ".runner.lock"
@@ -110,8 +116,190 @@ class FolderLock:
             self._fd = None
 
 
+#: a packed done entry: fingerprint prefix (64 bits) | line offset (48) | uncertain (8) |
+#: images (16)
+_OFFSET_BITS, _UNC_BITS, _IMG_BITS = 48, 8, 16
+
+
+def _fp64(fp: str) -> int | None:
+    try:
+        return int(fp[:16], 16) if len(fp) >= 16 else None
+    except ValueError:
+        return None
+
+
+def full_done(job: str, rec: JobRecord, t: float) -> dict[str, Any]:
+    """The fields of a ``done`` line that carry the job's whole state."""
+    return {
+        "fp": rec.fp,
+        "task": rec.task_id,
+        "imgs": rec.max_images,
+        "submits": rec.submits,
+        "ft": rec.failed_tasks,
+        "unc": rec.uncertain,
+        "urls": list(rec.urls),
+        "files": [{"i": i, **rec.files[i]} for i in sorted(rec.files)],
+        "sub_t": rec.submitted_t,
+        "create_ms": rec.create_ms,
+        "complete_ms": rec.complete_ms,
+        "cost_ms": rec.cost_ms,
+    }
+
+
+def _record_of_done(ev: dict[str, Any]) -> JobRecord:
+    """A full ``done`` line back into a record."""
+    files: dict[int, dict[str, Any]] = {}
+    for f in ev.get("files") or ():
+        if isinstance(f, dict):
+            files[int(f.get("i", 0))] = {
+                "path": f.get("path"),
+                "bytes": f.get("bytes"),
+                "sha256": f.get("sha256"),
+            }
+    imgs = ev.get("imgs")
+    return JobRecord(
+        fp=str(ev.get("fp", "")),
+        phase=Phase.DONE,
+        task_id=ev.get("task"),
+        max_images=imgs if isinstance(imgs, int) else 1,
+        submits=int(ev.get("submits") or 0),
+        failed_tasks=int(ev.get("ft") or 0),
+        uncertain=int(ev.get("unc") or 0),
+        urls=tuple(ev.get("urls") or ()),
+        files=files,
+        submitted_t=ev.get("sub_t"),
+        create_ms=ev.get("create_ms"),
+        complete_ms=ev.get("complete_ms"),
+        cost_ms=ev.get("cost_ms"),
+        done_t=ev.get("t"),
+    )
+
+
+class LedgerIndex:
+    """What the ledger knows, job by job, in bounded memory: a full :class:`JobRecord`
+    for every job with work in hand (or a history short of done), and for every done job
+    one packed int pointing at its full ``done`` line, read again on demand.
+
+    ``records`` are the full ones; iteration helpers (``values``, ``items``) cover only
+    them, since done jobs need no attention until someone asks for one by id."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: dict[str, JobRecord] = {}
+        self.done: dict[str, int] = {}
+        self._reader: Any = None
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.done)
+
+    def __bool__(self) -> bool:
+        return bool(self.records) or bool(self.done)
+
+    def __contains__(self, job: object) -> bool:
+        return job in self.records or job in self.done
+
+    def values(self) -> Any:
+        return self.records.values()
+
+    def items(self) -> Any:
+        return self.records.items()
+
+    def done_images(self) -> int:
+        """Images of the packed done jobs (full records are counted from themselves)."""
+        mask = (1 << _IMG_BITS) - 1
+        return sum(v & mask for v in self.done.values())
+
+    def status(self, job: str, fp: str) -> tuple[str, JobRecord | None, int, int]:
+        """(state, full record or None, images on disk, uncertain submissions) of ``job``
+        for content ``fp``; without reading anything for a done job. State is pending,
+        live, downloading, done or failed; history under other content does not count."""
+        packed = self.done.get(job)
+        if packed is not None:
+            if packed >> (_OFFSET_BITS + _UNC_BITS + _IMG_BITS) != _fp64(fp):
+                return "pending", None, 0, 0
+            unc = packed >> _IMG_BITS & ((1 << _UNC_BITS) - 1)
+            return "done", None, packed & ((1 << _IMG_BITS) - 1), unc
+        rec = self.records.get(job)
+        if rec is None or rec.fp != fp:
+            return "pending", None, 0, 0
+        state = _STATES.get(rec.phase, "pending")
+        return state, rec, len(rec.files), rec.uncertain
+
+    def get(self, job: str) -> JobRecord | None:
+        """The full record of ``job`` (a done one is read from its line, not kept)."""
+        rec = self.records.get(job)
+        if rec is not None:
+            return rec
+        packed = self.done.get(job)
+        if packed is None:
+            return None
+        return _record_of_done(orjson.loads(self.done_line(job)))
+
+    def done_line(self, job: str) -> bytes:
+        """The full ``done`` line of a packed done job."""
+        offset = self.done[job] >> (_UNC_BITS + _IMG_BITS) & ((1 << _OFFSET_BITS) - 1)
+        return self._line_at(offset)
+
+    def revive(self, job: str) -> JobRecord | None:
+        """Turn a packed done job back into a full record (an event is about to change it)."""
+        if job in self.done:
+            rec = self.get(job)
+            del self.done[job]
+            if rec is not None:
+                self.records[job] = rec
+        return self.records.get(job)
+
+    def _line_at(self, offset: int) -> bytes:
+        if self._reader is None:
+            self._reader = self.path.open("rb")
+        f = self._reader
+        f.seek(offset)
+        return bytes(f.readline())
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def apply(self, ev: dict[str, Any], offset: int) -> None:
+        """Apply one event (its line starts at ``offset``)."""
+        job = ev.get("job")
+        if not isinstance(job, str):
+            return
+        if ev.get("e") == "done" and "fp" in ev:
+            fp64 = _fp64(str(ev.get("fp", "")))
+            rec = _record_of_done(ev)
+            if fp64 is None or len(rec.files) >> _IMG_BITS or offset >> _OFFSET_BITS:
+                self.done.pop(job, None)
+                self.records[job] = rec
+                return
+            self.records.pop(job, None)
+            unc = min(rec.uncertain, (1 << _UNC_BITS) - 1)
+            packed = ((fp64 << _OFFSET_BITS | offset) << _UNC_BITS | unc) << _IMG_BITS
+            self.done[job] = packed | len(rec.files)
+            return
+        if job in self.done:
+            self.revive(job)
+        if ev.get("e") == "snap":
+            rec = _record_of_done(ev)
+            rec.phase = Phase(ev.get("phase", "new"))
+            rec.fail_code, rec.fail_msg = ev.get("code"), ev.get("msg")
+            rec.retryable, rec.done_t = bool(ev.get("retryable")), ev.get("done_t")
+            self.records[job] = rec
+            return
+        _apply(self.records, ev)
+
+
+_STATES = {
+    Phase.DONE: "done",
+    Phase.FAILED: "failed",
+    Phase.LIVE: "live",
+    Phase.RESULT: "downloading",
+}
+
+
 def _apply(index: dict[str, JobRecord], ev: dict[str, Any]) -> None:
-    """Apply one event to the index: the single definition of what events mean."""
+    """Apply one event to the full records: the single definition of what events mean."""
     kind = ev.get("e")
     job = ev.get("job")
     if not isinstance(job, str):
@@ -180,7 +368,7 @@ class ReplayReport:
     good_bytes: int = 0  # length of the file up to the last complete line
 
 
-def _replay(path: Path, index: dict[str, JobRecord]) -> ReplayReport:
+def _replay(path: Path, index: LedgerIndex) -> ReplayReport:
     report = ReplayReport()
     try:
         f = path.open("rb")
@@ -192,6 +380,7 @@ def _replay(path: Path, index: dict[str, JobRecord]) -> ReplayReport:
             if not line.endswith(b"\n"):
                 report.torn_tail = True  # a kill mid-write: ignore it
                 break
+            start = offset
             offset += len(line)
             report.good_bytes = offset
             if not line.strip():
@@ -203,15 +392,15 @@ def _replay(path: Path, index: dict[str, JobRecord]) -> ReplayReport:
                 continue
             if isinstance(ev, dict):
                 report.lines += 1
-                _apply(index, ev)
+                index.apply(ev, start)
             else:
                 report.corrupt += 1
     return report
 
 
-def read_index(folder: Path) -> tuple[dict[str, JobRecord], ReplayReport]:
+def read_index(folder: Path) -> tuple[LedgerIndex, ReplayReport]:
     """Replay a folder's ledger without locking or writing (for --status, --dry-run)."""
-    index: dict[str, JobRecord] = {}
+    index = LedgerIndex(folder / LEDGER_NAME)
     report = _replay(folder / LEDGER_NAME, index)
     return index, report
 
@@ -224,25 +413,43 @@ class Ledger:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.path = folder / LEDGER_NAME
-        self.index: dict[str, JobRecord] = {}
+        self.state = LedgerIndex(self.path)
+        #: full records of the jobs not (or not yet) packed as done
+        self.index: dict[str, JobRecord] = self.state.records
         self.report = ReplayReport()
+        self._size = 0
         self._fd: int | None = None
         self._dirty = False
         self._synced_at = 0.0
 
     def open(self) -> None:
         """Replay the file, cut a torn tail, and open it for appending."""
+        from .snapshot import compact, worth_compacting
+
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.report = _replay(self.path, self.index)
+        self.report = _replay(self.path, self.state)
+        if worth_compacting(self.report.lines, len(self.state)):
+            compact(self.path, self.state)
+            self.state.close()
+            self.state = LedgerIndex(self.path)
+            self.index = self.state.records
+            first, self.report = self.report, _replay(self.path, self.state)
+            self.report.torn_tail, self.report.corrupt = first.torn_tail, first.corrupt
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if self.report.torn_tail:
             os.ftruncate(fd, self.report.good_bytes)
+        self._size = os.fstat(fd).st_size
         self._fd = fd
 
     def append(self, event: str, job: str, **fields: Any) -> None:
         """Write one event durably (against a kill) and apply it to the index."""
         ev: dict[str, Any] = {"e": event, "job": job, "t": round(time.time(), 3)}
         ev.update(fields)
+        if job in self.state.done:
+            self.state.revive(job)
+        rec = self.index.get(job)
+        if event == "done" and rec is not None:
+            ev.update(full_done(job, rec, ev["t"]))
         line = orjson.dumps(ev) + b"\n"
         if self._fd is None:
             raise RuntimeError("ledger is not open")
@@ -253,7 +460,8 @@ class Ledger:
             os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
             raise OSError(errno.ENOSPC, "no space left to write the ledger", str(self.path))
         self._dirty = True
-        _apply(self.index, ev)
+        offset, self._size = self._size, self._size + written
+        self.state.apply(ev, offset)
 
     def sync(self, force: bool = False) -> None:
         """fsync if there is anything new and the last one is old enough (or forced)."""
@@ -268,6 +476,7 @@ class Ledger:
             self.sync(force=True)
             os.close(self._fd)
             self._fd = None
+        self.state.close()
 
     def records(self) -> Iterator[tuple[str, JobRecord]]:
         return iter(self.index.items())

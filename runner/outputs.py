@@ -3,21 +3,23 @@ ledger views behind ``--status``, ``--dry-run`` and ``report.html``.
 
 Both files are rewritten whole at the end of every run (to a temporary name, then
 renamed), from the ledger: they always describe the campaign as it stands, across every
-run that worked on it, never half of it.
+run that worked on it, never half of it. Both are written as the manifest streams by,
+reading a done job's details from its ledger line one at a time, so memory does not grow
+with the number of jobs.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .ledger import JobRecord, Phase
+from .ledger import JobRecord, LedgerIndex
 from .manifest import Campaign, Job
 
 if TYPE_CHECKING:  # the client (and aiohttp) are not needed to read a ledger
@@ -60,42 +62,39 @@ class RunCounters:
     wall_time_s: float = 0.0
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a whole file under a temporary name, then rename it into place."""
+def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write a whole file (bytes, or chunks as they come) under a temporary name, then
+    rename it into place."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as f:
-        f.write(data)
+        if isinstance(data, bytes):
+            f.write(data)
+        else:
+            f.writelines(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def _state(rec: JobRecord | None, fp: str) -> str:
-    if rec is None or rec.fp != fp:
-        return "pending"
-    return {
-        Phase.DONE: "done",
-        Phase.FAILED: "failed",
-        Phase.LIVE: "live",
-        Phase.RESULT: "downloading",
-    }.get(rec.phase, "pending")
-
-
 def job_states(
-    campaign: Campaign, index: Mapping[str, JobRecord]
+    campaign: Campaign, index: LedgerIndex
 ) -> Iterator[tuple[Job, JobRecord | None, str]]:
     """Every manifest job in order, with its ledger record (None when the ledger has none
-    for this content) and its state: pending, live, downloading, done or failed."""
+    for this content) and its state: pending, live, downloading, done or failed. A done
+    job's record is read from its ledger line (and not kept)."""
     for job in campaign.jobs():
-        rec = index.get(job.id)
-        if rec is not None and rec.fp != job.fingerprint:
-            rec = None  # the content changed under this id: its history no longer applies
-        yield job, rec, _state(rec, job.fingerprint)
+        state, rec, _, _ = index.status(job.id, job.fingerprint)
+        if state == "done" and rec is None:
+            rec = index.get(job.id)
+        yield job, rec, state
 
 
-def write_results(campaign: Campaign, index: Mapping[str, JobRecord]) -> None:
+def write_results(campaign: Campaign, index: LedgerIndex) -> None:
     """One line per manifest job that reached an end (done or failed)."""
-    lines: list[bytes] = []
+    write_atomic(campaign.output.dir / "results.jsonl", _result_lines(campaign, index))
+
+
+def _result_lines(campaign: Campaign, index: LedgerIndex) -> Iterator[bytes]:
     for job, rec, state in job_states(campaign, index):
         if rec is None or state not in ("done", "failed"):
             continue
@@ -117,8 +116,7 @@ def write_results(campaign: Campaign, index: Mapping[str, JobRecord]) -> None:
                 "done_at": rec.done_t,
             },
         }
-        lines.append(orjson.dumps(entry))
-    write_atomic(campaign.output.dir / "results.jsonl", b"".join(x + b"\n" for x in lines))
+        yield orjson.dumps(entry) + b"\n"
 
 
 @dataclass(slots=True)
@@ -143,10 +141,12 @@ def _cut(text: str, limit: int = EXAMPLE_PROMPT_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def ledger_view(campaign: Campaign, index: Mapping[str, JobRecord]) -> LedgerView:
-    """One pass over the manifest: counts per state, the plan's mix, failures by code."""
+def ledger_view(campaign: Campaign, index: LedgerIndex) -> LedgerView:
+    """One pass over the manifest: counts per state, the plan's mix, failures by code.
+    Reads nothing beyond the index (a done job's counts are in its packed entry)."""
     view = LedgerView()
-    for job, rec, state in job_states(campaign, index):
+    for job in campaign.jobs():
+        state, rec, images, uncertain = index.status(job.id, job.fingerprint)
         view.jobs += 1
         view.images_planned += job.max_images
         inp = job.input
@@ -155,12 +155,10 @@ def ledger_view(campaign: Campaign, index: Mapping[str, JobRecord]) -> LedgerVie
         view.states[state] += 1
         if state not in ("done", "failed"):
             view.images_pending += job.max_images
-        if rec is None:
-            continue
-        view.uncertain += rec.uncertain
+        view.uncertain += uncertain
         if state == "done":
-            view.images_done += len(rec.files)
-        elif state == "failed":
+            view.images_done += images
+        elif state == "failed" and rec is not None:
             code = rec.fail_code or "FAILED"
             view.failures[code] += 1
             examples = view.examples.setdefault(code, [])

@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 
 from .charts import completion_histogram, throughput_chart
-from .ledger import JobRecord
+from .ledger import JobRecord, LedgerIndex
 from .manifest import Campaign, Job
 from .outputs import job_states, write_atomic
 
@@ -76,7 +76,7 @@ class _Collected:
     finished: list[tuple[float, int]] = field(default_factory=list)  # (done at, images)
 
 
-def _collect(campaign: Campaign, index: Mapping[str, JobRecord]) -> _Collected:
+def _collect(campaign: Campaign, index: LedgerIndex) -> _Collected:
     c = _Collected()
     for job, rec, state in job_states(campaign, index):
         c.states[state] += 1
@@ -265,7 +265,7 @@ def _summary_line(summary: Mapping[str, Any] | None) -> str:
 
 def build_report(
     campaign: Campaign,
-    index: Mapping[str, JobRecord],
+    index: LedgerIndex,
     summary: Mapping[str, Any] | None = None,
 ) -> str:
     """The page, as text."""
@@ -323,7 +323,7 @@ def build_report(
 
 def write_report(
     campaign: Campaign,
-    index: Mapping[str, JobRecord],
+    index: LedgerIndex,
     summary: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``report.html`` in the output folder (atomically); return its path."""

@@ -1,0 +1,259 @@
+"""Million-job scale: ``--dry-run`` of a 1,000,000-job JSONL manifest, the resume scan of
+a 1,000,000-line ledger, and the runner's memory during a run at 1,000 live tasks.
+
+    python benchmarks/million.py [--jobs 1000000] [--live 3000] [--run-s 60]
+
+Builds in a temporary folder:
+
+* ``m.jsonl``: ``--jobs`` job lines (a prompt and, cycling, a resolution/aspect mix);
+* a ledger of finished jobs written directly in the ledger's format: for the scan, one
+  full ``done`` line per job (the shape a compacted ledger has), and for comparison the
+  same number of lines as the five-event history ``submit task result file done``;
+* for the live run, a ledger where every job but ``--live`` is done (all pointing at one
+  image file on disk), so that the run has ``--live`` jobs to do at concurrency 1000
+  against the simulator in its own process, stopped by ``--deadline`` after ``--run-s``.
+
+Prints one JSON object. Peak RSS of a child is its ``VmHWM`` sampled while it runs (its
+``ru_maxrss`` from ``os.wait4`` would inherit the parent's high-water mark)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+RESOLUTIONS = ("2K", "2K", "4K")
+ASPECTS = ("1:1", "16:9", "9:16", "4:3")
+
+
+def write_manifest(path: Path, jobs: int) -> None:
+    with path.open("wb") as f:
+        for n in range(jobs):
+            line = {
+                "id": f"job-{n:07d}",
+                "prompt": f"product shot number {n}, studio light",
+                "resolution": RESOLUTIONS[n % 3],
+                "aspect_ratio": ASPECTS[n % 4],
+            }
+            f.write(orjson.dumps(line) + b"\n")
+
+
+def fingerprints(manifest: Path) -> Iterator[tuple[str, str]]:
+    """(id, fingerprint) of every job, computed by the runner itself."""
+    from runner.manifest import load_campaign
+
+    for job in load_campaign(manifest).jobs():
+        yield job.id, job.fingerprint
+
+
+def done_line(job_id: str, fp: str, t: float, image: str) -> bytes:
+    """One job's whole finished state in one line (a compacted ledger's shape)."""
+    return orjson.dumps(
+        {
+            "e": "done",
+            "job": job_id,
+            "t": t,
+            "fp": fp,
+            "task": f"task-{job_id}",
+            "imgs": 1,
+            "submits": 1,
+            "urls": [f"https://files.example/{job_id}/0.png"],
+            "files": [{"i": 0, "path": image, "bytes": 70, "sha256": "ab" * 32}],
+            "sub_t": t - 30,
+            "create_ms": int(t * 1000) - 30000,
+            "complete_ms": int(t * 1000) - 2000,
+            "cost_ms": 28000,
+        }
+    )
+
+
+def history_lines(job_id: str, fp: str, t: float, image: str) -> list[bytes]:
+    """The same job as the five events a run appends."""
+    task = f"task-{job_id}"
+    events: list[dict[str, Any]] = [
+        {"e": "submit", "job": job_id, "t": t - 30, "fp": fp, "imgs": 1},
+        {"e": "task", "job": job_id, "t": t - 29, "task": task},
+        {
+            "e": "result",
+            "job": job_id,
+            "t": t - 2,
+            "task": task,
+            "urls": [f"https://files.example/{job_id}/0.png"],
+            "create_ms": int(t * 1000) - 30000,
+            "complete_ms": int(t * 1000) - 2000,
+            "cost_ms": 28000,
+        },
+        {
+            "e": "file",
+            "job": job_id,
+            "t": t - 1,
+            "i": 0,
+            "path": image,
+            "bytes": 70,
+            "sha256": "ab" * 32,
+        },
+        {"e": "done", "job": job_id, "t": t, "task": task},
+    ]
+    return [orjson.dumps(ev) for ev in events]
+
+
+def write_ledgers(manifest: Path, folder: Path, live: int, lines: int) -> dict[str, Path]:
+    """The compacted ledger (every job but the first ``live`` done), and one of ``lines``
+    lines of five-event histories."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = "images/shared.png"
+    (folder / "images").mkdir(exist_ok=True)
+    (folder / image).write_bytes(b"\x89PNG" + b"\0" * 66)
+    t = time.time() - 3600
+    compact, history = folder / "ledger.jsonl", folder / "history.jsonl"
+    written = 0
+    with compact.open("wb") as fc, history.open("wb") as fh:
+        for n, (job_id, fp) in enumerate(fingerprints(manifest)):
+            if n >= live:
+                fc.write(done_line(job_id, fp, t, image) + b"\n")
+            if written < lines:
+                chunk = history_lines(job_id, fp, t, image)
+                fh.write(b"".join(x + b"\n" for x in chunk))
+                written += len(chunk)
+    return {"compact": compact, "history": history}
+
+
+def run_child(argv: list[str], env: dict[str, str], timeout_s: float) -> dict[str, Any]:
+    """Run a process to the end: exit code, wall time, peak RSS (sampled VmHWM)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    hwm_kb = 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    hwm_kb = max(hwm_kb, int(line.split()[1]))
+        if time.monotonic() - started > timeout_s:
+            proc.kill()
+        time.sleep(0.05)
+    out = proc.stdout.read() if proc.stdout else b""
+    err = proc.stderr.read() if proc.stderr else b""
+    return {
+        "exit_code": os.waitstatus_to_exitcode(status),
+        "wall_s": round(time.monotonic() - started, 2),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_mb": round(hwm_kb / 1024, 1),
+        "stdout_tail": out.decode(errors="replace")[-400:],
+        "stderr_tail": err.decode(errors="replace")[-600:],
+    }
+
+
+_SCAN = """
+import json, resource, sys, time
+from pathlib import Path
+from runner.ledger import read_index
+folder, name = Path(sys.argv[1]), sys.argv[2]
+if name != "ledger.jsonl":
+    (folder / "ledger.jsonl").unlink()
+    (folder / name).rename(folder / "ledger.jsonl")
+t0 = time.perf_counter()
+index, report = read_index(folder)
+print(json.dumps({"scan_s": round(time.perf_counter() - t0, 2), "lines": report.lines,
+                  "jobs": len(index)}))
+"""
+
+
+def scan(folder: Path, name: str) -> dict[str, Any]:
+    """Replay one ledger in a fresh process (a copy of the folder's files by hard link)."""
+    work = Path(tempfile.mkdtemp(dir=folder.parent))
+    os.link(folder / "ledger.jsonl", work / "ledger.jsonl")
+    if name != "ledger.jsonl":
+        os.link(folder / name, work / name)
+    res = run_child([sys.executable, "-c", _SCAN, str(work), name], dict(os.environ), 300)
+    with contextlib.suppress(json.JSONDecodeError):
+        res.update(json.loads(res.pop("stdout_tail").strip().splitlines()[-1]))
+    return res
+
+
+def live_run(manifest: Path, run_s: float) -> dict[str, Any]:
+    """A real run over the manifest with all but a few thousand jobs done in the ledger."""
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runner.sim",
+            "--port",
+            "0",
+            "--time-scale",
+            "0.05",
+            "--rate",
+            "1000000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert sim.stdout is not None
+        base_url = sim.stdout.readline().strip()
+        argv = [sys.executable, "-m", "runner", str(manifest), "--base-url", base_url,
+                "--concurrency", "1000", "--rate", "100000", "--deadline", str(run_s),
+                "--no-progress"]  # fmt: skip
+        env = {**os.environ, "APIXO_API_KEY": "bench-key"}
+        return run_child(argv, env, run_s + 600)
+    finally:
+        sim.terminate()
+        sim.wait(10)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--jobs", type=int, default=1_000_000)
+    p.add_argument("--live", type=int, default=3000, help="jobs not done in the ledger")
+    p.add_argument("--run-s", type=float, default=60.0)
+    p.add_argument("--skip-run", action="store_true")
+    args = p.parse_args()
+    figures: dict[str, Any] = {"jobs": args.jobs}
+    with tempfile.TemporaryDirectory(prefix="million-") as tmp:
+        root = Path(tmp)
+        manifest = root / "m.jsonl"
+        t0 = time.perf_counter()
+        write_manifest(manifest, args.jobs)
+        ledgers = write_ledgers(manifest, root / "out" / "m", args.live, args.jobs)
+        figures["setup_s"] = round(time.perf_counter() - t0, 1)
+        figures["ledger_lines"] = {
+            k: sum(1 for _ in v.open("rb")) for k, v in ledgers.items()
+        }  # fmt: skip
+        # --dry-run of the manifest with no ledger, then beside the compacted ledger
+        empty = root / "empty.jsonl"
+        os.link(manifest, empty)
+        figures["dry_run"] = run_child(
+            [sys.executable, "-m", "runner", str(empty), "--dry-run"], dict(os.environ), 300
+        )
+        figures["dry_run_with_ledger"] = run_child(
+            [sys.executable, "-m", "runner", str(manifest), "--dry-run"], dict(os.environ), 300
+        )
+        figures["scan_compact"] = scan(ledgers["compact"].parent, "ledger.jsonl")
+        figures["scan_history"] = scan(ledgers["history"].parent, "history.jsonl")
+        ledgers["history"].unlink()
+        if not args.skip_run:
+            figures["live_run"] = live_run(manifest, args.run_s)
+            results = root / "out" / "m" / "summary.json"
+            with contextlib.suppress(OSError, ValueError):
+                summary = json.loads(results.read_text())
+                figures["live_run"]["summary_jobs"] = summary.get("jobs")
+    figures["self_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

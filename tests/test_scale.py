@@ -1,0 +1,155 @@
+"""Bounded memory for big campaigns: a done job is one packed int in the index, its
+details live in its own ``done`` line and are read back on demand."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+from runs import out_dir, prompts, run_cli
+
+from runner.ledger import Ledger, LedgerIndex, Phase, read_index
+
+FP = "ab" * 32
+
+
+def _finish(ledger: Ledger, job: str, fp: str = FP, images: int = 2) -> None:
+    ledger.append("submit", job, fp=fp, imgs=images)
+    ledger.append("task", job, task=f"t-{job}")
+    urls = [f"https://x/{job}/{i}" for i in range(images)]
+    ledger.append("result", job, task=f"t-{job}", urls=urls, create_ms=1, complete_ms=5)
+    for i in range(images):
+        ledger.append("file", job, i=i, path=f"images/{job}/{i}.png", bytes=10, sha256="00")
+    ledger.append("done", job, task=f"t-{job}")
+
+
+def test_done_jobs_are_packed_and_read_back_whole(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.open()
+    _finish(ledger, "a")
+    _finish(ledger, "b", images=1)
+    ledger.append("submit", "c", fp=FP, imgs=1)
+    ledger.close()
+    for index in (ledger.state, read_index(tmp_path)[0]):
+        assert set(index.done) == {"a", "b"} and set(index.records) == {"c"}
+        assert index.status("a", FP)[0::2] == ("done", 2)
+        assert index.status("a", "cd" * 32)[0] == "pending", "other content: runs again"
+        rec = index.get("a")
+        assert rec is not None and rec.phase is Phase.DONE and rec.task_id == "t-a"
+        assert [f["path"] for f in rec.files.values()] == ["images/a/0.png", "images/a/1.png"]
+        assert rec.create_ms == 1 and rec.submits == 1 and len(rec.urls) == 2
+        assert index.done_images() == 3
+        index.close()
+
+
+def test_an_event_for_a_packed_job_revives_its_full_record(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path)
+    ledger.open()
+    _finish(ledger, "a")
+    ledger.close()
+    ledger = Ledger(tmp_path)
+    ledger.open()
+    assert "a" in ledger.state.done
+    ledger.append("file", "a", i=0, path="images/a/0.png", bytes=11, sha256="11")
+    assert "a" not in ledger.state.done and ledger.index["a"].files[0]["bytes"] == 11
+    ledger.append("done", "a", task="t-a")
+    assert "a" in ledger.state.done
+    ledger.append("submit", "a", fp="cd" * 32, imgs=1)  # new content under the same id
+    assert ledger.index["a"].phase is Phase.SUBMITTING and ledger.index["a"].submits == 1
+    ledger.close()
+    index, _ = read_index(tmp_path)
+    assert "a" in index.records and index.status("a", "cd" * 32)[0] == "pending"
+    index.close()
+
+
+async def test_a_resumed_campaign_reports_done_jobs_from_their_lines(sim, manifest) -> None:
+    path = manifest(prompts(6, "a small batch"), limits={"concurrency": 3})
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    out = out_dir(path)
+    first = (out / "results.jsonl").read_bytes()
+    index, _ = read_index(out)
+    assert len(index.done) == 6 and not index.records
+    index.close()
+    victim = orjson.loads(first.splitlines()[0])["files"][0]["path"]
+    (out / victim).unlink()
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    assert (out / victim).is_file(), "a missing image of a done job is fetched again"
+    again = [orjson.loads(x) for x in (out / "results.jsonl").read_bytes().splitlines()]
+    assert [r["id"] for r in again] == [orjson.loads(x)["id"] for x in first.splitlines()]
+    assert all(r["state"] == "done" and r["files"] for r in again)
+    assert sum(sim.stats.submissions_per_prompt.values()) == 6, "nothing submitted twice"
+
+
+def _grown_ledger(folder: Path) -> dict[str, tuple[str, int, int]]:
+    """A ledger with more history than state: done, failed, live and uncertain jobs,
+    several runs' worth of timeouts; returns each job's status."""
+    ledger = Ledger(folder)
+    ledger.open()
+    for n in range(300):
+        _finish(ledger, f"d{n}")
+    ledger.append("submit", "f", fp=FP, imgs=1)
+    ledger.append("failed", "f", code="CONTENT_VIOLATION", msg="no", retryable=False)
+    ledger.append("submit", "l", fp=FP, imgs=1)
+    ledger.append("task", "l", task="t-l")
+    for _ in range(800):
+        ledger.append("timeout", "l", task="t-l")
+    ledger.append("submit", "u", fp=FP, imgs=1)
+    ledger.append("uncertain", "u", why="killed")
+    ledger.close()
+    index = ledger.state
+    return {job: _status(index, job) for job in [*index.done, *index.records]}
+
+
+def _status(index: LedgerIndex, job: str) -> tuple[str, int, int]:
+    state, _, images, uncertain = index.status(job, FP)
+    return state, images, uncertain
+
+
+def test_a_grown_ledger_is_compacted_to_one_line_a_job_with_the_same_state(
+    tmp_path: Path,
+) -> None:
+    before = _grown_ledger(tmp_path)
+    lines = len((tmp_path / "ledger.jsonl").read_bytes().splitlines())
+    assert lines > 2 * len(before) + 1000
+    ledger = Ledger(tmp_path)
+    ledger.open()
+    assert {job: _status(ledger.state, job) for job in before} == before
+    assert len((tmp_path / "ledger.jsonl").read_bytes().splitlines()) == len(before)
+    rec = ledger.index["f"]
+    assert rec.phase is Phase.FAILED and rec.fail_code == "CONTENT_VIOLATION"
+    assert ledger.index["l"].task_id == "t-l" and ledger.index["u"].uncertain == 1
+    done = ledger.state.get("d7")
+    assert done is not None and done.files[1]["path"] == "images/d7/1.png"
+    ledger.append("done", "l", task="t-l")  # appending after a compaction still works
+    ledger.close()
+    again, _ = read_index(tmp_path)
+    assert "l" in again and again.get("l") is not None
+    again.close()
+
+
+def test_a_kill_during_compaction_leaves_the_old_ledger_whole(tmp_path: Path, monkeypatch) -> None:
+    before = _grown_ledger(tmp_path)
+    original = (tmp_path / "ledger.jsonl").read_bytes()
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt  # stands for SIGKILL between the write and the rename
+
+    monkeypatch.setattr(os, "replace", killed)
+    ledger = Ledger(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        ledger.open()
+    monkeypatch.undo()
+    assert (tmp_path / "ledger.jsonl").read_bytes() == original
+    assert (tmp_path / ".ledger.jsonl.compact").exists(), "the half-done rewrite stays aside"
+    index, _ = read_index(tmp_path)
+    assert {job: _status(index, job) for job in before} == before
+    index.close()
+    ledger = Ledger(tmp_path)
+    ledger.open()  # the next run compacts over the stale temporary file
+    assert {job: _status(ledger.state, job) for job in before} == before
+    ledger.close()
+    assert len((tmp_path / "ledger.jsonl").read_bytes().splitlines()) == len(before)
