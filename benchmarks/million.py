@@ -103,9 +103,9 @@ def history_lines(job_id: str, fp: str, t: float, image: str) -> list[bytes]:
             "bytes": 70,
             "sha256": "ab" * 32,
         },
-        {"e": "done", "job": job_id, "t": t, "task": task},
     ]
-    return [orjson.dumps(ev) for ev in events]
+    # The runner's done event carries the job's whole state (the same line as compacted)
+    return [*(orjson.dumps(ev) for ev in events), done_line(job_id, fp, t, image)]
 
 
 def write_ledgers(manifest: Path, folder: Path, live: int, lines: int) -> dict[str, Path]:
