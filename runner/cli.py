@@ -28,11 +28,12 @@ import orjson
 
 from .durations import parse_duration
 from .errors import ManifestError, RunnerError
-from .ledger import read_index
+from .ledger import LedgerIndex, read_index
 from .manifest import Campaign, load_campaign
 from .outputs import LedgerView, ledger_view
 from .progress import install_console
 from .report import REPORT_NAME, write_report
+from .shard import ShardedIndex, resolve_shard, shard_campaign
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -76,6 +77,20 @@ def _parser() -> argparse.ArgumentParser:
         "--retry-failed",
         action="store_true",
         help="submit again jobs whose last attempt failed with a retryable code",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="run shard K of N (K from 0): a fixed 1/N of the jobs, in "
+        "<output.dir>/shards/K-of-N/; limits are per process, so N shards on one key "
+        "each need 1/N of its concurrency and rate (or one key per shard)",
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="like --shard, with K from JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or "
+        "SLURM_ARRAY_TASK_ID minus SLURM_ARRAY_TASK_MIN (Slurm array)",
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
@@ -151,8 +166,18 @@ def _plan(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list[st
     return data, lines
 
 
+def _index(campaign: Campaign) -> tuple[LedgerIndex, int]:
+    """The ledger's index and line count: one shard's, or the campaign's with every
+    shard folder found under it."""
+    if campaign.shard is not None:
+        index, report = read_index(campaign.output.dir)
+        return index, report.lines
+    sharded = ShardedIndex(campaign.output.dir)
+    return sharded, sharded.lines
+
+
 def _dry_run(campaign: Campaign, fmt: str) -> int:
-    index, _ = read_index(campaign.output.dir)
+    index, _ = _index(campaign)
     data, lines = _plan(campaign, ledger_view(campaign, index))
     lines.append(f"output: {campaign.output.dir}")
     _emit(data, "\n".join(lines) + "\n", fmt)
@@ -160,7 +185,7 @@ def _dry_run(campaign: Campaign, fmt: str) -> int:
 
 
 def _status(campaign: Campaign, fmt: str) -> int:
-    index, report = read_index(campaign.output.dir)
+    index, ledger_lines = _index(campaign)
     view = ledger_view(campaign, index)
     data, lines = _plan(campaign, view)
     data.update(
@@ -170,7 +195,7 @@ def _status(campaign: Campaign, fmt: str) -> int:
             "uncertain_submissions": view.uncertain,
             "failures": dict(view.failures),
             "failure_examples": view.examples,
-            "ledger_lines": report.lines,
+            "ledger_lines": ledger_lines,
         }
     )
     lines.append(f"  images on disk: {view.images_done:,}")
@@ -277,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_console(args.log_format, args.quiet, not args.no_progress, sys.stderr)
     try:
         campaign = load_campaign(args.manifest, _overrides(args))
+        shard = resolve_shard(args.shard, args.shards, os.environ)
+        if shard is not None:
+            campaign = shard_campaign(campaign, *shard)
         deadline = None
         if args.deadline is not None:
             deadline = parse_duration(args.deadline, "--deadline")

@@ -83,10 +83,17 @@ class Campaign:
     image_count: int  # the worst case: the sum of max_images
     warnings: tuple[str, ...]
     _jobs: JobList = field(repr=False, compare=False)
+    shard: tuple[int, int] | None = None  # (K, N): only the jobs of shard K of N
 
     def jobs(self) -> Iterator[Job]:
-        """Yield the final, de-duplicated jobs in manifest order, re-reading the job file."""
-        return self._jobs.unique()
+        """Yield the final, de-duplicated jobs in manifest order, re-reading the job file
+        (of one shard's, when ``shard`` is set: see :mod:`runner.shard`)."""
+        if self.shard is None:
+            return self._jobs.unique()
+        from runner.shard import shard_of
+
+        k, n = self.shard
+        return (job for job in self._jobs.unique() if shard_of(job.id, n) == k)
 
 
 def image_path(output: Output, job_id: str, index: int, ext: str, task_id: str) -> Path:
