@@ -171,6 +171,8 @@ class Poller:
     #: a poll is spent only on a task at least this likely to have finished since its
     #: last poll (when the budget is slack; when it binds, the likeliest go first)
     MIN_GAIN = 0.15
+    #: the lowest the bar may drop while budget goes unused (MIN_GAIN * this)
+    MIN_THRIFT = 0.3
     #: no task is polled more often than every interval * this
     MIN_SPACING = 0.25
     #: poll mode, before any completion of a kind is known: the share of tasks that
@@ -217,6 +219,7 @@ class Poller:
         self._ended: dict[str, None] = {}  # recently ended task ids, oldest first
         self._due: asyncio.Queue[_Watch] = asyncio.Queue()
         self._tokens = 0.0
+        self._thrift = 1.0  # scales MIN_GAIN: below 1 while the budget goes unused
         self._submits_seen = 0
         self._submit_rate = 0.0  # recent submissions per second (moving average)
         self.polls = 0
@@ -338,7 +341,7 @@ class Poller:
             done_before = before[0] if before is not None else 0.0
             if done_before < 1.0 - 1e-9:
                 value = (done_now - done_before) / (1.0 - done_before)
-                value = value if value >= w.threshold else 0.0
+                value = value if value >= w.threshold * self._thrift else 0.0
             if now - w.submitted <= longest:
                 return value  # within what the data covers, it alone decides
             # Older than any completion seen: the recipe's interval is a floor.
@@ -390,6 +393,12 @@ class Poller:
                 if value > 0:
                     candidates.append((value, w))
             room = int(self._tokens)
+            # Budget left over at the cap means polls are being held back for nothing:
+            # lower the bar; a budget that runs dry raises it back.
+            fill = self._tokens / cap
+            self._thrift = min(
+                1.0, max(self.MIN_THRIFT, self._thrift * (0.98 if fill > 0.9 else 1.02))
+            )
             if len(candidates) > room:
                 candidates = heapq.nlargest(room, candidates, key=lambda c: c[0])
             for _, w in candidates:
