@@ -19,8 +19,9 @@ Events, in the order a job meets them::
     file        one image is on disk, verified (path relative to the folder, bytes, sha256)
     done        every image of the job is on disk; the line carries the job's whole state
                 (fingerprint, task, urls, files, timings, counts), so that it alone can
-                stand for the job: replay keeps a done job as one packed int (fingerprint
-                prefix, the line's offset, counts) and reads the line again when its
+                stand for the job: replay keeps a done job as two packed numbers
+                (fingerprint prefix; the line's offset and counts, see
+                :mod:`runner.packed`) and reads the line again when its
                 details are wanted. A ``done`` line is also the compacted form of a job
     failed      the job ended without images (code, message, retryable or not)
     timeout     the task outlived polling.timeout in this run; it stays live
@@ -49,6 +50,7 @@ from typing import Any
 import orjson
 
 from .errors import LockedError
+from .packed import PackedDone
 
 __all__ = ["FolderLock", "JobRecord", "Ledger", "LedgerIndex", "Phase", "read_index"]
 
@@ -116,9 +118,8 @@ class FolderLock:
             self._fd = None
 
 
-#: a packed done entry: fingerprint prefix (64 bits) | line offset (48) | uncertain (8) |
-#: images (16)
-_OFFSET_BITS, _UNC_BITS, _IMG_BITS = 48, 8, 16
+#: a done entry's meta: line offset (40 bits) | uncertain (8) | images (16)
+_OFFSET_BITS, _UNC_BITS, _IMG_BITS = 40, 8, 16
 
 
 def _fp64(fp: str) -> int | None:
@@ -178,7 +179,8 @@ def _record_of_done(ev: dict[str, Any]) -> JobRecord:
 class LedgerIndex:
     """What the ledger knows, job by job, in bounded memory: a full :class:`JobRecord`
     for every job with work in hand (or a history short of done), and for every done job
-    one packed int pointing at its full ``done`` line, read again on demand.
+    about 24 bytes (:class:`~runner.packed.PackedDone`) pointing at its full ``done``
+    line, read again on demand.
 
     ``records`` are the full ones; iteration helpers (``values``, ``items``) cover only
     them, since done jobs need no attention until someone asks for one by id."""
@@ -186,7 +188,7 @@ class LedgerIndex:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records: dict[str, JobRecord] = {}
-        self.done: dict[str, int] = {}
+        self.done = PackedDone()
         self._reader: Any = None
 
     def __len__(self) -> int:
@@ -207,7 +209,7 @@ class LedgerIndex:
     def done_images(self) -> int:
         """Images of the packed done jobs (full records are counted from themselves)."""
         mask = (1 << _IMG_BITS) - 1
-        return sum(v & mask for v in self.done.values())
+        return sum(m & mask for m in self.done.metas())
 
     def status(self, job: str, fp: str) -> tuple[str, JobRecord | None, int, int]:
         """(state, full record or None, images on disk, uncertain submissions) of ``job``
@@ -215,10 +217,11 @@ class LedgerIndex:
         live, downloading, done or failed; history under other content does not count."""
         packed = self.done.get(job)
         if packed is not None:
-            if packed >> (_OFFSET_BITS + _UNC_BITS + _IMG_BITS) != _fp64(fp):
+            done_fp, meta = packed
+            if done_fp != _fp64(fp):
                 return "pending", None, 0, 0
-            unc = packed >> _IMG_BITS & ((1 << _UNC_BITS) - 1)
-            return "done", None, packed & ((1 << _IMG_BITS) - 1), unc
+            unc = meta >> _IMG_BITS & ((1 << _UNC_BITS) - 1)
+            return "done", None, meta & ((1 << _IMG_BITS) - 1), unc
         rec = self.records.get(job)
         if rec is None or rec.fp != fp:
             return "pending", None, 0, 0
@@ -233,18 +236,18 @@ class LedgerIndex:
         packed = self.done.get(job)
         if packed is None:
             return None
-        return _record_of_done(orjson.loads(self.done_line(job)))
+        return _record_of_done(orjson.loads(self._line_at(packed[1] >> _UNC_BITS + _IMG_BITS)))
 
-    def done_line(self, job: str) -> bytes:
-        """The full ``done`` line of a packed done job."""
-        offset = self.done[job] >> (_UNC_BITS + _IMG_BITS) & ((1 << _OFFSET_BITS) - 1)
-        return self._line_at(offset)
+    def done_lines(self) -> Iterator[bytes]:
+        """The full ``done`` line of every packed done job."""
+        for meta in self.done.metas():
+            yield self._line_at(meta >> (_UNC_BITS + _IMG_BITS))
 
     def revive(self, job: str) -> JobRecord | None:
         """Turn a packed done job back into a full record (an event is about to change it)."""
         if job in self.done:
             rec = self.get(job)
-            del self.done[job]
+            self.done.pop(job)
             if rec is not None:
                 self.records[job] = rec
         return self.records.get(job)
@@ -270,13 +273,12 @@ class LedgerIndex:
             fp64 = _fp64(str(ev.get("fp", "")))
             rec = _record_of_done(ev)
             if fp64 is None or len(rec.files) >> _IMG_BITS or offset >> _OFFSET_BITS:
-                self.done.pop(job, None)
+                self.done.pop(job)
                 self.records[job] = rec
                 return
             self.records.pop(job, None)
             unc = min(rec.uncertain, (1 << _UNC_BITS) - 1)
-            packed = ((fp64 << _OFFSET_BITS | offset) << _UNC_BITS | unc) << _IMG_BITS
-            self.done[job] = packed | len(rec.files)
+            self.done.put(job, fp64, (offset << _UNC_BITS | unc) << _IMG_BITS | len(rec.files))
             return
         if job in self.done:
             self.revive(job)

@@ -49,8 +49,7 @@ def _lines(index: LedgerIndex) -> Iterator[bytes]:
     from .ledger import Phase, full_done
 
     now = round(time.time(), 3)
-    for job in list(index.done):
-        yield index.done_line(job)
+    yield from index.done_lines()
     for job, rec in index.records.items():
         ev: dict[str, Any] = {"job": job, **full_done(job, rec, now)}
         if rec.phase is Phase.DONE and rec.files:

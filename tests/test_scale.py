@@ -11,6 +11,7 @@ import pytest
 from runs import out_dir, prompts, run_cli
 
 from runner.ledger import Ledger, LedgerIndex, Phase, read_index
+from runner.packed import PackedDone
 
 FP = "ab" * 32
 
@@ -33,7 +34,8 @@ def test_done_jobs_are_packed_and_read_back_whole(tmp_path: Path) -> None:
     ledger.append("submit", "c", fp=FP, imgs=1)
     ledger.close()
     for index in (ledger.state, read_index(tmp_path)[0]):
-        assert set(index.done) == {"a", "b"} and set(index.records) == {"c"}
+        assert len(index.done) == 2 and "a" in index.done and "b" in index.done
+        assert "c" not in index.done and set(index.records) == {"c"}
         assert index.status("a", FP)[0::2] == ("done", 2)
         assert index.status("a", "cd" * 32)[0] == "pending", "other content: runs again"
         rec = index.get("a")
@@ -101,7 +103,9 @@ def _grown_ledger(folder: Path) -> dict[str, tuple[str, int, int]]:
     ledger.append("uncertain", "u", why="killed")
     ledger.close()
     index = ledger.state
-    return {job: _status(index, job) for job in [*index.done, *index.records]}
+    jobs = [*(f"d{n}" for n in range(300)), *index.records]
+    assert len(index) == len(jobs)
+    return {job: _status(index, job) for job in jobs}
 
 
 def _status(index: LedgerIndex, job: str) -> tuple[str, int, int]:
@@ -153,3 +157,15 @@ def test_a_kill_during_compaction_leaves_the_old_ledger_whole(tmp_path: Path, mo
     assert {job: _status(ledger.state, job) for job in before} == before
     ledger.close()
     assert len((tmp_path / "ledger.jsonl").read_bytes().splitlines()) == len(before)
+
+
+def test_the_packed_map_keeps_sorted_buckets_through_puts_and_pops() -> None:
+    packed = PackedDone()
+    for n in range(5000):
+        packed.put(f"job-{n}", n, n * 2)
+    packed.put("job-7", 70, 71)  # an update, not a second entry
+    assert len(packed) == 5000 and packed.get("job-7") == (70, 71)
+    assert all(packed.pop(f"job-{n}") for n in range(0, 5000, 2))
+    assert not packed.pop("job-0") and "job-0" not in packed and packed.get("job-0") is None
+    assert len(packed) == 2500 and packed.get("job-4999") == (4999, 9998)
+    assert sorted(packed.metas()) == sorted([71, *(n * 2 for n in range(1, 5000, 2) if n != 7)])
