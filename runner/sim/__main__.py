@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif kind in ("int", "optint"):
             kwargs.update(type=int, metavar="N")
         elif kind == "optstr":
-            kwargs.update(type=str, metavar="KEY")
+            kwargs.update(type=str, metavar="KEY" if f.name == "api_key" else "MODE")
         else:
             unit = "P" if kind == "prob" else "S" if f.name.endswith("_s") else "X"
             kwargs.update(type=float, metavar=unit)

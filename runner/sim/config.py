@@ -38,6 +38,27 @@ def _prob(event: str) -> Any:
     return _knob(0.0, "prob", f"probability {event}")
 
 
+#: The malformed answers of ``p_hostile``. ``task_id`` applies to submissions (the task is
+#: created, the answer names a path instead of its id); the others to status answers of
+#: finished tasks.
+HOSTILE_MODES = (
+    "task_id",
+    "not_json",
+    "data_not_object",
+    "no_state",
+    "state_not_string",
+    "result_not_string",
+    "result_not_json",
+    "no_result_urls",
+    "url_file_scheme",
+    "url_ftp_scheme",
+    "url_traversal",
+    "url_not_string",
+    "gigantic",
+    "other_task",
+)
+
+
 @dataclass
 class SimConfig:
     """Every knob of the simulator. Mutable: changes apply from the next request."""
@@ -85,7 +106,7 @@ class SimConfig:
     hostile: str | None = _knob(
         None,
         "optstr",
-        "which malformation p_hostile makes (one of HOSTILE_MODES); unset: any, at random",
+        f"which malformation p_hostile makes: {', '.join(HOSTILE_MODES)}; unset: any",
     )
     p_fail: float = _prob("a task fails with a retryable failCode (processing class)")
     p_stuck: float = _prob("a task stays processing forever")
@@ -132,27 +153,6 @@ class SimConfig:
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
-
-
-#: The malformed answers of ``p_hostile``. ``task_id`` applies to submissions (the task is
-#: created, the answer names a path instead of its id); the others to status answers of
-#: finished tasks.
-HOSTILE_MODES = (
-    "task_id",
-    "not_json",
-    "data_not_object",
-    "no_state",
-    "state_not_string",
-    "result_not_string",
-    "result_not_json",
-    "no_result_urls",
-    "url_file_scheme",
-    "url_ftp_scheme",
-    "url_traversal",
-    "url_not_string",
-    "gigantic",
-    "other_task",
-)
 
 
 def _number(name: str, value: Any) -> float:
