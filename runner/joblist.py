@@ -46,7 +46,8 @@ class JobList:
 
     Every pass re-reads the file, so memory does not grow with its length. ``validate``
     remembers, per id, the first place it appeared and a 64-bit fingerprint prefix, packed
-    into one int (about 150 bytes a job with the key); ``unique`` yields only those.
+    into one int (about 150 bytes a job with the key), to find repeats; it then keeps only
+    the repeats' positions in the stream, which ``unique`` skips.
     """
 
     def __init__(
@@ -56,13 +57,15 @@ class JobList:
         self.spec, self.entries, self.where = spec, entries, where
         self.file, self.file_display, self.file_where = file, file_display, file_where
         self._first: dict[str, int] = {}
+        #: positions in the stream of the jobs that collapsed into an earlier one
+        self._repeats: set[int] = set()
         self._stamp: tuple[int, int] | None = None
 
     def validate(self) -> tuple[int, int, list[str]]:
         """Check every job; return the job count, image count and warnings."""
         first, warnings = self._first, []
         jobs = images = duplicates = 0
-        for job, place in self._all():
+        for position, (job, place) in enumerate(self._all()):
             packed = int(job.fingerprint[:16], 16) << _PLACE_BITS | place
             earlier = first.get(job.id)
             if earlier is None:
@@ -71,6 +74,7 @@ class JobList:
                 images += job.max_images
             elif earlier >> _PLACE_BITS == packed >> _PLACE_BITS:
                 duplicates += 1
+                self._repeats.add(position)
                 if duplicates <= _MAX_WARNINGS:
                     warnings.append(
                         f"{job.where}: the same job as {self._place(earlier)} (id {job.id}); "
@@ -84,13 +88,17 @@ class JobList:
                 )
         if duplicates > _MAX_WARNINGS:
             warnings.append(f"{duplicates - _MAX_WARNINGS} more duplicate jobs collapsed")
+        # The id map served validation only: a run keeps just the repeats' positions (a
+        # later pass sees the same stream: the file is checked unchanged), so memory does
+        # not grow with the number of ids.
+        self._first = {}
         return jobs, images, warnings
 
     def unique(self) -> Iterator[Job]:
         """The jobs ``validate`` counted, in order: each id at its first place only."""
-        first = self._first
-        for job, place in self._all():
-            if first.get(job.id) == int(job.fingerprint[:16], 16) << _PLACE_BITS | place:
+        repeats = self._repeats
+        for position, (job, _) in enumerate(self._all()):
+            if position not in repeats:
                 yield job
 
     def _place(self, packed: int) -> str:
