@@ -14,7 +14,9 @@ Builds in a temporary folder:
   against the simulator in its own process, stopped by ``--deadline`` after ``--run-s``.
 
 Prints one JSON object. Peak RSS of a child is its ``VmHWM`` sampled while it runs (its
-``ru_maxrss`` from ``os.wait4`` would inherit the parent's high-water mark)."""
+``ru_maxrss`` from ``os.wait4`` would inherit the parent's high-water mark); for the live
+run, ``rss_while_busy_mb`` is the largest RSS seen while at least 900 tasks were live on
+the simulator (the peak includes loading the manifest)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,11 +132,17 @@ def write_ledgers(manifest: Path, folder: Path, live: int, lines: int) -> dict[s
     return {"compact": compact, "history": history}
 
 
-def run_child(argv: list[str], env: dict[str, str], timeout_s: float) -> dict[str, Any]:
-    """Run a process to the end: exit code, wall time, peak RSS (sampled VmHWM)."""
+def run_child(
+    argv: list[str],
+    env: dict[str, str],
+    timeout_s: float,
+    busy: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Run a process to the end: exit code, wall time, peak RSS (sampled VmHWM), and the
+    largest RSS seen while ``busy()`` held (e.g. while 1,000 tasks are live)."""
     started = time.monotonic()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    hwm_kb = 0
+    hwm_kb = busy_kb = 0
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
@@ -142,6 +151,8 @@ def run_child(argv: list[str], env: dict[str, str], timeout_s: float) -> dict[st
             for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     hwm_kb = max(hwm_kb, int(line.split()[1]))
+                if line.startswith("VmRSS:") and busy is not None and busy():
+                    busy_kb = max(busy_kb, int(line.split()[1]))
         if time.monotonic() - started > timeout_s:
             proc.kill()
         time.sleep(0.05)
@@ -152,6 +163,7 @@ def run_child(argv: list[str], env: dict[str, str], timeout_s: float) -> dict[st
         "wall_s": round(time.monotonic() - started, 2),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "peak_rss_mb": round(hwm_kb / 1024, 1),
+        "rss_while_busy_mb": round(busy_kb / 1024, 1),
         "stdout_tail": out.decode(errors="replace")[-400:],
         "stderr_tail": err.decode(errors="replace")[-600:],
     }
@@ -209,7 +221,16 @@ def live_run(manifest: Path, run_s: float) -> dict[str, Any]:
                 "--concurrency", "1000", "--rate", "100000", "--deadline", str(run_s),
                 "--no-progress"]  # fmt: skip
         env = {**os.environ, "APIXO_API_KEY": "bench-key"}
-        return run_child(argv, env, run_s + 600)
+        stats_url = base_url.rsplit("/api/", 1)[0] + "/_sim/stats"
+
+        def thousand_live() -> bool:
+            try:
+                with urllib.request.urlopen(stats_url, timeout=2) as resp:
+                    return bool(json.loads(resp.read())["live"] >= 900)
+            except OSError:
+                return False
+
+        return run_child(argv, env, run_s + 600, busy=thousand_live)
     finally:
         sim.terminate()
         sim.wait(10)
