@@ -12,6 +12,7 @@ import codecs
 import functools
 import os
 import stat
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +58,9 @@ class JobList:
         self.spec, self.entries, self.where = spec, entries, where
         self.file, self.file_display, self.file_where = file, file_display, file_where
         self._first: dict[str, int] = {}
+        #: the mix of the unique jobs, counted by ``validate`` (for the plan)
+        self.resolutions: Counter[str] = Counter()
+        self.aspect_ratios: Counter[str] = Counter()
         #: positions in the stream of the jobs that collapsed into an earlier one
         self._repeats: set[int] = set()
         self._stamp: tuple[int, int] | None = None
@@ -72,6 +76,8 @@ class JobList:
                 first[job.id] = packed
                 jobs += 1
                 images += job.max_images
+                self.resolutions[str(job.input.get("resolution", "2K"))] += 1  # API default
+                self.aspect_ratios[str(job.input.get("aspect_ratio", "unset"))] += 1
             elif earlier >> _PLACE_BITS == packed >> _PLACE_BITS:
                 duplicates += 1
                 self._repeats.add(position)

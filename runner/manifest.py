@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import os
 import string
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,13 @@ class Campaign:
 
         k, n = self.shard
         return (job for job in self._jobs.unique() if shard_of(job.id, n) == k)
+
+    def mix(self) -> tuple[Counter[str], Counter[str]] | None:
+        """Jobs per resolution and per aspect ratio, as counted while the manifest was
+        checked; None for a shard (its share is known only by streaming it)."""
+        if self.shard is not None:
+            return None
+        return Counter(self._jobs.resolutions), Counter(self._jobs.aspect_ratios)
 
 
 def image_path(output: Output, job_id: str, index: int, ext: str, task_id: str) -> Path:

@@ -145,6 +145,15 @@ def ledger_view(campaign: Campaign, index: LedgerIndex) -> LedgerView:
     """One pass over the manifest: counts per state, the plan's mix, failures by code.
     Reads nothing beyond the index (a done job's counts are in its packed entry)."""
     view = LedgerView()
+    mix = campaign.mix()
+    if not index and mix is not None:
+        # Nothing in the ledger: the plan is what checking the manifest counted, with no
+        # second pass over a file that may hold millions of lines.
+        view.jobs, view.images_planned = campaign.job_count, campaign.image_count
+        view.images_pending = campaign.image_count
+        view.resolutions, view.aspect_ratios = mix
+        view.states["pending"] = campaign.job_count
+        return view
     for job in campaign.jobs():
         state, rec, images, uncertain = index.status(job.id, job.fingerprint)
         view.jobs += 1
