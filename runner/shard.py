@@ -110,6 +110,12 @@ class ShardedIndex(LedgerIndex):
                 self.shards[int(m[1]), int(m[2])] = index
                 self.lines += report.lines
 
+    def __len__(self) -> int:
+        return super().__len__() + sum(len(index) for index in self.shards.values())
+
+    def __bool__(self) -> bool:
+        return super().__bool__() or any(self.shards.values())
+
     def _owner(self, job: str) -> LedgerIndex | None:
         for (k, n), index in self.shards.items():
             if shard_of(job, n) == k and job in index:
