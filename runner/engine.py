@@ -76,8 +76,7 @@ class Engine:
         self.slots = Slots(limits.concurrency)
         self._pipeline = Slots(limits.concurrency + max(64, 4 * limits.downloads))
         self._downloads = asyncio.Semaphore(limits.downloads)
-        self.budget = ImageBudget(campaign.budget, ())
-        self._timed_out = 0
+        self.budget = ImageBudget(campaign.budget, ())  # replaced once the ledger is read
         self._client: ApiClient | None = None
         self._submitter: Submitter | None = None
         self._downloader: Downloader
@@ -434,7 +433,7 @@ class Engine:
             return await future
         except PollTimeout:
             self.ledger.append("timeout", job.id, task=task_id)
-            self._timed_out += 1
+            self.counters.timed_out += 1
             return None
         except asyncio.CancelledError:
             self._poller.forget(task_id)

@@ -57,6 +57,7 @@ class RunCounters:
     webhook_results: int = 0  # ... by a webhook (callback mode)
     webhook_duplicates: int = 0
     webhook_rejected: int = 0  # forged, malformed or for unknown tasks
+    timed_out: int = 0  # tasks that outlived polling.timeout (polled again next run)
     budget_stopped: bool = False
     remaining: int = 0
     wall_time_s: float = 0.0

@@ -1,23 +1,24 @@
-"""The polling scheduler: one timer heap for every live task, a few workers to poll.
+"""The polling scheduler: one allocation loop for every live task, a few workers to poll.
 
 A job that has a task calls :meth:`Poller.watch` and awaits the returned future; the
 scheduler decides when to ask the API about that task and resolves the future with the
-terminal :class:`~runner.client.TaskStatus`. No coroutine sleeps per task: one loop sleeps
-until the earliest due time and hands due tasks to a small pool of workers.
+terminal :class:`~runner.client.TaskStatus`. No coroutine sleeps per task: one loop wakes
+every :attr:`Poller.TICK_S` and hands the chosen tasks to a small pool of workers.
 
-When to poll: until enough completions have been seen, the configured recipe
-(``initial_delay`` after submission, then every ``interval``). After that, polls follow a
-ladder of quantiles of the completion times observed for tasks of the same kind
-(resolution, image count): the k-th poll of a task lands where a k/m share of such tasks
-is done. The ladder's length m is what the request budget affords: with R requests a
-second, L live tasks and a mean completion time D, each task may spend R*D/L requests;
-one goes to the submission and a ladder of m rungs costs about (m+1)/2 polls, so m
-follows. Fewer live tasks (a small campaign, the tail of a big one) buy a finer ladder
-and less detection lag. Every wait is jittered by ``jitter`` (of the wait, or of
-``interval`` where that is shorter) so polls never march in lockstep.
+What a poll is worth: completion times are learned per kind of task (resolution, image
+count) by :class:`CompletionModel`, a Kaplan-Meier estimate in which tasks still running
+count as censored. The worth of polling a task now is the probability that it finished
+since its last poll. Each tick, the polls the request budget leaves after submissions
+(``request_rate`` x :attr:`Poller.BUDGET_SHARE`, banked through quiet spells up to the
+limiter's burst) go to the tasks worth the most, provided they clear a bar that falls
+while budget goes unused. Before anything is known about a kind, a tenth of its tasks
+scout with the provider's recipe (``initial_delay``, then every ``interval``, jittered
+by ``jitter``) while the others wait, keeping the budget for the wave of completions;
+a task older than any completion seen falls back to the recipe's interval.
 
-A webhook (callback mode) resolves a task through :meth:`Poller.deliver`; the heap entry
-is then skipped lazily.
+Callback mode: webhooks resolve tasks through :meth:`Poller.deliver`; polling is the
+safety net, with one early look where 90 % of such tasks are done and then the overdue
+mark (99th percentile plus a margin learned from webhook lag).
 """
 
 from __future__ import annotations
