@@ -29,12 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import sim_get, simulator
 
 RESOLUTIONS = ("2K", "2K", "4K")
 ASPECTS = ("1:1", "16:9", "9:16", "4:3")
@@ -198,42 +201,19 @@ def scan(folder: Path, name: str) -> dict[str, Any]:
 
 def live_run(manifest: Path, run_s: float) -> dict[str, Any]:
     """A real run over the manifest with all but a few thousand jobs done in the ledger."""
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runner.sim",
-            "--port",
-            "0",
-            "--time-scale",
-            "0.05",
-            "--rate",
-            "1000000",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert sim.stdout is not None
-        base_url = sim.stdout.readline().strip()
+    with simulator("--time-scale", "0.05", "--rate", "1000000") as base_url:
         argv = [sys.executable, "-m", "runner", str(manifest), "--base-url", base_url,
                 "--concurrency", "1000", "--rate", "100000", "--deadline", str(run_s),
                 "--no-progress"]  # fmt: skip
         env = {**os.environ, "APIXO_API_KEY": "bench-key"}
-        stats_url = base_url.rsplit("/api/", 1)[0] + "/_sim/stats"
 
         def thousand_live() -> bool:
             try:
-                with urllib.request.urlopen(stats_url, timeout=2) as resp:
-                    return bool(json.loads(resp.read())["live"] >= 900)
+                return bool(sim_get(base_url, "/_sim/stats")["live"] >= 900)
             except OSError:
                 return False
 
         return run_child(argv, env, run_s + 600, busy=thousand_live)
-    finally:
-        sim.terminate()
-        sim.wait(10)
 
 
 def main() -> None:

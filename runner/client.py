@@ -202,8 +202,6 @@ class ApiClient:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=10)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
-        #: called with (kind, status) after every answered request
-        self.on_answer: Callable[[str, int], None] | None = None
         #: when set (the run is stopping), submissions not yet sent are abandoned unsent
         #: and retries end, so every submission on the wire lands quickly
         self.halt: asyncio.Event | None = None
@@ -256,8 +254,6 @@ class ApiClient:
             raise TransientApiError(message) from None
 
     def _answer(self, kind: str, status: int, headers: Mapping[str, str], raw: bytes) -> Any:
-        if self.on_answer is not None:
-            self.on_answer(kind, status)
         if status != 200:
             self.stats.errors[str(status)] += 1
         message, code = self._envelope_error(raw)
@@ -388,8 +384,6 @@ class ApiClient:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
             ) as resp:
-                if self.on_answer is not None:
-                    self.on_answer("file", resp.status)
                 if resp.status in (404, 410, 403):
                     raise PermanentApiError(
                         f"result URL answered {resp.status} (expired?)", resp.status, "URL_EXPIRED"

@@ -223,7 +223,6 @@ class Poller:
         self._thrift = 1.0  # scales MIN_GAIN: below 1 while the budget goes unused
         self._submits_seen = 0
         self._submit_rate = 0.0  # recent submissions per second (moving average)
-        self.polls = 0
         self.resolved_by_poll = 0
         self.resolved_by_webhook = 0
 
@@ -418,7 +417,6 @@ class Poller:
 
     async def _poll(self, w: _Watch) -> None:
         w.polls += 1
-        self.polls += 1
         w.last_poll = time.monotonic()
         try:
             status = await self.client.status(w.task_id)
