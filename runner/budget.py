@@ -1,11 +1,13 @@
 """The spending cap: never submit work that could exceed ``budget.max_images`` or
 ``budget.max_cost``.
 
-Images count in two ways: *spent* (a task succeeded and produced them, in any run) and
+Images count in three ways: *paid* (the API reported a task successful: its images are
+billed, in any run, whether or not they reached the disk), *uncertain* (a submission
+whose outcome could not be known may have been billed, up to its ``max_images``) and
 *reserved* (a job was admitted and its task could still produce up to ``max_images``).
-A job is admitted only if spent + reserved + its ``max_images`` fits; while tasks in
-flight hold reservations, admission waits for them, since a task that makes fewer images
-than it might (``sequential_image_generation: auto``) frees room.
+A job is admitted only if paid + uncertain + reserved + its ``max_images`` fits; while
+tasks in flight hold reservations, admission waits for them, since a task that makes
+fewer images than it might (``sequential_image_generation: auto``) frees room.
 """
 
 from __future__ import annotations
@@ -21,22 +23,28 @@ __all__ = ["ImageBudget"]
 
 
 class ImageBudget:
-    def __init__(self, budget: Budget, records: Iterable[JobRecord]) -> None:
+    def __init__(
+        self,
+        budget: Budget,
+        records: Iterable[JobRecord] = (),
+        *,
+        paid: int = 0,
+        uncertain: int = 0,
+    ) -> None:
         self.budget = budget
-        self.spent = 0
+        self.spent = paid  # images billed, campaign life
+        self.uncertain = uncertain  # images uncertain submissions may have cost
         self.reserved = 0
         self.exhausted = False
         self._changed = asyncio.Event()
         for rec in records:
-            if rec.phase in (Phase.DONE, Phase.RESULT):
-                self.spent += len(rec.urls)
-            elif rec.phase is Phase.LIVE:
+            if rec.phase is Phase.LIVE:
                 self.reserved += rec.max_images  # resumed tasks: released when they end
 
     def left(self) -> float:
         """Images that may still be committed (infinite without a cap)."""
         b = self.budget
-        used = self.spent + self.reserved
+        used = self.spent + self.uncertain + self.reserved
         left = float("inf")
         if b.max_images is not None:
             left = b.max_images - used
@@ -69,6 +77,10 @@ class ImageBudget:
         """A task succeeded with this many images."""
         self.spent += images
         self._changed.set()
+
+    def maybe_paid(self, images: int) -> None:
+        """A submission's outcome is unknown: it may have been billed for ``images``."""
+        self.uncertain += images
 
     def wake(self) -> None:
         """Let a waiting admission re-check (the run is stopping)."""

@@ -72,7 +72,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=int, help="at most N API requests per --rate-period")
     p.add_argument("--rate-period", help="seconds (or '1m', '90s') of the rate window")
     p.add_argument("--downloads", type=int, help="simultaneous downloads")
-    p.add_argument("--deadline", help="stop submitting after this long ('45m', '3600'), exit 4")
+    p.add_argument(
+        "--deadline",
+        help="stop submitting after this long ('45m', '3600'; 0 submits nothing), collect "
+        "what is paid for during --drain, then exit 4",
+    )
+    p.add_argument(
+        "--drain",
+        help="after --deadline or a first signal, keep polling and downloading tasks "
+        "already paid for this long (default 2m; 0 parks them at once for the next run)",
+    )
     p.add_argument(
         "--retry-failed",
         action="store_true",
@@ -130,8 +139,8 @@ def _plan(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list[st
     states = view.states
     b = campaign.budget
     price = b.price_per_image
-    done, failed = states.get("done", 0), states.get("failed", 0)
-    pending = view.jobs - done - failed
+    done, failed, lost = states.get("done", 0), states.get("failed", 0), states.get("lost", 0)
+    pending = view.jobs - done - failed - lost
     data: dict[str, Any] = {
         "name": campaign.name,
         "jobs": view.jobs,
@@ -147,6 +156,16 @@ def _plan(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list[st
         "pending": pending,
         "pending_images": view.images_pending,
         "pending_cost_usd": round(view.images_pending * price, 2),
+        "images_paid": view.images_paid,
+        "spent_usd": round(view.images_paid * price, 2),
+        "uncertain_images_at_most": view.images_uncertain,
+        "changed": view.changed,
+        "changed_images": view.changed_images,
+        "changed_cost_usd": round(view.changed_images * price, 2),
+        "lost": view.states.get("lost", 0),
+        "lost_images": view.lost_images,
+        "lost_cost_usd": round(view.lost_images * price, 2),
+        "ids": view.ids,
         "output": str(campaign.output.dir),
     }
     caps = []
@@ -160,10 +179,33 @@ def _plan(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list[st
         f"  budget: {', '.join(caps) if caps else 'no cap'}",
         f"  resolutions: {_mix(view.resolutions)}",
         f"  aspect ratios: {_mix(view.aspect_ratios)}",
-        f"ledger: {done:,} done, {failed:,} failed, {pending:,} pending "
+        f"ledger: {done:,} done, {failed:,} failed, {lost:,} lost, {pending:,} pending "
         f"({view.images_pending:,} images, ${view.images_pending * price:,.2f} at most)",
+        f"  paid so far: {view.images_paid:,} images, ${view.images_paid * price:,.2f}"
+        + (
+            f" (+ up to {view.images_uncertain:,} images of uncertain submissions)"
+            if view.images_uncertain
+            else ""
+        ),
     ]
+    if view.changed:
+        lines.append(
+            f"  changed since done: {view.changed:,} jobs run again, paid again "
+            f"({view.changed_images:,} images, ${view.changed_images * price:,.2f} at most): "
+            + _ids(view.ids.get("changed", []), view.changed)
+        )
+    if lost:
+        lines.append(
+            f"  lost: {lost:,} jobs were paid but their images are gone (result URLs "
+            f"expired); --retry-failed pays for them again ({view.lost_images:,} images, "
+            f"${view.lost_images * price:,.2f} at most): " + _ids(view.ids.get("lost", []), lost)
+        )
     return data, lines
+
+
+def _ids(ids: Sequence[str], total: int) -> str:
+    more = f" and {total - len(ids):,} more" if total > len(ids) else ""
+    return ", ".join(ids) + more
 
 
 def _index(campaign: Campaign) -> tuple[LedgerIndex, int]:
@@ -238,16 +280,21 @@ def _finished(campaign: Campaign, code: int) -> None:
     jobs, run = summary.get("jobs", {}), summary.get("run", {})
     api = sum(n for kind, n in summary.get("requests", {}).items() if kind != "file")
     remaining = run.get("remaining", 0)
+    uncertain = summary.get("uncertain_submissions", {})
     log.info(
-        "finished with exit code %d: %d done, %d failed, %d remaining of %d jobs; %d images; "
-        "spent $%.2f; %d API requests, %d answered 429; %.1f s; summary.json, %s in %s",
+        "finished with exit code %d: %d done, %d failed, %d lost, %d remaining of %d jobs; "
+        "%d images on disk; paid %d images, $%.2f; %d uncertain submissions this run; "
+        "%d API requests, %d answered 429; %.1f s; summary.json, %s in %s",
         code,
         jobs.get("done", 0),
         jobs.get("failed", 0),
+        jobs.get("lost", 0),
         remaining,
         jobs.get("total", 0),
         summary.get("images", 0),
+        summary.get("images_paid", 0),
         summary.get("estimated_spend_usd", 0.0),
+        uncertain.get("this_run", 0),
         api,
         summary.get("throttled_429", 0),
         summary.get("wall_time_s", 0.0),
@@ -255,10 +302,11 @@ def _finished(campaign: Campaign, code: int) -> None:
         out,
         extra={"summary": summary},
     )
-    if run.get("budget_stopped") and remaining:
+    if code == 6:
         log.warning(
-            "the budget is spent: %d jobs remain unsubmitted; raise budget.max_images or "
-            "budget.max_cost in the manifest and run again to continue",
+            "the budget cap is reached: %d jobs remain unsubmitted, and running again "
+            "changes nothing until budget.max_images or budget.max_cost is raised in the "
+            "manifest",
             remaining,
         )
 
@@ -308,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         deadline = None
         if args.deadline is not None:
             deadline = parse_duration(args.deadline, "--deadline")
+        drain = 120.0
+        if args.drain is not None:
+            drain = parse_duration(args.drain, "--drain")
         for warning in campaign.warnings:
             log.warning("%s", warning)
         if args.dry_run:
@@ -332,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             RunOptions(
                 api_key=key,
                 deadline_s=deadline,
+                drain_s=drain,
                 retry_failed=args.retry_failed,
                 progress_every_s=0.0 if args.no_progress else PROGRESS_LINE_EVERY_S,
             ),

@@ -9,11 +9,14 @@ Structure: one TaskGroup owns the poller, the ledger syncer and the job feeder; 
 feeder takes a task slot (and a pipeline place) *before* it creates a job's task, so
 memory follows the concurrency limit, not the manifest's length.
 
-Stopping (first SIGINT/SIGTERM, ``--deadline``, the budget, a fatal answer): no new
-submission starts, every submission already on the wire is allowed to land in the ledger,
-then everything else is cancelled. Tasks alive on the API stay in the ledger as ``live``
-and are polled again by the next run; partial downloads are resumed. So a graceful stop
-leaves zero uncertain submissions.
+Stopping (first SIGINT/SIGTERM, ``--deadline``, a fatal answer): no new submission
+starts, every submission already on the wire is allowed to land in the ledger, then the
+work already paid for (tasks alive on the API, images to download) goes on for up to
+``--drain`` seconds; what is left is then cancelled. Tasks alive on the API stay in the
+ledger as ``live`` and are polled again by the next run, however old; partial downloads
+are resumed. So a graceful stop leaves zero uncertain submissions, and parks only what
+could not finish within the drain. The budget cap stops submissions only: everything in
+flight finishes.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ log = logging.getLogger("runner")
 class RunOptions:
     api_key: str = ""
     deadline_s: float | None = None
+    #: after a stop, seconds to keep polling and downloading work already paid for
+    drain_s: float = 120.0
     retry_failed: bool = False
     progress_every_s: float = 10.0
 
@@ -76,7 +81,7 @@ class Engine:
         self.slots = Slots(limits.concurrency)
         self._pipeline = Slots(limits.concurrency + max(64, 4 * limits.downloads))
         self._downloads = asyncio.Semaphore(limits.downloads)
-        self.budget = ImageBudget(campaign.budget, ())  # replaced once the ledger is read
+        self.budget = ImageBudget(campaign.budget)  # replaced once the ledger is read
         self._client: ApiClient | None = None
         self._submitter: Submitter | None = None
         self._downloader: Downloader
@@ -92,6 +97,8 @@ class Engine:
             log.warning("stopping (%s): no new submissions; run again to continue", reason)
         self._stopping.set()
         self.budget.wake()
+        # Waiters for a slot would submit: let them go. Paid work found later in the
+        # feed takes its slot without waiting (see _feed).
         self.slots.close()
         self._pipeline.close()
 
@@ -132,12 +139,11 @@ class Engine:
                 await self._run_jobs(client)
             view = ledger_view(self.campaign, self.ledger.state)
             code = self._exit_code(view)
-            if self.counters.remaining:
+            if self.counters.remaining and code == 4:
                 log.warning(
                     "%d jobs remain (%s); run the same command again to continue",
                     self.counters.remaining,
-                    self.stop_reason
-                    or ("budget reached" if self.counters.budget_stopped else "tasks timed out"),
+                    self.stop_reason or "tasks outlived polling.timeout; they stay live",
                 )
             self.counters.wall_time_s = time.monotonic() - started
             write_results(self.campaign, self.ledger.state)
@@ -214,11 +220,18 @@ class Engine:
             request_burst=client.budget.burst,
             workers=min(64, self.campaign.limits.concurrency),
         )
-        self.budget = ImageBudget(self.campaign.budget, self.ledger.index.values())
-        self.budget.spent += self.ledger.state.done_images()  # packed done jobs
+        state = self.ledger.state
+        self.budget = ImageBudget(
+            self.campaign.budget,
+            self.ledger.index.values(),
+            paid=state.billed_images(),
+            uncertain=state.uncertain_images(),
+        )
         loop = asyncio.get_running_loop()
         deadline = None
-        if self.options.deadline_s is not None:
+        if self.options.deadline_s == 0:
+            self.request_stop("deadline")  # submit nothing; still collect paid work
+        elif self.options.deadline_s is not None:
             deadline = loop.call_later(self.options.deadline_s, self.request_stop, "deadline")
         try:
             async with asyncio.TaskGroup() as background:
@@ -248,10 +261,17 @@ class Engine:
                 deadline.cancel()
 
     async def _stop_when_settled(self) -> None:
-        """After a stop request, once no submission is on the wire, cancel the rest."""
+        """After a stop request, once no submission is on the wire, drain the work already
+        paid for for up to ``drain_s``, then cancel what is left (it stays in the ledger)."""
         await self._stopping.wait()
         if self._submitter is not None:
             await self._submitter.settled()
+        if self.options.drain_s > 0:
+            log.info(
+                "draining: collecting tasks already paid for, for up to %.0f s (--drain)",
+                self.options.drain_s,
+            )
+            await asyncio.sleep(self.options.drain_s)
         raise _Stop
 
     async def _sync_ledger(self) -> None:
@@ -292,7 +312,11 @@ class Engine:
                 yield job
 
     async def _feed(self, jobs: asyncio.TaskGroup) -> None:
+        """Start every job's work in manifest order (work already paid for first). Once
+        submissions end (a stop, the budget), the feed goes on for paid work only: tasks
+        alive on the API are polled and finished images downloaded by every run."""
         state = self.ledger.state
+        submitting = True
         for job in self._passes():
             # A done job's record is read from its ledger line only to check its files.
             rec = state.get(job.id)
@@ -301,27 +325,37 @@ class Engine:
             action = self._action(job, rec)
             if action is None:
                 continue
-            if self._stopping.is_set():
-                return
-            if not await self._pipeline.acquire():
-                return
+            paid = action in ("poll", "download")
+            if not paid and (self._stopping.is_set() or not submitting):
+                continue  # no new spending; keep looking for paid work
+            # After a stop the slots are closed to submissions; paid work takes its place
+            # without waiting (a task alive on the API holds a slot there already).
+            if (paid and self._stopping.is_set()) or not await self._pipeline.acquire():
+                if not paid:
+                    continue
+                self._pipeline.take()
             if action == "download":
                 jobs.create_task(self._guard(job, self._downloader.job(job)))
                 continue
-            if action == "submit" and not await self.budget.admit(job.max_images, self._stopping):
+            if action != "poll" and not await self.budget.admit(job.max_images, self._stopping):
                 self._pipeline.release()
                 if self.budget.exhausted:
                     self.counters.budget_stopped = True
+                    submitting = False
                     log.warning(
-                        "budget reached: %d images spent or reserved; submitting no more",
+                        "budget reached: %d images paid or reserved; submitting no more",
                         self.budget.spent + self.budget.reserved,
                     )
-                return
-            if not await self.slots.acquire():
+                continue
+            if action == "poll":
+                if self._stopping.is_set() or not await self.slots.acquire():
+                    self.slots.take()
+            elif not await self.slots.acquire():
                 self._pipeline.release()
-                if action == "submit":
-                    self.budget.release(job.max_images)
-                return
+                self.budget.release(job.max_images)
+                continue
+            if action == "retry":
+                self.ledger.append("reset", job.id)  # --retry-failed: afresh
             if action == "poll":
                 rec = self.ledger.index[job.id]
                 ago = max(0.0, time.time() - (rec.submitted_t or time.time()))
@@ -330,6 +364,8 @@ class Engine:
                 jobs.create_task(self._guard(job, self._task_job(job)))
 
     def _action(self, job: Job, rec: JobRecord | None) -> str | None:
+        """What a job needs: submit, retry (a failed job, --retry-failed), poll (its task
+        is alive), download (paid images not on disk), or None."""
         if rec is None:
             return "submit"
         if rec.phase is Phase.DONE:
@@ -340,8 +376,7 @@ class Engine:
             return "download" if rec.urls else "submit"
         if rec.phase is Phase.FAILED:
             if self.options.retry_failed and rec.retryable:
-                self.ledger.append("reset", job.id)
-                return "submit"
+                return "retry"
             self.counters.skipped_failed += 1
             return None
         if rec.phase is Phase.LIVE:
@@ -491,5 +526,6 @@ class Engine:
         failed = view.states.get("failed", 0)
         self.counters.remaining = view.jobs - view.states.get("done", 0) - failed
         if self.counters.remaining:
-            return 4
+            stopped = self.stop_reason is not None or self.counters.timed_out
+            return 6 if self.counters.budget_stopped and not stopped else 4
         return 1 if failed else 0

@@ -88,6 +88,12 @@ class JobRecord:
     complete_ms: int | None = None
     cost_ms: int | None = None
     done_t: float | None = None
+    #: images the API billed for this id: every task that succeeded, in any run and under
+    #: any content (an edited job paid for its earlier version too)
+    billed: int = 0
+    billed_task: str | None = None  # the last task counted in ``billed``
+    #: images that submissions of unknown outcome may have been billed, at most
+    uncertain_images: int = 0
 
 
 class FolderLock:
@@ -144,6 +150,9 @@ def full_done(job: str, rec: JobRecord, t: float) -> dict[str, Any]:
         "create_ms": rec.create_ms,
         "complete_ms": rec.complete_ms,
         "cost_ms": rec.cost_ms,
+        "billed": rec.billed,
+        "bt": rec.billed_task,
+        "unc_imgs": rec.uncertain_images,
     }
 
 
@@ -158,6 +167,8 @@ def _record_of_done(ev: dict[str, Any]) -> JobRecord:
                 "sha256": f.get("sha256"),
             }
     imgs = ev.get("imgs")
+    urls = tuple(ev.get("urls") or ())
+    billed = ev.get("billed")
     return JobRecord(
         fp=str(ev.get("fp", "")),
         phase=Phase.DONE,
@@ -166,13 +177,17 @@ def _record_of_done(ev: dict[str, Any]) -> JobRecord:
         submits=int(ev.get("submits") or 0),
         failed_tasks=int(ev.get("ft") or 0),
         uncertain=int(ev.get("unc") or 0),
-        urls=tuple(ev.get("urls") or ()),
+        urls=urls,
         files=files,
         submitted_t=ev.get("sub_t"),
         create_ms=ev.get("create_ms"),
         complete_ms=ev.get("complete_ms"),
         cost_ms=ev.get("cost_ms"),
         done_t=ev.get("t"),
+        # a line written before billing was counted: its one successful task
+        billed=billed if isinstance(billed, int) else len(urls),
+        billed_task=ev.get("bt", ev.get("task")),
+        uncertain_images=int(ev.get("unc_imgs") or 0),
     )
 
 
@@ -189,6 +204,10 @@ class LedgerIndex:
         self.path = path
         self.records: dict[str, JobRecord] = {}
         self.done = PackedDone()
+        #: billed and uncertain images of the packed done jobs beyond their files on disk
+        #: (a done job whose content was edited, or whose task was resubmitted, paid more)
+        self._packed_billed_extra = 0
+        self._packed_uncertain_images = 0
         self._reader: Any = None
 
     def __len__(self) -> int:
@@ -211,6 +230,21 @@ class LedgerIndex:
         mask = (1 << _IMG_BITS) - 1
         return sum(m & mask for m in self.done.metas())
 
+    def billed_images(self) -> int:
+        """Images the API billed over the ledger's whole life: every task it reported
+        successful, times its images, whether or not they reached the disk."""
+        full = sum(rec.billed for rec in self.records.values())
+        return full + self.done_images() + self._packed_billed_extra
+
+    def uncertain_images(self) -> int:
+        """Images that submissions of unknown outcome may have been billed, at most."""
+        full = sum(rec.uncertain_images for rec in self.records.values())
+        return full + self._packed_uncertain_images
+
+    def _pack_extra(self, rec: JobRecord, sign: int) -> None:
+        self._packed_billed_extra += sign * (rec.billed - len(rec.files))
+        self._packed_uncertain_images += sign * rec.uncertain_images
+
     def status(self, job: str, fp: str) -> tuple[str, JobRecord | None, int, int]:
         """(state, full record or None, images on disk, uncertain submissions) of ``job``
         for content ``fp``; without reading anything for a done job. State is pending,
@@ -227,6 +261,15 @@ class LedgerIndex:
             return "pending", None, 0, 0
         state = _STATES.get(rec.phase, "pending")
         return state, rec, len(rec.files), rec.uncertain
+
+    def changed_since_done(self, job: str, fp: str) -> bool:
+        """``job`` was done under other content: the manifest edited it, and it runs
+        (and is paid for) again."""
+        packed = self.done.get(job)
+        if packed is not None:
+            return packed[0] != _fp64(fp)
+        rec = self.records.get(job)
+        return rec is not None and rec.fp != fp and rec.phase is Phase.DONE
 
     def get(self, job: str) -> JobRecord | None:
         """The full record of ``job`` (a done one is read from its line, not kept)."""
@@ -249,6 +292,7 @@ class LedgerIndex:
             rec = self.get(job)
             self.done.pop(job)
             if rec is not None:
+                self._pack_extra(rec, -1)
                 self.records[job] = rec
         return self.records.get(job)
 
@@ -272,11 +316,13 @@ class LedgerIndex:
         if ev.get("e") == "done" and "fp" in ev:
             fp64 = _fp64(str(ev.get("fp", "")))
             rec = _record_of_done(ev)
+            if job in self.done:
+                self.revive(job)  # a job done again: its earlier line no longer counts
             if fp64 is None or len(rec.files) >> _IMG_BITS or offset >> _OFFSET_BITS:
-                self.done.pop(job)
                 self.records[job] = rec
                 return
             self.records.pop(job, None)
+            self._pack_extra(rec, +1)
             unc = min(rec.uncertain, (1 << _UNC_BITS) - 1)
             self.done.put(job, fp64, (offset << _UNC_BITS | unc) << _IMG_BITS | len(rec.files))
             return
@@ -310,8 +356,13 @@ def _apply(index: dict[str, JobRecord], ev: dict[str, Any]) -> None:
     if kind == "submit":
         fp = str(ev.get("fp", ""))
         if rec is None or rec.fp != fp:
-            # New content under this id (desired state): earlier history no longer applies.
+            # New content under this id (desired state): earlier history no longer applies,
+            # but what it cost does.
+            old = rec
             rec = index[job] = JobRecord(fp=fp)
+            if old is not None:
+                rec.billed, rec.billed_task = old.billed, old.billed_task
+                rec.uncertain_images = old.uncertain_images
         rec.phase = Phase.SUBMITTING
         rec.submits += 1
         imgs = ev.get("imgs")
@@ -328,6 +379,7 @@ def _apply(index: dict[str, JobRecord], ev: dict[str, Any]) -> None:
         rec.phase = Phase.NEW
     elif kind == "uncertain":
         rec.uncertain += 1
+        rec.uncertain_images += rec.max_images
         rec.phase = Phase.NEW
     elif kind == "task_failed":
         rec.phase = Phase.NEW
@@ -337,6 +389,10 @@ def _apply(index: dict[str, JobRecord], ev: dict[str, Any]) -> None:
     elif kind == "result" or (kind == "delivered" and ev.get("state") == "success"):
         rec.phase = Phase.RESULT
         rec.urls = tuple(ev.get("urls") or ())
+        task = ev.get("task")
+        if task is None or task != rec.billed_task:  # a task is billed once
+            rec.billed += len(rec.urls)
+            rec.billed_task = task
         rec.create_ms, rec.complete_ms, rec.cost_ms = (
             ev.get("create_ms"),
             ev.get("complete_ms"),

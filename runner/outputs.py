@@ -37,6 +37,8 @@ __all__ = [
 
 #: prompts quoted as examples (``--status``) are cut to this many characters
 EXAMPLE_PROMPT_CHARS = 80
+#: job ids listed by --dry-run for changed and lost jobs
+EXAMPLE_IDS = 10
 
 
 @dataclass(slots=True)
@@ -135,6 +137,17 @@ class LedgerView:
     resolutions: Counter[str] = field(default_factory=Counter)  # jobs per resolution
     aspect_ratios: Counter[str] = field(default_factory=Counter)  # jobs per aspect ratio
     images_pending: int = 0  # worst case, of the jobs not done or failed
+    #: images the API billed over the ledger's life, and what uncertain submissions may
+    #: have cost on top (at most)
+    images_paid: int = 0
+    images_uncertain: int = 0
+    #: jobs done under other content (edited since): they run and are paid for again
+    changed: int = 0
+    changed_images: int = 0  # worst case
+    #: paid jobs whose images are gone for good: paying again is --retry-failed
+    lost_images: int = 0  # worst case of paying again
+    #: up to EXAMPLE_IDS ids of each: "changed", "lost"
+    ids: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _cut(text: str, limit: int = EXAMPLE_PROMPT_CHARS) -> str:
@@ -142,10 +155,18 @@ def _cut(text: str, limit: int = EXAMPLE_PROMPT_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _note(ids: dict[str, list[str]], kind: str, job_id: str) -> None:
+    listed = ids.setdefault(kind, [])
+    if len(listed) < EXAMPLE_IDS:
+        listed.append(job_id)
+
+
 def ledger_view(campaign: Campaign, index: LedgerIndex) -> LedgerView:
     """One pass over the manifest: counts per state, the plan's mix, failures by code.
     Reads nothing beyond the index (a done job's counts are in its packed entry)."""
     view = LedgerView()
+    view.images_paid = index.billed_images()
+    view.images_uncertain = index.uncertain_images()
     mix = campaign.mix()
     if not index and mix is not None:
         # Nothing in the ledger: the plan is what checking the manifest counted, with no
@@ -163,8 +184,15 @@ def ledger_view(campaign: Campaign, index: LedgerIndex) -> LedgerView:
         view.resolutions[str(inp.get("resolution", "2K"))] += 1  # the API's default
         view.aspect_ratios[str(inp.get("aspect_ratio", "unset"))] += 1
         view.states[state] += 1
-        if state not in ("done", "failed"):
+        if state not in ("done", "failed", "lost"):
             view.images_pending += job.max_images
+        if state == "pending" and index.changed_since_done(job.id, job.fingerprint):
+            view.changed += 1
+            view.changed_images += job.max_images
+            _note(view.ids, "changed", job.id)
+        elif state == "lost":
+            view.lost_images += job.max_images
+            _note(view.ids, "lost", job.id)
         view.uncertain += uncertain
         if state == "done":
             view.images_done += images
@@ -197,10 +225,17 @@ def write_summary(
         "exit_code": exit_code,
         "jobs": {"total": view.jobs, **dict(view.states)},
         "images": view.images_done,
-        "estimated_spend_usd": round(view.images_done * price, 4),
+        # money, counted from the API's side: every image of every task it reported
+        # successful, whether or not it reached the disk
+        "images_paid": view.images_paid,
+        "estimated_spend_usd": round(view.images_paid * price, 4),
         "price_per_image_usd": price,
         "failures": dict(view.failures),
-        "uncertain_submissions": {"this_run": run.uncertain, "all_runs": view.uncertain},
+        "uncertain_submissions": {
+            "this_run": run.uncertain,
+            "all_runs": view.uncertain,
+            "images_at_most": view.images_uncertain,
+        },
         "requests": dict(stats.requests),
         "throttled_429": stats.throttled,
         "retries": stats.retries,

@@ -252,7 +252,9 @@ class Poller:
             started,
             asyncio.get_running_loop().create_future(),
             sample,
-            deadline=started + self.timeout_s,
+            # polling.timeout is what THIS run waits, counted from now: a task left by an
+            # earlier run is polled again however old it is (it stays live in the ledger).
+            deadline=now + self.timeout_s,
             threshold=self.MIN_GAIN * random.uniform(1 - self.jitter, 1 + self.jitter),
             last_poll=started,
             job_id=job_id,

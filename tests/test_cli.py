@@ -63,7 +63,7 @@ def test_dry_run_text_names_the_mix_and_the_cap(manifest, capsys):
     assert "budget: max_images 6" in text
     assert "resolutions: 2K 2, 4K 2" in text
     assert "aspect ratios: 1:1 2, 16:9 2" in text
-    assert "ledger: 0 done, 0 failed, 4 pending (8 images, $0.32 at most)" in text
+    assert "ledger: 0 done, 0 failed, 0 lost, 4 pending (8 images, $0.32 at most)" in text
 
 
 async def test_dry_run_counts_done_failed_and_pending_from_the_ledger(sim, manifest, capsys):
@@ -155,8 +155,11 @@ async def test_without_a_terminal_a_run_ends_with_one_summary_line(sim, manifest
     assert code == 0
     assert "╭" not in err and "\x1b[" not in err, "no live panel on a pipe"
     last = err.strip().splitlines()[-1]
-    assert "finished with exit code 0: 5 done, 0 failed, 0 remaining of 5 jobs; 6 images" in last
-    assert "spent $0.24" in last and "report.html" in last
+    assert (
+        "finished with exit code 0: 5 done, 0 failed, 0 lost, 0 remaining of 5 jobs; "
+        "6 images on disk; paid 6 images, $0.24" in last
+    )
+    assert "report.html" in last
 
 
 async def test_quiet_prints_nothing_on_success(sim, manifest):
@@ -164,25 +167,26 @@ async def test_quiet_prints_nothing_on_success(sim, manifest):
     assert code == 0 and err == ""
 
 
-async def test_max_cost_caps_submissions_and_exit_4_says_what_remains(sim, manifest):
+async def test_max_cost_caps_submissions_and_exit_6_says_what_remains(sim, manifest):
     path = manifest(
         prompts(10),
         limits={"concurrency": 2},
         budget={"max_cost": 0.16, "price_per_image": 0.04},
     )
     code, err = await run_cli(path, sim.base_url)
-    assert code == 4
+    assert code == 6
     assert sim.stats.tasks_created == 4, "0.16 at 0.04 an image is exactly four images"
     assert len(image_files(out_dir(path))) == 4
-    assert "6 jobs remain" in err
-    assert "raise budget.max_images or budget.max_cost" in err
+    assert "6 jobs remain unsubmitted" in err
+    assert "until budget.max_images or budget.max_cost is raised" in err
+    assert "run the same command again" not in err, "running again changes nothing"
 
 
 async def test_max_cost_counts_whole_images_despite_float_rounding(sim, manifest):
     # 0.12 / 0.04 is 2.9999999999999996 in floating point: still three images.
     path = manifest(prompts(5), budget={"max_cost": 0.12, "price_per_image": 0.04})
     code, _ = await run_engine(path, sim.base_url)
-    assert code == 4 and sim.stats.tasks_created == 3
+    assert code == 6 and sim.stats.tasks_created == 3
 
 
 async def test_max_images_counts_each_jobs_worst_case(sim, manifest):
@@ -190,7 +194,7 @@ async def test_max_images_counts_each_jobs_worst_case(sim, manifest):
     jobs = [{"prompt": f"a set {i}", "max_images": 3} for i in range(4)]
     path = manifest(jobs, limits={"concurrency": 1}, budget={"max_images": 7})
     code, err = await run_cli(path, sim.base_url)
-    assert code == 4
+    assert code == 6
     assert sim.stats.tasks_created == 2
     assert "2 jobs remain" in err
 
