@@ -376,7 +376,10 @@ class Engine:
             return "download" if rec.urls else "submit"
         if rec.phase is Phase.FAILED:
             if self.options.retry_failed and rec.retryable:
-                return "retry"
+                # The last task succeeded and only its download failed: its images are
+                # paid for; fetch them again rather than pay twice.
+                billed = rec.task_id is not None and rec.billed_task == rec.task_id
+                return "download" if billed and rec.urls else "retry"
             self.counters.skipped_failed += 1
             return None
         if rec.phase is Phase.LIVE:

@@ -1,0 +1,156 @@
+"""Paid work: never lost, never paid twice in silence, every image counted.
+
+Each test walks one path a user walks (the CLI as a subprocess, against a simulator on
+loopback) and compares the runner's money figures with what the simulator billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import orjson
+from runs import image_files, out_dir, prompts, run_cli, start_cli, wait_until
+
+from runner.ledger import Phase, read_index
+from runner.sim import SimServer
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = orjson.loads((out_dir(path) / "summary.json").read_bytes())
+    return summary
+
+
+def _billed(sim: SimServer) -> int:
+    """Images the simulator billed: every task that has succeeded, times its images."""
+    return int(sim.stats.to_dict().get("images_billed", sim.stats.tasks_created))
+
+
+def _live_tasks(path: Path) -> list[str]:
+    index, _ = read_index(out_dir(path))
+    return [rec.task_id or "" for rec in index.values() if rec.phase is Phase.LIVE]
+
+
+async def test_tasks_of_an_old_run_are_polled_again_whatever_their_age(sim, manifest):
+    """polling.timeout is what one run waits: a later run polls the parked tasks again
+    (the cron rerun after a deadline), never submits them again."""
+    path = manifest(prompts(6), polling={"timeout": 0.5})
+    code, err = await run_cli(path, sim.base_url, "--deadline", "0.05", "--drain", "0")
+    assert code == 4, err
+    parked = _live_tasks(path)
+    assert parked, "the deadline parked tasks alive on the API"
+    await asyncio.sleep(0.6)  # the parked tasks are now older than polling.timeout
+    polls_before = sim.stats.count("status")
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    assert sim.stats.count("status") > polls_before, "the old tasks were polled"
+    assert set(sim.stats.submissions_per_prompt.values()) == {1}, "nothing paid twice"
+    assert len(image_files(out_dir(path))) == 6
+
+
+async def test_deadline_drains_tasks_already_paid_for(sim, manifest):
+    """--deadline stops submissions, then collects what was submitted (--drain) instead
+    of parking tasks that finish seconds later."""
+    path = manifest(prompts(30), limits={"concurrency": 4})
+    code, err = await run_cli(path, sim.base_url, "--deadline", "0.3")
+    assert code == 4, err
+    created = sim.stats.tasks_created
+    assert 0 < created < 30
+    assert not _live_tasks(path), "every task paid for was collected in the drain"
+    assert len(image_files(out_dir(path))) == created
+    assert _summary(path)["images_paid"] == _billed(sim) == created
+
+
+async def test_deadline_zero_submits_nothing_but_collects_paid_work(sim, manifest):
+    path = manifest(prompts(20), limits={"concurrency": 4})
+    code, err = await run_cli(path, sim.base_url, "--deadline", "0.05", "--drain", "0")
+    assert code == 4, err
+    created = sim.stats.tasks_created
+    assert _live_tasks(path) and created < 20
+    code, err = await run_cli(path, sim.base_url, "--deadline", "0")
+    assert code == 4, err
+    assert sim.stats.tasks_created == created, "--deadline 0 submitted nothing"
+    assert not _live_tasks(path), "the parked tasks were polled and collected"
+    assert len(image_files(out_dir(path))) == created
+
+
+async def test_a_first_signal_drains_paid_work_and_drain_zero_parks_it(sim, manifest):
+    path = manifest(prompts(40), limits={"concurrency": 6})
+    proc = await start_cli(path, sim.base_url)
+    await wait_until(lambda: sim.stats.tasks_created >= 6, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = await proc.communicate()
+    assert proc.returncode == 4, err.decode()
+    assert not _live_tasks(path), "the drain collected every task alive at the signal"
+    assert len(image_files(out_dir(path))) == sim.stats.tasks_created
+    proc = await start_cli(path, sim.base_url, "--drain", "0")
+    created = sim.stats.tasks_created
+    await wait_until(lambda: sim.stats.tasks_created >= created + 6, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = await proc.communicate()
+    assert proc.returncode == 4, err.decode()
+    assert _live_tasks(path), "--drain 0 parks what is alive for the next run"
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    assert set(sim.stats.submissions_per_prompt.values()) == {1}
+
+
+async def test_images_paid_but_not_downloaded_count_and_the_cap_holds(sim, manifest):
+    """Spend and budget.max_images count what the API billed, not what reached the disk;
+    --retry-failed downloads paid images again instead of paying again."""
+    sim.config.p_html = 1.0  # every download is an HTML error page
+    path = manifest(prompts(3), budget={"max_images": 3}, retry={"attempts": 2})
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 1, err
+    summary = _summary(path)
+    assert summary["images"] == 0 and summary["images_paid"] == _billed(sim) == 3
+    assert summary["estimated_spend_usd"] == round(3 * 0.04, 4)
+    assert "paid 3 images, $0.12" in err.strip().splitlines()[-1]
+    sim.config.p_html = 0.0
+    code, err = await run_cli(path, sim.base_url, "--retry-failed")
+    assert code == 0, err
+    assert sim.stats.tasks_created == 3, "the paid images were downloaded, not paid again"
+    assert len(image_files(out_dir(path))) == 3
+    # One more job: the cap counts the three images paid, so nothing is submitted.
+    more = manifest(prompts(4), budget={"max_images": 3}, retry={"attempts": 2})
+    code, err = await run_cli(more, sim.base_url)
+    assert code == 6, err
+    assert sim.stats.tasks_created == 3 and _billed(sim) == 3
+
+
+async def test_an_edited_job_is_priced_by_dry_run_and_its_first_version_stays_paid(sim, manifest):
+    jobs: list[dict[str, Any]] = [
+        {"id": "hero", "prompt": "a teapot"},
+        {"id": "side", "prompt": "a cup"},
+    ]
+    path = manifest(jobs)
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    jobs[0]["prompt"] = "a teapot at golden hour"
+    path = manifest(jobs)
+    code, out = await _dry_run(path)
+    assert code == 0
+    assert "changed since done: 1 jobs run again" in out and "hero" in out
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    summary = _summary(path)
+    assert sim.stats.tasks_created == 3
+    assert summary["images_paid"] == _billed(sim) == 3, "the first version stays paid"
+    assert summary["images"] == 2
+
+
+async def _dry_run(path: Path) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "python",
+        "-m",
+        "runner",
+        str(path),
+        "--dry-run",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
