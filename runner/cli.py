@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 log = logging.getLogger("runner")
+#: the closing line: shown even with --quiet (install_console keeps it at INFO)
+final_log = logging.getLogger("runner.final")
 
 #: without a terminal, one progress line this often (a cron log stays readable)
 PROGRESS_LINE_EVERY_S = 30.0
@@ -275,13 +278,13 @@ def _finished(campaign: Campaign, code: int) -> None:
     try:
         summary = orjson.loads((out / "summary.json").read_bytes())
     except (OSError, orjson.JSONDecodeError):
-        log.info("finished with exit code %d", code)
+        final_log.info("finished with exit code %d", code)
         return
     jobs, run = summary.get("jobs", {}), summary.get("run", {})
     api = sum(n for kind, n in summary.get("requests", {}).items() if kind != "file")
     remaining = run.get("remaining", 0)
     uncertain = summary.get("uncertain_submissions", {})
-    log.info(
+    final_log.info(
         "finished with exit code %d: %d done, %d failed, %d lost, %d remaining of %d jobs; "
         "%d images on disk; paid %d images, $%.2f; %d uncertain submissions this run; "
         "%d API requests, %d answered 429; %.1f s; summary.json, %s in %s",
@@ -345,6 +348,43 @@ def _disk_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return found if isinstance(found, OSError) else group
 
 
+def _work_needs_the_api(campaign: Campaign) -> bool:
+    """Some job is not at an end in the ledger: a run must submit or poll (so it needs
+    the key). A finished campaign runs without one: it checks the files and sends nothing."""
+    index, _ = _index(campaign)
+    states = ledger_view(campaign, index).states
+    return any(n for state, n in states.items() if state not in ("done", "failed", "lost"))
+
+
+#: errors that running again fixes once space is freed: exit 4
+_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _os_error(exc: OSError) -> int:
+    """A system error as the operator's words and exit code: a full disk is exit 4 (free
+    space, run again: the ledger holds everything done so far); a port in use or an
+    output folder that cannot be written is exit 2 (the configuration must change)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _SPACE_ERRNOS:
+        log.error("cannot write the output%s: %s; free some space and run again", where, reason)
+        return 4
+    if exc.errno == errno.EADDRINUSE:
+        log.error(
+            "cannot listen for webhooks: %s; another program holds the address of "
+            "api.callback.listen: stop it or choose another port, then run again",
+            reason,
+        )
+        return 2
+    log.error(
+        "cannot write the output%s: %s; make the folder writable by this user or set "
+        "output.dir in the manifest to one that is, then run again",
+        where,
+        reason,
+    )
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     install_console(args.log_format, args.quiet, not args.no_progress, sys.stderr)
@@ -370,10 +410,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         key = ""
         if not campaign.api.embedded:
             key = os.environ.get(campaign.api.key_env, "").strip()
-            if not key:
+            if not key and _work_needs_the_api(campaign):
                 raise ManifestError(
-                    f"no API key: set the environment variable {campaign.api.key_env} "
-                    "(or api.key_env to the name of another), or use --base-url embedded",
+                    f"no API key, and there is paid work to do: set the environment "
+                    f"variable {campaign.api.key_env} (or api.key_env to the name of "
+                    "another; under cron, in an env file only you can read), or use "
+                    "--base-url embedded",
                     "environment",
                 )
         from .engine import Engine, RunOptions  # aiohttp and the rest: only to run
@@ -397,14 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return exc.exit_code
     except OSError as exc:
-        # Disk full, permissions: the ledger holds everything done so far.
-        where = f" ({exc.filename})" if exc.filename else ""
-        log.error(
-            "cannot write the output%s: %s; free the space and run again",
-            where,
-            exc.strerror or exc,
-        )
-        return 4
+        return _os_error(exc)
     _finished(campaign, code)
     return code
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,8 @@ class Engine:
         self._downloader: Downloader
         self._receiver: CallbackReceiver | None = None
         self._poller: Poller | None = None
+        self._failures: Counter[str] = Counter()  # this run's, by code
+        self._retryable_failures = 0
 
     # -- public --------------------------------------------------------------------------
 
@@ -109,11 +112,14 @@ class Engine:
         lock.acquire()
         try:
             self.ledger.open()
-            if self.ledger.report.torn_tail or self.ledger.report.corrupt:
+            report = self.ledger.report
+            if report.torn_tail:
+                log.info("ledger: the last line was cut short by a kill; it is ignored")
+            if report.corrupt:
                 log.warning(
-                    "ledger: ignored a torn last line=%s, %d unreadable lines",
-                    self.ledger.report.torn_tail,
-                    self.ledger.report.corrupt,
+                    "ledger: %d unreadable lines skipped (not written by runner, or the "
+                    "disk damaged them); the jobs they described may run again",
+                    report.corrupt,
                 )
             async with self._api() as client:
                 self._client = client
@@ -139,6 +145,7 @@ class Engine:
                 await self._run_jobs(client)
             view = ledger_view(self.campaign, self.ledger.state)
             code = self._exit_code(view)
+            self._report_failures()
             if self.counters.remaining and code == 4:
                 log.warning(
                     "%d jobs remain (%s); run the same command again to continue",
@@ -292,6 +299,7 @@ class Engine:
             live=self.slots.used,
             images_billed=self.budget.spent,
             stats=stats,
+            first_poll_in_s=self._poller.first_poll_in() if self._poller else None,
         )
 
     # -- feeding jobs --------------------------------------------------------------------
@@ -519,15 +527,37 @@ class Engine:
     def _fail(self, job: Job, code: str, message: str, retryable: bool) -> None:
         self.ledger.append("failed", job.id, code=code, msg=message[:500], retryable=retryable)
         self.counters.failed += 1
-        log.warning("job %s failed: %s %s", job.id, code, message)
+        self._failures[code] += 1
+        if self._failures[code] == 1:  # one line a code; the rest are counted
+            log.warning(
+                "job %s failed: %s %s (further %s failures are counted, not listed)",
+                job.id,
+                code,
+                message,
+                code,
+            )
+        if retryable:
+            self._retryable_failures += 1
+
+    def _report_failures(self) -> None:
+        """The run's failures, one line a code, and what to do about the retryable."""
+        for code, n in self._failures.most_common():
+            log.warning("%d job%s failed with %s this run", n, "s" if n != 1 else "", code)
+        if self._retryable_failures:
+            log.warning(
+                "%d of them may succeed if tried again: run the same command with "
+                "--retry-failed (--status lists failures by code)",
+                self._retryable_failures,
+            )
 
     # -- the end -------------------------------------------------------------------------
 
     def _exit_code(self, view: LedgerView) -> int:
+        ended = sum(view.states.get(state, 0) for state in ("done", "failed", "lost"))
+        self.counters.remaining = view.jobs - ended
         if self.fatal is not None:
             return 3
-        failed = view.states.get("failed", 0)
-        self.counters.remaining = view.jobs - view.states.get("done", 0) - failed
+        failed = view.states.get("failed", 0) + view.states.get("lost", 0)
         if self.counters.remaining:
             stopped = self.stop_reason is not None or self.counters.timed_out
             return 6 if self.counters.budget_stopped and not stopped else 4

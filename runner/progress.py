@@ -74,6 +74,9 @@ class Snapshot:
     price_per_image: float
     max_cost: float | None = None
     max_images: int | None = None
+    #: seconds until the soonest poll is due: what the run waits for before anything
+    #: can finish
+    first_poll_in_s: float | None = None
 
     @property
     def queued(self) -> int:
@@ -90,6 +93,7 @@ class Snapshot:
         live: int,
         images_billed: int,
         stats: ClientStats | None,
+        first_poll_in_s: float | None = None,
     ) -> Snapshot:
         requests = throttled = 0
         if stats is not None:
@@ -114,6 +118,7 @@ class Snapshot:
             price_per_image=b.price_per_image,
             max_cost=b.max_cost,
             max_images=b.max_images,
+            first_poll_in_s=first_poll_in_s,
         )
 
 
@@ -160,10 +165,21 @@ class ProgressView:
         return (
             f"progress: {s.done + s.failed}/{s.jobs} jobs (queued {s.queued}, live {s.live}, "
             f"downloading {s.downloading}, done {s.done}, failed {s.failed}); "
-            f"{s.images} images; {self.requests_per_s:.1f} req/s of {self.limit_per_s:.1f}; "
-            f"{s.throttled} 429s; spent {_money(self.spend, s.max_cost)}; "
-            f"ETA {_eta(self.eta_s)}"
+            f"{s.images} images downloaded this run; "
+            f"{self.requests_per_s:.1f} req/s of {self.limit_per_s:.1f}; "
+            f"{s.throttled} 429s; paid {s.images_billed} images, "
+            f"{_money(self.spend, s.max_cost)}; ETA {self.eta_text}"
         )
+
+    @property
+    def eta_text(self) -> str:
+        """The ETA, or before anything has finished what the run is waiting for."""
+        if self.eta_s is not None:
+            return _hms(self.eta_s)
+        wait = self.snap.first_poll_in_s
+        if wait is not None and self.snap.live:
+            return f"unknown yet (first poll in {wait:.0f} s)"
+        return "unknown yet"
 
 
 def _hms(seconds: float) -> str:
@@ -171,10 +187,6 @@ def _hms(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _eta(eta_s: float | None) -> str:
-    return "unknown yet" if eta_s is None else _hms(eta_s)
 
 
 def _money(spend: float, cap: float | None) -> str:
@@ -192,7 +204,7 @@ def render(view: ProgressView) -> RenderableType:
         ProgressBar(total=max(1, s.jobs), completed=ended),
         Text(
             f"{ended}/{s.jobs} jobs  {100 * ended / max(1, s.jobs):.0f}%  "
-            f"ETA {_eta(view.eta_s)}  elapsed {_hms(view.elapsed_s)}"
+            f"ETA {view.eta_text}  elapsed {_hms(view.elapsed_s)}"
         ),
     )
     states = Text.assemble(
@@ -377,4 +389,6 @@ def install_console(fmt: str, quiet: bool, progress: bool, stream: TextIO) -> Co
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if quiet else logging.INFO)
     root.propagate = False
+    # The closing line says how the run ended: a cron log needs it even with --quiet.
+    logging.getLogger("runner.final").setLevel(logging.INFO)
     return handler

@@ -230,6 +230,12 @@ class Poller:
     def live(self) -> int:
         return len(self._watches)
 
+    def first_poll_in(self) -> float | None:
+        """Seconds until the soonest poll is due (None when nothing is watched)."""
+        if not self._watches:
+            return None
+        return max(0.0, min(w.next_at for w in self._watches.values()) - time.monotonic())
+
     def watch(
         self,
         task_id: str,

@@ -162,9 +162,29 @@ async def test_without_a_terminal_a_run_ends_with_one_summary_line(sim, manifest
     assert "report.html" in last
 
 
-async def test_quiet_prints_nothing_on_success(sim, manifest):
+async def test_quiet_prints_only_the_closing_line(sim, manifest):
     code, err = await run_cli(manifest(prompts(2)), sim.base_url, "--quiet")
-    assert code == 0 and err == ""
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "finished with exit code 0: 2 done" in lines[0]
+
+
+async def test_quiet_on_a_run_with_failures_still_says_how_it_ended(sim, manifest):
+    jobs = [{"prompt": f"bad {i} [fail:CONTENT_VIOLATION]"} for i in range(5)]
+    code, err = await run_cli(manifest(jobs), sim.base_url, "--quiet")
+    assert code == 1
+    assert "finished with exit code 1: 0 done, 5 failed" in err.strip().splitlines()[-1]
+
+
+async def test_failures_are_one_line_a_code_with_the_retry_hint(sim, manifest):
+    sim.config.p_html = 1.0  # downloads fail: retryable
+    jobs = [{"prompt": f"bad {i} [fail:CONTENT_VIOLATION]"} for i in range(6)]
+    jobs += prompts(4)
+    code, err = await run_cli(manifest(jobs, retry={"attempts": 1}), sim.base_url)
+    assert code == 1
+    assert err.count("failed: CONTENT_VIOLATION") == 1, "one line, not one per job"
+    assert "6 jobs failed with CONTENT_VIOLATION this run" in err
+    assert "4 of them may succeed if tried again" in err and "--retry-failed" in err
 
 
 async def test_max_cost_caps_submissions_and_exit_6_says_what_remains(sim, manifest):

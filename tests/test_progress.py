@@ -127,7 +127,17 @@ def test_one_line_shows_the_same_numbers():
     line = view.line()
     assert "\n" not in line
     assert line.startswith("progress: 23/100 jobs (queued 65, live 10, downloading 2")
-    assert "25 images" in line and "1 429s" in line and "spent $1.00 of $10.00" in line
+    assert "25 images downloaded this run" in line and "1 429s" in line
+    assert "paid 25 images, $1.00 of $10.00" in line
+
+
+def test_before_anything_finishes_the_eta_says_when_the_first_poll_is_due():
+    import dataclasses
+
+    waiting = dataclasses.replace(BASE, done=0, failed=0, finished=0, first_poll_in_s=17.6)
+    view = ProgressReporter(lambda: waiting, 10.0, console=None).observe(waiting)
+    assert view.eta_s is None
+    assert "ETA unknown yet (first poll in 18 s)" in view.line()
 
 
 def test_the_panel_is_drawn_only_on_a_terminal_in_text_format_when_wanted(runner_logger):
