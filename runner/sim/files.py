@@ -22,7 +22,6 @@ import random
 from aiohttp import web
 
 from runner.sim.config import SimConfig
-from runner.sim.images import render_png
 from runner.sim.stats import SimStats
 from runner.sim.tasks import Task
 
@@ -64,7 +63,7 @@ async def serve_file(
     stats: SimStats,
 ) -> web.StreamResponse:
     """Answer a GET or HEAD for image ``index`` of ``task``; see the module docstring."""
-    data = render_png(task.task_id, index, task.image_bytes)
+    data = task.png(index)
     total = len(data)
     headers = {"Content-Type": "image/png", "Accept-Ranges": "bytes"}
     wanted = parse_range(request.headers.get("Range"), total)
