@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import math
 import random
 import socket
 import struct
@@ -47,19 +46,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from runner.sim.billing import Billing
+from runner.sim.books import Books
 from runner.sim.callbacks import CallbackSender
 from runner.sim.config import HOSTILE_MODES, SimConfig
-from runner.sim.files import serve_file
+from runner.sim.files import find_file, serve_file
 from runner.sim.hostile import malformed_status, unreadable_status
-from runner.sim.limits import Limits
-from runner.sim.stats import SimStats
-from runner.sim.store import StateFile, billed_at_submission, key_fingerprint, task_record
+from runner.sim.store import key_fingerprint
 from runner.sim.tasks import (
     FAILED,
     LENIENT_MODELS,
-    PENDING,
-    PROCESSING,
     STRICT_MODEL,
     SUCCESS,
     InvalidRequest,
@@ -114,19 +109,12 @@ class SimServer:
         self.host = host
         self.port = port
         self.state_dir = Path(state_dir) if state_dir is not None else None
-        self.tasks: dict[str, Task] = {}
-        self._billing = Billing()
-        self.stats = SimStats(
-            _live_fn=lambda: self._limits.total_live(time.time() * 1000),
-            _billed_fn=lambda: self._billing.billed(time.time() * 1000),
-        )
-        self._limits = Limits()
+        self._books = Books(lambda: self.config)
+        self.stats = self._books.stats
+        self.tasks = self._books.tasks
+        self._limits = self._books.limits
         self._rng = random.Random(self.config.seed)
         self._signer = UrlSigner()
-        self._state: StateFile | None = None
-        # When the foreign_live slots were taken: restarted whenever either knob changes.
-        self._foreign: tuple[int, float] = (self.config.foreign_live, self.config.foreign_hold_s)
-        self._foreign_since_ms = time.time() * 1000
         self._callbacks = CallbackSender(
             lambda: self.config, self.stats, self._rng, self._callback_body
         )
@@ -145,8 +133,11 @@ class SimServer:
 
     async def start(self) -> SimServer:
         if self.state_dir is not None:
-            self._load()
-        self._foreign_since_ms = time.time() * 1000
+            secret = self._books.open(self.state_dir, self._signer.secret)
+            self._signer = UrlSigner(secret)
+            for task in self.tasks.values():
+                task.url_signer = self.result_urls
+        self._foreign_live(time.time() * 1000)  # the foreign_live hold begins now
         app = web.Application(middlewares=[self._envelope_errors])
         app.router.add_post(API_PREFIX + "/generateTask/{model}", self._generate)
         app.router.add_get(API_PREFIX + "/statusTask/{model}", self._status)
@@ -173,24 +164,7 @@ class SimServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._state is not None:
-            self._state.close()
-            self._state = None
-
-    def _load(self) -> None:
-        """Open the state folder and take over what its previous servers recorded."""
-        assert self.state_dir is not None
-        self._state, saved = StateFile.open(self.state_dir)
-        if saved.secret is None:
-            self._state.append({"kind": "secret", "secret": self._signer.secret.hex()})
-        else:
-            self._signer = UrlSigner(saved.secret)
-        if saved.credits is not None:
-            self.config.credits = saved.credits
-        for task in saved.tasks:
-            self._book(task)
-            self.stats.credits_spent += billed_at_submission(task)
-        self.stats.peak_live = max(self.stats.peak_live, self.stats.live)
+        self._books.close()
 
     async def __aenter__(self) -> SimServer:
         return await self.start()
@@ -378,40 +352,16 @@ class SimServer:
         return bool(p) and self._rng.random() < p
 
     def _record(self, task: Task) -> None:
-        """Create a new task: state folder first, then balance, books, webhook."""
-        cfg = self.config
-        billed = billed_at_submission(task)
-        credits = None if cfg.credits is None else cfg.credits - billed
-        if self._state is not None:
-            # Before any answer: a kill -9 right after it must not lose the task.
-            self._state.append(task_record(task, credits))
-        cfg.credits = credits
-        self.stats.credits_spent += billed
-        self._book(task)
-        self.stats.peak_live = max(self.stats.peak_live, self.stats.live)
+        """Create a new task: books (and state folder) first, then its webhook."""
+        task.url_signer = self.result_urls
+        self._books.create(task)
         if task.submission.request_type == "callback" and not task.stuck:
             self._callbacks.schedule(task)
-
-    def _book(self, task: Task) -> None:
-        """Enter a task, new or loaded, in the records, live limit, billing and counters."""
-        task.url_signer = self.result_urls
-        self.tasks[task.task_id] = task
-        if task.stuck or task.complete_ms > time.time() * 1000:
-            self._limits.add(task.key, math.inf if task.stuck else task.complete_ms)
-        self._billing.add(task)
-        self.stats.tasks_created += 1
-        self.stats.submissions_per_prompt[task.submission.prompt] += 1
 
     def _foreign_live(self, now_ms: float) -> int:
         """Live slots of every key held by another client right now (``foreign_live``)."""
         cfg = self.config
-        if (cfg.foreign_live, cfg.foreign_hold_s) != self._foreign:
-            self._foreign = (cfg.foreign_live, cfg.foreign_hold_s)
-            self._foreign_since_ms = now_ms
-        held_ms = cfg.scaled(cfg.foreign_hold_s) * 1000
-        if cfg.foreign_hold_s and now_ms >= self._foreign_since_ms + held_ms:
-            return 0
-        return cfg.foreign_live
+        return self._limits.foreign(now_ms, cfg.foreign_live, cfg.scaled(cfg.foreign_hold_s) * 1000)
 
     def _request_origin(self, request: web.Request) -> str:
         # Result URLs point where the client reached us, so they work across machines too.
@@ -432,7 +382,7 @@ class SimServer:
             msg = f"task {task_id!r} not found for model {model!r}"
             return self._answer("status", 404, {"error": "taskId"}, msg)
         now_ms = time.time() * 1000
-        if self._gone(task, now_ms):
+        if task.gone_at(now_ms, self._retention_ms()):
             msg = (
                 f"task {task_id!r} not found: results are kept "
                 f"{self.config.retention_s:g} s after completion"
@@ -453,11 +403,8 @@ class SimServer:
             return malformed_status(mode, data, origin)
         return self._answer("status", 200, data)
 
-    def _gone(self, task: Task, now_ms: float) -> bool:
-        """Whether the task finished more than ``retention_s`` ago and is forgotten."""
-        if task.state_at(now_ms) in (PENDING, PROCESSING):
-            return False
-        return now_ms >= task.complete_ms + self.config.scaled(self.config.retention_s) * 1000
+    def _retention_ms(self) -> float:
+        return self.config.scaled(self.config.retention_s) * 1000
 
     def _status_data(self, task: Task, state: str, origin: str) -> dict[str, Any]:
         urls = self.result_urls(task, origin) if state == SUCCESS else []
@@ -482,39 +429,16 @@ class SimServer:
         where = origin or task.origin or self.origin
         return self._signer.issue(where, task.task_id, task.n_images, exp_ms)
 
-    def _file_task(self, request: web.Request) -> tuple[Task, int] | int:
-        """The task and image index a file URL names, or the status to answer instead:
-        404 for an unknown or forged URL or an unfinished task, 410 for an expired URL or
-        a task that is gone."""
-        task = self.tasks.get(request.match_info["task_id"])
-        index_text, dot, ext = request.match_info["name"].partition(".")
-        if task is None or ext != "png" or not dot or not index_text.isdigit():
-            return 404
-        index = int(index_text)
-        exp_ms = self._signer.verify(
-            task.task_id, index, request.query.get("exp", ""), request.query.get("sig", "")
-        )
-        if exp_ms is None:
-            return 404
-        now_ms = time.time() * 1000
-        if self._gone(task, now_ms) or now_ms >= exp_ms:
-            return 410
-        if task.state_at(now_ms) != SUCCESS or index >= task.n_images:
-            return 404
-        return task, index
-
     async def _file(self, request: web.Request) -> web.StreamResponse:
-        found = self._file_task(request)
-        if found == 404:
-            self.stats.requests["file", 404] += 1
-            return web.Response(status=404, text="not found\n")
+        found = find_file(request, self.tasks, self._signer, self._retention_ms())
+        if isinstance(found, tuple):
+            task, index = found
+            return await serve_file(request, task, index, self.config, self._rng, self.stats)
+        self.stats.requests["file", found] += 1
         if found == 410:
-            self.stats.requests["file", 410] += 1
             text = "gone: the URL expired (ask for the task's status again) or the task is gone\n"
             return web.Response(status=410, text=text)
-        assert isinstance(found, tuple)
-        task, index = found
-        return await serve_file(request, task, index, self.config, self._rng, self.stats)
+        return web.Response(status=404, text="not found\n")
 
     # -- control -----------------------------------------------------------------------
 
@@ -540,8 +464,8 @@ class SimServer:
         if "seed" in changes:
             self._rng.seed(self.config.seed)
         self._foreign_live(time.time() * 1000)  # a change of foreign_* starts its hold now
-        if "credits" in changes and self._state is not None:
-            self._state.append({"kind": "credits", "credits": self.config.credits})
+        if "credits" in changes:
+            self._books.note_credits()
         return web.json_response(self.config.to_dict())
 
     async def _get_task(self, request: web.Request) -> web.Response:

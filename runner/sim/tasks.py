@@ -172,6 +172,12 @@ class Task:
             self._sha256 = [sha256_hex(self.png(i)) for i in range(count)]
         return self._sha256
 
+    def gone_at(self, now_ms: float, retention_ms: float) -> bool:
+        """Whether it finished ``retention_ms`` or more before ``now_ms``: forgotten then."""
+        if self.state_at(now_ms) in (PENDING, PROCESSING):
+            return False
+        return now_ms >= self.complete_ms + retention_ms
+
     def state_at(self, now_ms: float) -> str:
         if now_ms < self.processing_ms:
             return PENDING
