@@ -8,6 +8,7 @@ scale so a 2K generation takes 25-35 ms. Their fixtures live in conftest.py: ``f
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -80,6 +81,27 @@ async def wait_terminal(
             return data
         await asyncio.sleep(0.005)
     raise AssertionError(f"task {task_id} did not finish within {limit_s} s")
+
+
+def url_paths(urls: list[str]) -> list[str]:
+    """The URLs without their query (``exp``, ``sig``): what a fresh hand-out keeps."""
+    return [u.partition("?")[0] for u in urls]
+
+
+def unsigned(envelope: dict[str, Any]) -> dict[str, Any]:
+    """A status envelope with its result URLs cut to :func:`url_paths`, for comparing two
+    answers handed out at different moments (each issues URLs valid from then)."""
+    data = dict(envelope["data"])
+    if isinstance(data.get("resultJson"), str):
+        urls = json.loads(data["resultJson"])["resultUrls"]
+        data["resultJson"] = json.dumps({"resultUrls": url_paths(urls)})
+    return {**envelope, "data": data}
+
+
+def url_exp_ms(url: str) -> int:
+    """The ``exp`` of a signed result URL: Unix milliseconds."""
+    query = url.partition("?")[2]
+    return int(dict(p.split("=", 1) for p in query.split("&"))["exp"])
 
 
 async def until(predicate: Any, limit_s: float = 5.0) -> None:

@@ -35,6 +35,7 @@ def test_options_map_onto_config_fields() -> None:
         "--gen-2k", "2", "3",
         "--gen-4k", "4", "5",
         "--url-ttl=60",
+        "--retention=120",
         "--image-bytes=4096",
         "--retry-after=0.5",
         "--no-send-retry-after",
@@ -42,6 +43,7 @@ def test_options_map_onto_config_fields() -> None:
         "--p-5xx=0.2",
         "--p-reset=0.01",
         "--p-reset-after=0.02",
+        "--p-5xx-after-create=0.021",
         "--p-slow=0.03",
         "--slow=2",
         "--p-truncate=0.04",
@@ -51,8 +53,11 @@ def test_options_map_onto_config_fields() -> None:
         "--p-oversize=0.013",
         "--p-hostile=0.014",
         "--hostile=not_json",
+        "--bad-status-first=2",
         "--p-fail=0.06",
         "--p-stuck=0.07",
+        "--foreign-live=3",
+        "--foreign-hold=9",
         "--credits=100",
         "--callback-timeout=10",
         "--callback-retry-delays", "1", "2",
@@ -65,6 +70,8 @@ def test_options_map_onto_config_fields() -> None:
     cfg = SimConfig(**args)
     assert cfg.pending_s == (0.0, 1.0) and cfg.callback_retry_delays_s == (1.0, 2.0)
     assert cfg.send_retry_after is False and cfg.credits == 100 and cfg.p_cb_drop == 0.09
+    assert (cfg.retention_s, cfg.p_5xx_after_create, cfg.bad_status_first) == (120.0, 0.021, 2)
+    assert (cfg.foreign_live, cfg.foreign_hold_s) == (3, 9.0)
     assert len(args) == len(fields(SimConfig))  # every field was set from the command line
 
 

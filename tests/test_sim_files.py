@@ -6,15 +6,25 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import time
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
-from simfixtures import body, fast_config, submit, wait_terminal
+from simfixtures import (
+    body,
+    fast_config,
+    get_status,
+    submit,
+    until,
+    url_exp_ms,
+    url_paths,
+    wait_terminal,
+)
 
-from runner.sim import SimServer, render_png
+from runner.sim import SimServer, image_shape, render_png
 
 
 def decode_png(data: bytes) -> tuple[int, int, bytes]:
@@ -48,6 +58,22 @@ def test_render_png_is_a_valid_png_of_the_requested_size() -> None:
         assert len(data) == size
         width, height, _ = decode_png(data)
         assert width > 0 and height > 0
+    data = render_png("task_abc", 0, 40_000, 105, 45)
+    assert len(data) == 40_000 and decode_png(data)[:2] == (105, 45)
+
+
+ASPECT_RATIOS = ("1:1", "2:3", "3:2", "4:3", "3:4", "9:16", "16:9", "21:9")
+
+
+def test_image_shape_is_the_exact_ratio_and_twice_as_large_at_4k() -> None:
+    assert image_shape("1:1", "2K") == (64, 64)
+    assert image_shape(None, "2K") == image_shape("5:4", "2K") == (64, 64)  # square
+    for ratio in ASPECT_RATIOS:
+        a, b = map(int, ratio.split(":"))
+        w, h = image_shape(ratio, "2K")
+        assert w * b == h * a, ratio
+        assert 3000 <= w * h <= 5000, ratio  # about 64 x 64 pixels of area
+        assert image_shape(ratio, "4K") == (2 * w, 2 * h)
 
 
 def test_render_png_is_deterministic_and_differs_per_image() -> None:
@@ -171,16 +197,66 @@ async def test_head_gives_headers_only_and_is_not_an_image_served(
     assert fast_sim.stats.images_served == 0
 
 
-async def test_url_expires_after_the_ttl(fast_sim: SimServer, http: aiohttp.ClientSession) -> None:
-    _, urls = await finished_urls(http, fast_sim, 1)
+async def test_url_lifetime_counts_from_each_answer_so_polling_again_refreshes_it(
+    fast_sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    fast_sim.config.url_ttl_s = 0  # every URL handed out from now on is already expired
+    task_id, urls = await finished_urls(http, fast_sim, 1)
     async with http.get(urls[0]) as r:
-        assert r.status == 200
-    fast_sim.config.url_ttl_s = 0  # expire everything that completed before now
-    async with http.get(urls[0]) as r:
-        assert r.status == 404
+        assert r.status == 410
     fast_sim.config.url_ttl_s = 86400
     async with http.get(urls[0]) as r:
+        assert r.status == 410  # a URL keeps the expiry it was handed out with
+    _, envelope = await get_status(http, fast_sim, task_id)
+    fresh = json.loads(envelope["data"]["resultJson"])["resultUrls"]
+    assert url_paths(fresh) == url_paths(urls) and fresh != urls
+    async with http.get(fresh[0]) as r:
         assert r.status == 200
+        assert hashlib.sha256(await r.read()).hexdigest() == fast_sim.tasks[task_id].sha256[0]
+    assert fast_sim.stats.count("file", 410) == 2
+
+
+async def test_url_expires_url_ttl_after_it_was_handed_out(
+    fast_sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    fast_sim.config.url_ttl_s = 100.0  # 100 ms at time scale 0.001
+    task_id = await submit(http, fast_sim, body())
+    await until(lambda: fast_sim.tasks[task_id].state == "success")
+    before_ms = time.time() * 1000
+    _, envelope = await get_status(http, fast_sim, task_id)
+    after_ms = time.time() * 1000
+    (url,) = json.loads(envelope["data"]["resultJson"])["resultUrls"]
+    assert before_ms + 100 - 1 <= url_exp_ms(url) <= after_ms + 100
+    await until(lambda: time.time() * 1000 > url_exp_ms(url))
+    async with http.get(url) as r:
+        assert r.status == 410
+
+
+async def test_finished_task_is_gone_after_retention_status_404_urls_410(
+    fast_sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    task_id, urls = await finished_urls(http, fast_sim, 2)
+    async with http.get(urls[1]) as r:
+        assert r.status == 200
+    fast_sim.config.retention_s = 0  # everything finished before now is gone
+    status, envelope = await get_status(http, fast_sim, task_id)
+    assert status == 404 and envelope["code"] == 404
+    assert envelope["data"]["error"] == "taskId"
+    for url in urls:
+        async with http.get(url) as r:
+            assert r.status == 410
+    async with http.get(urls[0][:-4] + "0000") as r:
+        assert r.status == 404  # a forged URL stays unknown, gone task or not
+    async with http.get(f"{fast_sim.origin}/files/task_unknown/0.png?exp=1&sig=0") as r:
+        assert r.status == 404
+    assert fast_sim.stats.images_billed == 2  # a task that is gone was still paid for
+
+
+async def test_unfinished_task_is_never_gone(http: aiohttp.ClientSession) -> None:
+    async with SimServer(fast_config(gen_2k_s=(1e6, 1e6), retention_s=0)) as sim:
+        task_id = await submit(http, sim, body())
+        status, envelope = await get_status(http, sim, task_id)
+        assert status == 200 and envelope["data"]["state"] in ("pending", "processing")
 
 
 async def test_tampered_or_unknown_urls_answer_404(
@@ -243,6 +319,29 @@ async def test_api_faults_do_not_touch_downloads(
     async with http.get(urls[0]) as r:
         assert r.status == 200
         assert len(await r.read()) == fast_sim.config.image_bytes
+
+
+@pytest.mark.parametrize("ratio", [*ASPECT_RATIOS, None])
+async def test_downloads_have_the_requested_shape_and_4k_is_four_times_the_bytes(
+    fast_sim: SimServer, http: aiohttp.ClientSession, ratio: str | None
+) -> None:
+    shapes = {}
+    for resolution in ("2K", "4K"):
+        fields = {"resolution": resolution, "max_images": 2}
+        if ratio is not None:
+            fields["aspect_ratio"] = ratio
+        task_id = await submit(http, fast_sim, body(**fields))
+        data = await wait_terminal(http, fast_sim, task_id)
+        for i, url in enumerate(json.loads(data["resultJson"])["resultUrls"]):
+            async with http.get(url) as r:
+                png = await r.read()
+            assert hashlib.sha256(png).hexdigest() == fast_sim.tasks[task_id].sha256[i]
+            factor = 4 if resolution == "4K" else 1
+            assert len(png) == factor * fast_sim.config.image_bytes
+            shapes[resolution] = decode_png(png)[:2]
+    a, b = map(int, (ratio or "1:1").split(":"))
+    (w, h), big = shapes["2K"], shapes["4K"]
+    assert w * b == h * a and big == (2 * w, 2 * h)
 
 
 async def test_image_bytes_knob_sets_the_file_size(http: aiohttp.ClientSession) -> None:

@@ -4,6 +4,7 @@ endpoints."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import aiohttp
@@ -294,7 +295,7 @@ def test_defaults_are_the_documented_limits_and_timings() -> None:
     cfg = SimConfig()
     assert (cfg.rate, cfg.rate_period_s, cfg.concurrency) == (10_000, 60.0, 1000)
     assert (cfg.gen_2k_s, cfg.gen_4k_s) == ((25.0, 35.0), (40.0, 55.0))
-    assert cfg.url_ttl_s == 24 * 3600
+    assert cfg.url_ttl_s == cfg.retention_s == 15 * 24 * 3600  # the Seedream 4.5 page's figure
     assert cfg.time_scale == 1.0 and cfg.api_key is None
     assert cfg.p_429 == cfg.p_5xx == cfg.p_reset == cfg.p_fail == 0.0
 
@@ -306,3 +307,87 @@ async def test_stop_does_not_wait_for_a_slow_answer(http: aiohttp.ClientSession)
     await asyncio.wait_for(sim.stop(), 10)  # far less than the 60 s the answer would take
     with pytest.raises(aiohttp.ClientConnectionError):
         await pending
+
+
+async def test_p_5xx_after_create_bills_the_task_then_answers_5xx(
+    fast_sim: SimServer, http: aiohttp.ClientSession
+) -> None:
+    fast_sim.config.p_5xx_after_create = 1.0
+    seen = set()
+    for _ in range(12):
+        status, envelope = await post(http, fast_sim, body(prompt="answer lost", max_images=2))
+        assert envelope["code"] == status and envelope["data"] == {}
+        assert "taskId" not in envelope["data"]
+        seen.add(status)
+    assert seen <= {500, 502, 503, 504} and len(seen) > 1
+    assert fast_sim.stats.tasks_created == 12
+    assert fast_sim.stats.submissions_per_prompt["answer lost"] == 12
+    assert fast_sim.stats.credits_spent == 24
+    assert fast_sim.stats.faults["5xx_after_create"] == 12
+    await until(lambda: fast_sim.stats.images_billed == 24)  # the tasks run and are billed
+
+
+async def test_bad_status_first_gives_each_task_n_unreadable_answers_then_good_ones(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with SimServer(fast_config(bad_status_first=3)) as sim:
+        first, second = await submit(http, sim, body()), await submit(http, sim, body())
+        url = f"{sim.base_url}/statusTask/{MODEL}"
+        for task_id in (first, second):
+            answers = []
+            for _ in range(5):
+                async with http.get(url, params={"taskId": task_id}) as r:
+                    assert r.status == 200
+                    answers.append(await r.read())
+            with pytest.raises(ValueError):
+                json.loads(answers[0])  # not JSON at all
+            assert "data" not in json.loads(answers[1])  # an envelope without data
+            with pytest.raises(ValueError):
+                json.loads(answers[2])
+            for good in answers[3:]:
+                assert json.loads(good)["data"]["taskId"] == task_id
+        assert sim.stats.faults["bad_status"] == 6
+        assert (await get_status(http, sim, "task_unknown"))[0] == 404  # not a task's answer
+        assert sim.stats.faults["bad_status"] == 6
+
+
+async def test_foreign_live_slots_give_429_below_the_own_limit_until_released(
+    http: aiohttp.ClientSession,
+) -> None:
+    # foreign_hold_s 300 = 0.3 s at time scale 0.001; generation never ends on its own.
+    cfg = fast_config(concurrency=3, foreign_live=2, foreign_hold_s=300, gen_2k_s=(1e6, 1e6))
+    async with SimServer(cfg) as sim:
+        assert (await post(http, sim, body()))[0] == 200
+        status, envelope = await post(http, sim, body())
+        assert status == 429 and envelope["data"]["error"] == "concurrency_limit"
+        assert "concurrency limit" in envelope["message"]
+        assert "2 held by another client" in envelope["message"]
+        assert sim.stats.live == 1 and sim.stats.faults["foreign_live"] == 1
+        deadline = time.monotonic() + 10
+        while (await post(http, sim, body()))[0] == 429:  # until the foreign slots are freed
+            assert time.monotonic() < deadline, "foreign slots were never released"
+            await asyncio.sleep(0.01)
+        assert (await post(http, sim, body()))[0] == 200
+        status, envelope = await post(http, sim, body())  # now the key's own 3 fill the limit
+        assert status == 429 and "another client" not in envelope["message"]
+
+
+async def test_foreign_live_is_held_forever_when_foreign_hold_is_0(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with SimServer(fast_config(concurrency=2, foreign_live=2)) as sim:
+        await asyncio.sleep(0.05)  # 50 simulated seconds
+        status, envelope = await post(http, sim, body())
+        assert status == 429 and "2 held by another client" in envelope["message"]
+        assert sim.stats.tasks_created == 0
+
+
+async def test_foreign_hold_counts_from_the_last_change_of_the_knobs(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with SimServer(fast_config(concurrency=1, foreign_hold_s=200)) as sim:
+        await asyncio.sleep(0.3)  # 300 simulated seconds: longer than the hold since start
+        async with http.post(f"{sim.origin}/_sim/config", json={"foreign_live": 1}) as r:
+            assert r.status == 200
+        status, envelope = await post(http, sim, body())
+        assert status == 429 and "1 held by another client" in envelope["message"]

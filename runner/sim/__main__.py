@@ -4,7 +4,8 @@ Contract: every :class:`~runner.sim.config.SimConfig` field is an option, named 
 field without its ``_s`` unit suffix (``url_ttl_s`` -> ``--url-ttl``, ``p_429`` ->
 ``--p-429``), with the help text of the field. The first line written to stdout is the API
 base URL (with the real port when ``--port 0``); anything else goes to stderr. Exit 0 on a
-signal, 2 on a bad option.
+signal, 2 on a bad option or a state folder in use. ``--state-dir DIR`` (not a knob: fixed
+for the server's life) keeps the tasks in ``DIR`` across server processes.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import asyncio
 import signal
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from runner.sim.app import SimServer
 from runner.sim.config import SimConfig
+from runner.sim.store import StateFolderBusy
 
 
 def option_name(field_name: str) -> str:
@@ -35,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument(
         "--port", type=int, default=8000, help="port to bind; 0 picks a free one (8000)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep every task, the balance and the URL-signing key in DIR, so a restarted"
+        " server finds the tasks of the previous one and bills over the folder's life"
+        " (default: nothing kept)",
     )
     defaults = SimConfig()
     for f in fields(SimConfig):
@@ -60,13 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def serve(config: SimConfig, host: str, port: int) -> None:
+async def serve(config: SimConfig, host: str, port: int, state_dir: Path | None = None) -> None:
     """Run until SIGINT/SIGTERM, printing the base URL first."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with SimServer(config, host=host, port=port) as sim:
+    async with SimServer(config, host=host, port=port, state_dir=state_dir) as sim:
         print(sim.base_url, flush=True)
         print(
             f"APIXO simulator on {sim.base_url} (time scale {config.time_scale:g}); "
@@ -81,11 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
+    state_dir = args.pop("state_dir", None)
     try:
         config = SimConfig(**args)
     except ValueError as exc:
         parser.error(str(exc))
-    asyncio.run(serve(config, host, port))
+    try:
+        asyncio.run(serve(config, host, port, state_dir))
+    except StateFolderBusy as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return 0
 
 

@@ -4,7 +4,9 @@ Routes (``<base>`` is ``/api/v1``):
 
 * ``POST <base>/generateTask/{model}`` and ``GET <base>/statusTask/{model}?taskId=`` - the
   API, answering the documented envelope ``{"code", "message", "data"}``.
-* ``GET /files/{task_id}/{index}.png?exp=&sig=`` - result images (with ``Range``).
+* ``GET /files/{task_id}/{index}.png?exp=&sig=`` - result images (with ``Range``); 410
+  once ``exp`` (Unix ms, ``url_ttl_s`` after the answer that handed the URL out) has
+  passed or the task is gone (``retention_s`` after completion), 404 if forged.
 * ``GET /_sim/stats``, ``GET|POST /_sim/config``, ``GET /_sim/tasks/{task_id}`` - control
   and observability; neither rate limited nor counted.
 
@@ -12,36 +14,44 @@ Each API request goes through the same gate, in this order, so that injected fau
 decided before any side effect: connection reset (``p_reset``), slow answer (``p_slow``),
 authentication (401, not counted in any window), the per-key sliding request window (429;
 rejected requests count too), injected 429 and 5xx. Submissions then check the model (404),
-the body (400), the live-task limit (429), the balance (403), create the task and maybe
-drop the connection anyway (``p_reset_after``). ``p_hostile`` malforms a 200 answer:
-a submission's taskId, or the status of a finished task (see ``HOSTILE_MODES``).
-Per-request work is O(1) amortised: the window is a deque of timestamps, live tasks a
-heap of completion times.
+the body (400), the live-task limit (429; ``foreign_live`` slots held by another client
+count against it), the balance (403), create the task (written to the state folder, if
+any, before anything is answered) and maybe lose the answer anyway (``p_reset_after``:
+a reset; ``p_5xx_after_create``: a 5xx). Status requests find the task (404, also once it
+is gone), give the first ``bad_status_first`` of each task an unreadable 200, then the
+state. ``p_hostile`` malforms a 200 answer: a submission's taskId, or the status of a
+finished task (see ``HOSTILE_MODES``). Per-request work is O(1) amortised: the window is a
+deque of timestamps, live tasks and billing heaps of completion times.
+
+With a ``state_dir`` (:mod:`~runner.sim.store`) the server loads the tasks, balance and
+URL-signing secret of the folder's previous servers at start, so tasks submitted to a
+process that died are found (status and files; their webhooks are not sent again), and
+``tasks_created``, ``submissions_per_prompt``, ``credits_spent``, ``images_billed`` and
+the balance count over the folder's whole life.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
-import math
 import random
-import secrets
 import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from runner.sim.books import Books
 from runner.sim.callbacks import CallbackSender
 from runner.sim.config import HOSTILE_MODES, SimConfig
-from runner.sim.files import serve_file
-from runner.sim.limits import Limits
-from runner.sim.stats import SimStats
+from runner.sim.files import find_file, serve_file
+from runner.sim.hostile import malformed_status, unreadable_status
+from runner.sim.store import key_fingerprint
 from runner.sim.tasks import (
     FAILED,
     LENIENT_MODELS,
@@ -52,6 +62,7 @@ from runner.sim.tasks import (
     new_task,
     parse_submission,
 )
+from runner.sim.urls import UrlSigner
 
 API_PREFIX = "/api/v1"
 _MESSAGES = {
@@ -66,6 +77,7 @@ _MESSAGES = {
     503: "service unavailable",
     504: "gateway timeout",
 }
+_5XX = (500, 502, 503, 504)
 
 
 def envelope(status: int, data: dict[str, Any], message: str | None = None) -> bytes:
@@ -79,19 +91,30 @@ class SimServer:
     ``async with SimServer(cfg, port=0) as sim`` (or ``await start()`` / ``await stop()``)
     binds, then exposes ``base_url``, ``port``, ``config`` (mutable, read per request),
     ``stats`` and ``tasks`` (task id -> :class:`~runner.sim.tasks.Task`).
+
+    ``state_dir``: a folder (created if missing) that keeps the tasks across server
+    processes; see the module docstring. ``start()`` raises
+    :class:`~runner.sim.store.StateFolderBusy` if another simulator has it open.
     """
 
     def __init__(
-        self, config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: SimConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        state_dir: Path | str | None = None,
     ) -> None:
         self.config = config if config is not None else SimConfig()
         self.host = host
         self.port = port
-        self.tasks: dict[str, Task] = {}
-        self.stats = SimStats(_live_fn=lambda: self._limits.total_live(time.time() * 1000))
-        self._limits = Limits()
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self._books = Books(lambda: self.config)
+        self.stats = self._books.stats
+        self.tasks = self._books.tasks
+        self._limits = self._books.limits
         self._rng = random.Random(self.config.seed)
-        self._secret = secrets.token_bytes(16)  # signs result URLs
+        self._signer = UrlSigner()
         self._callbacks = CallbackSender(
             lambda: self.config, self.stats, self._rng, self._callback_body
         )
@@ -109,6 +132,12 @@ class SimServer:
         return self.origin + API_PREFIX
 
     async def start(self) -> SimServer:
+        if self.state_dir is not None:
+            secret = self._books.open(self.state_dir, self._signer.secret)
+            self._signer = UrlSigner(secret)
+            for task in self.tasks.values():
+                task.url_signer = self.result_urls
+        self._foreign_live(time.time() * 1000)  # the foreign_live hold begins now
         app = web.Application(middlewares=[self._envelope_errors])
         app.router.add_post(API_PREFIX + "/generateTask/{model}", self._generate)
         app.router.add_get(API_PREFIX + "/statusTask/{model}", self._status)
@@ -121,7 +150,11 @@ class SimServer:
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:
+            await self.stop()
+            raise
         self.port = int(self._runner.addresses[0][1])
         await self._callbacks.start()
         return self
@@ -131,6 +164,7 @@ class SimServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self._books.close()
 
     async def __aenter__(self) -> SimServer:
         return await self.start()
@@ -234,7 +268,7 @@ class SimServer:
             return key, self._too_many(endpoint, "rate_limit", "rate limit (injected)")
         if cfg.p_5xx and rng.random() < cfg.p_5xx:
             self.stats.faults["5xx"] += 1
-            status = rng.choice((500, 502, 503, 504))
+            status = rng.choice(_5XX)
             return key, self._answer(endpoint, status, {}, f"{_MESSAGES[status]} (injected)")
         model = request.match_info["model"]
         if not self._known_model(model):
@@ -242,6 +276,7 @@ class SimServer:
         return key, None
 
     def _key(self, request: web.Request) -> str | None:
+        """The fingerprint of the request's accepted Bearer token, or None."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -249,7 +284,7 @@ class SimServer:
         expected = self.config.api_key
         if expected is not None and not hmac.compare_digest(token.encode(), expected.encode()):
             return None
-        return token
+        return key_fingerprint(token)
 
     @staticmethod
     def _known_model(model: str) -> bool:
@@ -272,20 +307,26 @@ class SimServer:
             return self._answer("generate", 400, {"error": exc.field}, f"invalid parameters: {exc}")
         cfg = self.config
         now_ms = time.time() * 1000
-        live = self._limits.live(key, now_ms)
-        if live >= cfg.concurrency:
-            msg = (
-                f"concurrency limit: {live} tasks pending or processing, at most {cfg.concurrency}"
-            )
+        live, foreign = self._limits.live(key, now_ms), self._foreign_live(now_ms)
+        if live + foreign >= cfg.concurrency:
+            msg = f"concurrency limit: {live} tasks pending or processing"
+            if foreign:
+                msg += f" and {foreign} held by another client of this key"
+                if live < cfg.concurrency:
+                    self.stats.faults["foreign_live"] += 1
+            msg += f", at most {cfg.concurrency}"
             return self._too_many("generate", "concurrency_limit", msg)
         if cfg.credits is not None and sub.max_images > cfg.credits:
             msg = (
                 f"insufficient balance: {cfg.credits} credits left, max_images is {sub.max_images}"
             )
             return self._answer("generate", 403, {"error": "balance"}, msg)
+        task_id = f"task_{self._rng.getrandbits(96):024x}"
+        while task_id in self.tasks:  # a seeded server replays the ids of the folder's past
+            task_id = f"task_{self._rng.getrandbits(96):024x}"
         task = new_task(
             sub,
-            task_id=f"task_{self._rng.getrandbits(96):024x}",
+            task_id=task_id,
             key=key,
             origin=self._request_origin(request),
             now_ms=int(now_ms),
@@ -296,6 +337,11 @@ class SimServer:
         if cfg.p_reset_after and self._rng.random() < cfg.p_reset_after:
             self.stats.faults["reset_after"] += 1
             return self._reset(request, "generate")
+        if cfg.p_5xx_after_create and self._rng.random() < cfg.p_5xx_after_create:
+            self.stats.faults["5xx_after_create"] += 1
+            status = self._rng.choice(_5XX)
+            msg = f"{_MESSAGES[status]} (injected after the task was created)"
+            return self._answer("generate", status, {}, msg)
         if cfg.hostile in (None, "task_id") and self._hostile():
             self.stats.faults["hostile"] += 1
             return self._answer("generate", 200, {"taskId": "../../../../etc/passwd"})
@@ -306,20 +352,16 @@ class SimServer:
         return bool(p) and self._rng.random() < p
 
     def _record(self, task: Task) -> None:
-        """Book a new task: records, live limit, balance, counters, webhook."""
-        cfg = self.config
+        """Create a new task: books (and state folder) first, then its webhook."""
         task.url_signer = self.result_urls
-        billed = task.n_images if task.makes_images else 0
-        if cfg.credits is not None:
-            cfg.credits -= billed
-        self.stats.credits_spent += billed
-        self.tasks[task.task_id] = task
-        self._limits.add(task.key, math.inf if task.stuck else task.complete_ms)
-        self.stats.tasks_created += 1
-        self.stats.submissions_per_prompt[task.submission.prompt] += 1
-        self.stats.peak_live = max(self.stats.peak_live, self.stats.live)
+        self._books.create(task)
         if task.submission.request_type == "callback" and not task.stuck:
             self._callbacks.schedule(task)
+
+    def _foreign_live(self, now_ms: float) -> int:
+        """Live slots of every key held by another client right now (``foreign_live``)."""
+        cfg = self.config
+        return self._limits.foreign(now_ms, cfg.foreign_live, cfg.scaled(cfg.foreign_hold_s) * 1000)
 
     def _request_origin(self, request: web.Request) -> str:
         # Result URLs point where the client reached us, so they work across machines too.
@@ -339,102 +381,64 @@ class SimServer:
         if task is None or task.key != key or task.submission.model != model:
             msg = f"task {task_id!r} not found for model {model!r}"
             return self._answer("status", 404, {"error": "taskId"}, msg)
-        state = task.state_at(time.time() * 1000)
-        data = self._status_data(task, state)
+        now_ms = time.time() * 1000
+        if task.gone_at(now_ms, self._retention_ms()):
+            msg = (
+                f"task {task_id!r} not found: results are kept "
+                f"{self.config.retention_s:g} s after completion"
+            )
+            return self._answer("status", 404, {"error": "taskId"}, msg)
+        task.status_requests += 1
+        if task.status_requests <= self.config.bad_status_first:
+            self.stats.faults["bad_status"] += 1
+            self.stats.requests["status", 200] += 1
+            return unreadable_status(task.status_requests)
+        state = task.state_at(now_ms)
+        origin = self._request_origin(request)
+        data = self._status_data(task, state, origin)
         if state in (SUCCESS, FAILED) and self.config.hostile != "task_id" and self._hostile():
             self.stats.faults["hostile"] += 1
+            self.stats.requests["status", 200] += 1
             mode = self.config.hostile or self._rng.choice(HOSTILE_MODES[1:])
-            return self._malformed(mode, data)
+            return malformed_status(mode, data, origin)
         return self._answer("status", 200, data)
 
-    def _malformed(self, mode: str, data: dict[str, Any]) -> web.Response:
-        """A 200 status answer broken the ``mode`` way (see ``HOSTILE_MODES``)."""
-        self.stats.requests["status", 200] += 1
-        urls = {
-            "url_file_scheme": "file:///etc/passwd",
-            "url_ftp_scheme": "ftp://127.0.0.1/result.png",
-            "url_traversal": f"{self.origin}/files/../../../../etc/passwd",
-        }
-        data = dict(data, state="success")
-        body: Any = {"code": 200, "message": "success", "data": data}
-        if mode == "not_json":
-            return web.Response(status=200, text="<html>502 Bad Gateway</html>")
-        if mode == "data_not_object":
-            body["data"] = ["success", data["taskId"]]
-        elif mode == "no_state":
-            del data["state"]
-        elif mode == "state_not_string":
-            data["state"] = 3
-        elif mode == "result_not_string":
-            data["resultJson"] = {"resultUrls": [f"{self.origin}/files/x/0.png"]}
-        elif mode == "result_not_json":
-            data["resultJson"] = "{resultUrls: ["
-        elif mode == "no_result_urls":
-            data["resultJson"] = orjson.dumps({"resultUrls": "none"}).decode()
-        elif mode in urls:
-            data["resultJson"] = orjson.dumps({"resultUrls": [urls[mode]]}).decode()
-        elif mode == "url_not_string":
-            data["resultJson"] = orjson.dumps({"resultUrls": [{"href": 1}, None]}).decode()
-        elif mode == "gigantic":
-            data["failMsg"] = "x" * (3 << 20)
-        elif mode == "other_task":
-            data["taskId"] = "task_someone_else"
-        return web.Response(status=200, body=orjson.dumps(body), content_type="application/json")
+    def _retention_ms(self) -> float:
+        return self.config.scaled(self.config.retention_s) * 1000
 
-    def _status_data(self, task: Task, state: str) -> dict[str, Any]:
-        urls = self.result_urls(task) if state == SUCCESS else []
+    def _status_data(self, task: Task, state: str, origin: str) -> dict[str, Any]:
+        urls = self.result_urls(task, origin) if state == SUCCESS else []
         return task.status_data(state, urls)
 
     def _callback_body(self, task: Task) -> bytes:
         # The timer may fire a hair before complete_ms on the wall clock: report the
         # terminal state the task is in from that instant on.
         state = FAILED if task.fail_code else SUCCESS
-        return envelope(200, self._status_data(task, state))
+        return envelope(200, self._status_data(task, state, task.origin or self.origin))
 
     # -- result files ------------------------------------------------------------------
 
-    def _expiry_s(self, task: Task) -> float:
-        return task.complete_ms / 1000 + self.config.scaled(self.config.url_ttl_s)
+    def result_urls(self, task: Task, origin: str | None = None) -> list[str]:
+        """Signed URLs of the task's images, valid ``url_ttl_s`` (scaled) from now.
 
-    def _sign(self, task_id: str, index: int, exp: int) -> str:
-        msg = f"{task_id}/{index}/{exp}".encode()
-        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()[:32]
-
-    def result_urls(self, task: Task) -> list[str]:
-        """Absolute, signed URLs of the task's images (valid until ``exp``, Unix seconds)."""
-        exp = math.ceil(self._expiry_s(task))
-        base = f"{task.origin}/files/{task.task_id}"
-        return [
-            f"{base}/{i}.png?exp={exp}&sig={self._sign(task.task_id, i, exp)}"
-            for i in range(task.n_images)
-        ]
-
-    def _file_task(self, request: web.Request) -> tuple[Task, int] | None:
-        """The task and image index a file URL names, if it is valid and not expired."""
-        task = self.tasks.get(request.match_info["task_id"])
-        index_text, dot, ext = request.match_info["name"].partition(".")
-        if task is None or ext != "png" or not dot or not index_text.isdigit():
-            return None
-        index = int(index_text)
-        exp, sig = request.query.get("exp", ""), request.query.get("sig", "")
-        if not exp.isdigit() or not hmac.compare_digest(
-            sig, self._sign(task.task_id, index, int(exp))
-        ):
-            return None
-        now_ms = time.time() * 1000
-        if task.state_at(now_ms) != SUCCESS or index >= task.n_images:
-            return None
-        if now_ms / 1000 >= self._expiry_s(task):
-            return None
-        return task, index
+        They point at ``origin`` (default: where the task was submitted, or this server
+        for a task loaded from the state folder).
+        """
+        cfg = self.config
+        exp_ms = int(time.time() * 1000 + cfg.scaled(cfg.url_ttl_s) * 1000)
+        where = origin or task.origin or self.origin
+        return self._signer.issue(where, task.task_id, task.n_images, exp_ms)
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
-        found = self._file_task(request)
-        if found is None:
-            self.stats.requests["file", 404] += 1
-            return web.Response(status=404, text="not found or expired\n")
-        task, index = found
-        return await serve_file(request, task, index, self.config, self._rng, self.stats)
+        found = find_file(request, self.tasks, self._signer, self._retention_ms())
+        if isinstance(found, tuple):
+            task, index = found
+            return await serve_file(request, task, index, self.config, self._rng, self.stats)
+        self.stats.requests["file", found] += 1
+        if found == 410:
+            text = "gone: the URL expired (ask for the task's status again) or the task is gone\n"
+            return web.Response(status=410, text=text)
+        return web.Response(status=404, text="not found\n")
 
     # -- control -----------------------------------------------------------------------
 
@@ -459,6 +463,9 @@ class SimServer:
             return web.json_response({"error": field, "message": str(exc)}, status=400)
         if "seed" in changes:
             self._rng.seed(self.config.seed)
+        self._foreign_live(time.time() * 1000)  # a change of foreign_* starts its hold now
+        if "credits" in changes:
+            self._books.note_credits()
         return web.json_response(self.config.to_dict())
 
     async def _get_task(self, request: web.Request) -> web.Response:
@@ -468,7 +475,7 @@ class SimServer:
         state = task.state_at(time.time() * 1000)
         return web.json_response(
             {
-                "status": self._status_data(task, state),
+                "status": self._status_data(task, state, self._request_origin(request)),
                 "model": task.submission.model,
                 "input": task.submission.input,
                 "n_images": task.n_images,

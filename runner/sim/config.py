@@ -3,8 +3,8 @@
 Contract:
 
 * Every field has a default; the defaults mimic the documented API (10,000 requests per
-  minute, 1,000 live tasks, 2K in 25-35 s, 4K in 40-55 s, URLs valid 24 hours) with no
-  faults.
+  minute, 1,000 live tasks, 2K in 25-35 s, 4K in 40-55 s, URLs valid 15 days, the Seedream
+  4.5 page's figure) with no faults.
 * Durations are *simulated* seconds, multiplied by ``time_scale`` when used, except the
   few marked REAL in their help text (``rate_period_s``, ``retry_after_s``, ``slow_s``):
   those govern how a client paces itself against the server's own clock and are not scaled.
@@ -82,9 +82,23 @@ class SimConfig:
     )
     gen_4k_s: tuple[float, float] = _knob((40.0, 55.0), "range", "generation time at 4K")
     url_ttl_s: float = _knob(
-        86400.0, "float", "result URLs stop working this long after completion"
+        1_296_000.0,
+        "float",
+        "a result URL answers 410 this long after the status answer or webhook that handed it"
+        " out; asking for the status again gives fresh URLs",
     )
-    image_bytes: int = _knob(16384, "int", "size of each generated PNG in bytes (at least ~1 KB)")
+    retention_s: float = _knob(
+        1_296_000.0,
+        "float",
+        "a finished task is kept this long after completion; then its status answers 404"
+        " and its file URLs 410",
+    )
+    image_bytes: int = _knob(
+        16384,
+        "int",
+        "size of each generated 2K PNG in bytes, 4x at 4K (at least ~1 KB; smaller gives the"
+        " bare picture)",
+    )
     retry_after_s: float = _knob(
         1.0, "float", "REAL seconds sent in Retry-After on every 429 (may be fractional)"
     )
@@ -93,6 +107,10 @@ class SimConfig:
     p_5xx: float = _prob("an API request gets a 500/502/503/504")
     p_reset: float = _prob("an API request's connection is reset before anything happens")
     p_reset_after: float = _prob("a submission creates its task, then resets the connection")
+    p_5xx_after_create: float = _prob(
+        "a submission creates its task (billed, counted), then answers 500/502/503/504"
+        " instead of the taskId"
+    )
     p_slow: float = _prob("an API request waits slow_s before answering")
     slow_s: float = _knob(5.0, "float", "REAL seconds of delay of a slow answer (not scaled)")
     p_truncate: float = _prob("a download closes after about half of its body")
@@ -108,8 +126,27 @@ class SimConfig:
         "optstr",
         f"which malformation p_hostile makes: {', '.join(HOSTILE_MODES)}; unset: any",
     )
+    bad_status_first: int = _knob(
+        0,
+        "int",
+        "the first N status requests of every task get an unreadable 200 (alternately not"
+        " JSON, and an envelope without data); later ones are correct",
+    )
     p_fail: float = _prob("a task fails with a retryable failCode (processing class)")
     p_stuck: float = _prob("a task stays processing forever")
+    foreign_live: int = _knob(
+        0,
+        "int",
+        "live-task slots of every key held by another client: submissions get 429"
+        " (concurrency limit) once the key's own live tasks reach concurrency minus N",
+    )
+    foreign_hold_s: float = _knob(
+        0.0,
+        "float",
+        "the foreign_live slots are released this long after the server started or either"
+        " foreign_* knob last changed (through /_sim/config, or noticed at the next"
+        " submission); 0: held forever",
+    )
     credits: int | None = _knob(
         None, "optint", "remaining balance in images; unset: unlimited (403 when exhausted)"
     )

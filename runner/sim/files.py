@@ -1,6 +1,10 @@
-"""Serving one result image: ranges, and the download faults.
+"""Serving one result image: checking its URL, ranges, and the download faults.
 
-Contract of :func:`serve_file` (the URL is already checked by the caller):
+Contract of :func:`find_file`: the task and image index a file URL names, or the status
+to answer instead: 404 for an unknown or forged URL (or a task not finished yet), 410 for
+a genuine URL whose ``exp`` has passed or whose task is gone (``retention_s``).
+
+Contract of :func:`serve_file` (the URL is already checked):
 
 * ``200`` with the whole PNG, ``Content-Type: image/png``, ``Content-Length`` and
   ``Accept-Ranges: bytes``; ``HEAD`` gives the same headers without a body.
@@ -18,13 +22,15 @@ Contract of :func:`serve_file` (the URL is already checked by the caller):
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Mapping
 
 from aiohttp import web
 
 from runner.sim.config import SimConfig
-from runner.sim.images import render_png
 from runner.sim.stats import SimStats
-from runner.sim.tasks import Task
+from runner.sim.tasks import SUCCESS, Task
+from runner.sim.urls import UrlSigner
 
 _SIGNATURE_LEN = 8
 
@@ -51,6 +57,28 @@ def parse_range(header: str | None, total: int) -> tuple[int, int] | str | None:
     return start, end
 
 
+def find_file(
+    request: web.Request, tasks: Mapping[str, Task], signer: UrlSigner, retention_ms: float
+) -> tuple[Task, int] | int:
+    """``(task, index)`` or 404 or 410; see the module docstring."""
+    task = tasks.get(request.match_info["task_id"])
+    index_text, dot, ext = request.match_info["name"].partition(".")
+    if task is None or ext != "png" or not dot or not index_text.isdigit():
+        return 404
+    index = int(index_text)
+    exp_ms = signer.verify(
+        task.task_id, index, request.query.get("exp", ""), request.query.get("sig", "")
+    )
+    if exp_ms is None:
+        return 404
+    now_ms = time.time() * 1000
+    if task.gone_at(now_ms, retention_ms) or now_ms >= exp_ms:
+        return 410
+    if task.state_at(now_ms) != SUCCESS or index >= task.n_images:
+        return 404
+    return task, index
+
+
 def _corrupt(data: bytes, rng: random.Random) -> bytes:
     return data[:_SIGNATURE_LEN] + rng.randbytes(len(data) - _SIGNATURE_LEN)
 
@@ -64,7 +92,7 @@ async def serve_file(
     stats: SimStats,
 ) -> web.StreamResponse:
     """Answer a GET or HEAD for image ``index`` of ``task``; see the module docstring."""
-    data = render_png(task.task_id, index, task.image_bytes)
+    data = task.png(index)
     total = len(data)
     headers = {"Content-Type": "image/png", "Accept-Ranges": "bytes"}
     wanted = parse_range(request.headers.get("Range"), total)

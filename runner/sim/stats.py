@@ -1,8 +1,11 @@
 """Live counters of the simulator, for tests and for ``GET /_sim/stats``.
 
-Contract: the server only ever adds to these counters (the ``live`` figure is computed on
-read from the server's live-task bookkeeping); a test reads them at any moment, between
-requests, without locking (everything runs on one event loop).
+Contract: the server only ever adds to these counters (``live`` and ``images_billed`` are
+computed on read from the server's bookkeeping, because task states follow the clock); a
+test reads them at any moment, between requests, without locking (everything runs on one
+event loop). With a state folder, ``tasks_created``, ``submissions_per_prompt``,
+``credits_spent`` and ``images_billed`` count over the folder's life, the others over this
+server process's.
 
 ``requests`` is keyed by ``(endpoint, status)`` where ``endpoint`` is ``"generate"``,
 ``"status"``, ``"file"`` or ``"callback"`` (outgoing webhook attempts) and ``status`` is the
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def _no_live() -> int:
+def _zero() -> int:
     return 0
 
 
@@ -38,16 +41,23 @@ class SimStats:
     callbacks_failed: int = 0  # attempts answered otherwise or not at all
     callbacks_dropped: int = 0  # deliveries never attempted (p_cb_drop)
     callbacks_given_up: int = 0  # deliveries whose every retry failed
-    credits_spent: int = 0
-    # Injected faults by kind: 429, 5xx, reset, reset_after, slow, truncate, corrupt,
+    credits_spent: int = 0  # images taken off the balance at submission (tasks that succeed)
+    # Injected faults by kind: 429, 5xx, reset, reset_after, 5xx_after_create, slow,
+    # bad_status, foreign_live (a 429 only the foreign slots caused), truncate, corrupt,
     # wrong_type, html, oversize, hostile.
     faults: Counter[str] = field(default_factory=Counter)
-    _live_fn: Callable[[], int] = field(default=_no_live, repr=False, compare=False)
+    _live_fn: Callable[[], int] = field(default=_zero, repr=False, compare=False)
+    _billed_fn: Callable[[], int] = field(default=_zero, repr=False, compare=False)
 
     @property
     def live(self) -> int:
         """Tasks pending or processing right now, over all keys."""
         return self._live_fn()
+
+    @property
+    def images_billed(self) -> int:
+        """Images of every task in ``success`` by now: what the API bills."""
+        return self._billed_fn()
 
     def count(self, endpoint: str | None = None, status: int | None = None) -> int:
         """Requests seen, optionally only those of ``endpoint`` and/or with ``status``."""
@@ -76,5 +86,6 @@ class SimStats:
             "callbacks_dropped": self.callbacks_dropped,
             "callbacks_given_up": self.callbacks_given_up,
             "credits_spent": self.credits_spent,
+            "images_billed": self.images_billed,
             "faults": dict(self.faults),
         }

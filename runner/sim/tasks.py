@@ -8,10 +8,13 @@ Contract:
   models of the provider (:data:`LENIENT_MODELS`) accept any ``input`` object holding a
   non-empty string ``prompt``. Any other model raises :class:`UnknownModel`.
 * :func:`new_task` draws everything about a task at submission: how long it stays pending,
-  how long it generates (scaled by ``time_scale``), how many images it makes and whether it
-  fails or hangs. Nothing runs per task afterwards: :meth:`Task.state_at` derives the state
-  from the clock, so polling costs O(1) and a thousand live tasks cost no timers.
-* Times are real wall-clock Unix milliseconds, so a client's own clock agrees with them.
+  how long it generates (scaled by ``time_scale``), how many images it makes (their shape
+  and file size follow ``aspect_ratio`` and ``resolution``) and whether it fails or hangs.
+  Nothing runs per task afterwards: :meth:`Task.state_at` derives the state from the
+  clock, so polling costs O(1) and a thousand live tasks cost no timers.
+* Times are real wall-clock Unix milliseconds, so a client's own clock agrees with them,
+  and a task saved in a state folder (:mod:`~runner.sim.store`) keeps running while no
+  server is up.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from runner.sim.config import SimConfig
-from runner.sim.images import render_png, sha256_hex
+from runner.sim.images import image_shape, image_size_bytes, render_png, sha256_hex
 
 STRICT_MODEL = "seedream-4-5"
 LENIENT_MODELS = frozenset({"seedream-5-0", "nano-banana", "flux-2"})
@@ -105,19 +108,24 @@ class Task:
     """One task's record. Its fate is fixed at creation; its state follows the clock."""
 
     task_id: str
-    key: str
-    origin: str  # scheme://host:port the client submitted to: where its result URLs point
+    key: str  # a fingerprint of the Bearer token that submitted it, never the token itself
+    # scheme://host:port the client submitted to: where its webhook's result URLs point
+    # (status answers build them from the origin the status request reached). Empty for a
+    # task loaded from a state folder.
+    origin: str
     submission: Submission
     create_ms: int
     processing_ms: int  # when it leaves pending
     complete_ms: int  # when it reaches its terminal state (never, if stuck)
     n_images: int
-    image_bytes: int
+    image_bytes: int  # the size of each of its files (the knob's value, 4x at 4K)
     fail_code: str | None = None
     fail_msg: str | None = None
     stuck: bool = False
     # Set by the server, which holds the signing key and the URL lifetime.
     url_signer: Callable[[Task], list[str]] | None = field(default=None, repr=False)
+    # Status requests that reached this task in this server process (bad_status_first).
+    status_requests: int = field(default=0, repr=False)
     _sha256: list[str] | None = field(default=None, repr=False)
 
     @property
@@ -136,8 +144,17 @@ class Task:
         return not self.fail_code and not self.stuck
 
     @property
+    def shape(self) -> tuple[int, int]:
+        """``(width, height)`` of its images: the requested aspect ratio and resolution."""
+        return image_shape(self.input.get("aspect_ratio"), self.submission.resolution)
+
+    def png(self, index: int) -> bytes:
+        """The bytes of image ``index`` (deterministic: nothing is stored)."""
+        return render_png(self.task_id, index, self.image_bytes, *self.shape)
+
+    @property
     def result_urls(self) -> list[str]:
-        """The signed URLs of its images; they answer 404 until the task succeeds."""
+        """Signed URLs of its images, valid ``url_ttl_s`` from now; 404 until it succeeds."""
         if self.url_signer is None or not self.makes_images:
             return []
         return self.url_signer(self)
@@ -152,10 +169,14 @@ class Task:
         """Hex SHA-256 of each result image, in result-URL order (none if it never succeeds)."""
         if self._sha256 is None:
             count = self.n_images if self.makes_images else 0
-            self._sha256 = [
-                sha256_hex(render_png(self.task_id, i, self.image_bytes)) for i in range(count)
-            ]
+            self._sha256 = [sha256_hex(self.png(i)) for i in range(count)]
         return self._sha256
+
+    def gone_at(self, now_ms: float, retention_ms: float) -> bool:
+        """Whether it finished ``retention_ms`` or more before ``now_ms``: forgotten then."""
+        if self.state_at(now_ms) in (PENDING, PROCESSING):
+            return False
+        return now_ms >= self.complete_ms + retention_ms
 
     def state_at(self, now_ms: float) -> str:
         if now_ms < self.processing_ms:
@@ -340,7 +361,7 @@ def new_task(
         processing_ms=now_ms + pending,
         complete_ms=now_ms + pending + gen,
         n_images=n_images,
-        image_bytes=config.image_bytes,
+        image_bytes=image_size_bytes(config.image_bytes, sub.resolution),
     )
     mark = _FAIL_MARK.search(sub.prompt)
     if mark:
