@@ -51,6 +51,9 @@ __all__ = ["Engine", "RunOptions"]
 
 log = logging.getLogger("runner")
 
+#: where the embedded simulator keeps its tasks, inside the output folder
+SIM_STATE_DIR = ".simulator"
+
 
 @dataclass(frozen=True, slots=True)
 class RunOptions:
@@ -173,6 +176,8 @@ class Engine:
             if api.embedded:
                 from .sim import SimConfig, SimServer
 
+                # Its tasks, timings and files outlive this process (kept in the output
+                # folder), so a kill, a deleted image or a deadline resume as on the API.
                 sim = SimServer(
                     SimConfig(
                         time_scale=api.sim_time_scale,
@@ -181,6 +186,7 @@ class Engine:
                     ),
                     host="127.0.0.1",
                     port=0,
+                    state_dir=self.out / SIM_STATE_DIR,
                 )
                 await stack.enter_async_context(sim)
                 base_url, key = sim.base_url, "embedded"

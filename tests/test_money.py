@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from runs import image_files, out_dir, prompts, run_cli, start_cli, wait_until
 
+from runner.engine import SIM_STATE_DIR
 from runner.ledger import Phase, read_index
-from runner.sim import SimServer
+from runner.sim import SimServer, read_billing
 
 
 def _summary(path: Path) -> dict[str, Any]:
@@ -25,7 +28,7 @@ def _summary(path: Path) -> dict[str, Any]:
 
 def _billed(sim: SimServer) -> int:
     """Images the simulator billed: every task that has succeeded, times its images."""
-    return int(sim.stats.to_dict().get("images_billed", sim.stats.tasks_created))
+    return sim.stats.images_billed
 
 
 def _live_tasks(path: Path) -> list[str]:
@@ -143,7 +146,7 @@ async def test_an_edited_job_is_priced_by_dry_run_and_its_first_version_stays_pa
 
 async def _dry_run(path: Path) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        "python",
+        sys.executable,
         "-m",
         "runner",
         str(path),
@@ -154,3 +157,97 @@ async def _dry_run(path: Path) -> tuple[int, str]:
     out, _ = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode()
+
+
+# -- the embedded simulator (the demo): it keeps its tasks in the output folder ----------
+
+
+def _demo(tmp_path: Path, time_scale: float = 0.02) -> Path:
+    """The README's demo, copied beside the test (its output lands under tmp_path)."""
+    demo = (Path(__file__).parent.parent / "manifests" / "demo.yaml").read_text()
+    path = tmp_path / "demo.yaml"
+    path.write_text(demo.replace("time_scale: 0.02", f"time_scale: {time_scale}"))
+    return path
+
+
+def _demo_billing(path: Path) -> dict[str, Any]:
+    return read_billing(out_dir(path) / SIM_STATE_DIR)
+
+
+def _uncertain_by_prompt(path: Path) -> dict[str, int]:
+    from runner.manifest import load_campaign
+
+    campaign = load_campaign(path, {})
+    index, _ = read_index(out_dir(path))
+    found: dict[str, int] = {}
+    for job in campaign.jobs():
+        _, _, _, uncertain = index.status(job.id, job.fingerprint)
+        found[str(job.input["prompt"])] = found.get(str(job.input["prompt"]), 0) + uncertain
+    return found
+
+
+def _assert_paid_once_or_uncertain(path: Path) -> None:
+    """Every task beyond a job's first was preceded by an uncertain record of that job."""
+    per_prompt = _demo_billing(path)["submissions_per_prompt"]
+    jobs_per_prompt: dict[str, int] = {}
+    from runner.manifest import load_campaign
+
+    for job in load_campaign(path, {}).jobs():
+        prompt = str(job.input["prompt"])
+        jobs_per_prompt[prompt] = jobs_per_prompt.get(prompt, 0) + 1
+    uncertain = _uncertain_by_prompt(path)
+    for prompt, tasks in per_prompt.items():
+        assert tasks - jobs_per_prompt[prompt] <= uncertain.get(prompt, 0), prompt
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+async def test_the_demo_resumes_after_a_kill_with_nothing_lost(tmp_path, sig):
+    path = _demo(tmp_path, time_scale=0.05)
+    proc = await start_cli(path, "embedded", key="")
+    await wait_until(lambda: _demo_billing(path)["tasks_created"] >= 10, proc)
+    proc.send_signal(sig)
+    await proc.wait()
+    assert proc.returncode in (4, -signal.SIGKILL)
+    code, err = await run_cli(path, "embedded", key="")
+    assert code == 0, err
+    assert "NOT_FOUND" not in err
+    summary = _summary(path)
+    billing = _demo_billing(path)
+    assert summary["jobs"]["done"] == summary["jobs"]["total"] == 24
+    paid, on_disk = summary["images_paid"], summary["images"]
+    uncertain = summary["uncertain_submissions"]["images_at_most"]
+    assert paid == on_disk
+    if sig == signal.SIGINT:  # a graceful stop leaves nothing uncertain
+        assert uncertain == 0 and paid == billing["images_billed"]
+    else:  # a kill may hide a billed task; it is reported as uncertain
+        assert paid <= billing["images_billed"] <= paid + uncertain
+    _assert_paid_once_or_uncertain(path)
+
+
+async def test_the_demo_downloads_a_deleted_image_again_without_paying(tmp_path):
+    path = _demo(tmp_path)
+    code, err = await run_cli(path, "embedded", key="")
+    assert code == 0, err
+    billed = _demo_billing(path)
+    victim = image_files(out_dir(path))[0]
+    victim.unlink()
+    code, err = await run_cli(path, "embedded", key="")
+    assert code == 0, err
+    assert victim.is_file(), "the deleted image is back"
+    assert _demo_billing(path) == billed, "and nothing was paid for it"
+    status = await _cli_out(path, "--status")
+    assert "done" in status
+
+
+async def _cli_out(path: Path, *args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runner",
+        str(path),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    return out.decode()
