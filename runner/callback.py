@@ -33,6 +33,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -183,7 +184,7 @@ class CallbackReceiver:
                 ) as resp,
             ):
                 status = resp.status
-                answer = self._describe_answer(resp, await resp.content.read(300))
+                answer = self._describe_answer(resp, await resp.content.read(1024))
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             # ClientError texts can carry the URL: the secret is taken out below.
             detail = str(exc) or f"nothing within {timeout_s:g} s"
@@ -198,7 +199,11 @@ class CallbackReceiver:
 
     @staticmethod
     def _describe_answer(resp: aiohttp.ClientResponse, head: bytes) -> str:
-        text = " ".join(head.decode("utf-8", "replace").split())[:160]
+        text = head.decode("utf-8", "replace")
+        # An error page: its title says it all (nginx: "404 Not Found").
+        title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
+        text = title[1] if title else re.sub(r"<[^>]*>", " ", text)
+        text = " ".join(text.split())[:160]
         server = resp.headers.get("Server")
         parts = [f"HTTP {resp.status}"]
         if server:
