@@ -210,6 +210,7 @@ class Engine:
                     accept=self._accept_delivery,
                 )
                 await stack.enter_async_context(self._receiver)
+                await self._receiver.prove_public_url()  # exit 2 before any submission
             yield client
 
     @property

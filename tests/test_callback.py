@@ -4,11 +4,15 @@ forged posts, and the polling safety net."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import time
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from runs import (
     assert_images_match_server,
     out_dir,
@@ -21,6 +25,7 @@ from runs import (
 
 from runner.callback import MAX_BODY, SECRET_NAME, CallbackReceiver, load_secret
 from runner.client import TaskState, TaskStatus
+from runner.errors import ManifestError
 from runner.ledger import read_index
 
 
@@ -200,3 +205,133 @@ async def test_killed_callback_run_resumes_and_polls_tasks_left_in_flight(sim, m
     extra = sum(sim.stats.submissions_per_prompt.values()) - 10
     summary = orjson.loads((out_dir(path) / "summary.json").read_bytes())
     assert extra <= summary["uncertain_submissions"]["all_runs"]
+
+
+# -- the start-up probe ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_probe_through_the_right_url_passes_and_is_not_taken_for_a_webhook(receiver):
+    rx, accepted = receiver
+    await rx.prove_public_url()
+    assert accepted == []
+    assert (rx.accepted, rx.duplicates, rx.rejected, rx.deliveries) == (0, 0, 0, 0)
+
+
+async def test_a_probe_nonce_the_receiver_did_not_issue_is_refused(receiver):
+    rx, accepted = receiver
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(rx.callback_url, json={"runner_probe": "made-up"}) as resp,
+    ):
+        assert resp.status == 404
+    assert accepted == [] and rx.rejected == 1
+
+
+async def test_probe_to_a_closed_port_fails_with_what_to_check(tmp_path):
+    port = _free_port()
+    secret = load_secret(tmp_path)
+    rx = CallbackReceiver(
+        "127.0.0.1:0",
+        f"http://127.0.0.1:{port}/apixo",
+        secret,
+        known=lambda _: True,
+        accept=lambda _: True,
+    )
+    async with rx:
+        with pytest.raises(ManifestError) as caught:
+            await rx.prove_public_url(timeout_s=5)
+    text = str(caught.value)
+    assert caught.value.where == "api.callback.public_url"
+    assert f"http://127.0.0.1:{port}/apixo/<secret> no answer" in text
+    assert "(here /apixo/)" in text and "nothing was submitted" in text
+    assert secret not in text
+
+
+@pytest.fixture
+async def catch_all():
+    """A server that answers 200 to anything, as a wrong public_url might reach."""
+
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text="welcome")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def test_probe_answered_200_by_another_server_fails(tmp_path, catch_all):
+    """A 200 is not enough: the receiver that issued the nonce must have seen it."""
+    rx = CallbackReceiver(
+        "127.0.0.1:0", catch_all, load_secret(tmp_path), known=lambda _: True,
+        accept=lambda _: True,
+    )  # fmt: skip
+    async with rx:
+        with pytest.raises(ManifestError, match=r"got HTTP 200 .*'welcome'.* never saw it"):
+            await rx.prove_public_url()
+
+
+async def test_cli_with_an_unreachable_public_url_exits_2_and_submits_nothing(sim, manifest):
+    port = _free_port()
+    api = _callback_settings()
+    api["callback"] = {"listen": "127.0.0.1:0", "public_url": f"http://127.0.0.1:{port}/hooks"}
+    path = manifest(prompts(3), api=api)
+    code, err = await run_cli(path, sim.base_url, "--no-progress")
+    assert code == 2, err
+    assert f"start-up probe posted to http://127.0.0.1:{port}/hooks/<secret> no answer" in err
+    assert "nothing was submitted" in err and "Traceback" not in err
+    assert (out_dir(path) / SECRET_NAME).read_text().strip() not in err
+    assert sim.stats.count(endpoint="generate") == 0
+
+
+# -- silence while tasks are overdue -----------------------------------------------------
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+async def test_silence_warns_once_when_tasks_are_overdue_and_rearms_on_a_webhook(receiver, caplog):
+    rx, _ = receiver
+    caplog.set_level(logging.INFO, logger="runner")
+    start = time.monotonic()
+    assert not rx.check_silence(40, silence_s=60, now=start + 59), "not silent long enough"
+    assert not rx.check_silence(0, silence_s=60, now=start + 120), "nothing overdue"
+    assert _warnings(caplog) == []
+    assert rx.check_silence(40, silence_s=60, now=start + 61)
+    assert not rx.check_silence(41, silence_s=60, now=start + 200), "one line per spell"
+    (line,) = _warnings(caplog)
+    assert line.startswith("no webhook has arrived for 61 s while 40 tasks are overdue;")
+    assert "polling them instead; check api.callback.public_url" in line
+    assert rx.shown_url in line and rx.callback_url.rsplit("/", 1)[1] not in caplog.text
+    async with aiohttp.ClientSession() as http, http.post(rx.callback_url, json=_envelope()):
+        pass
+    assert rx.deliveries == 1 and "webhooks arrive again" in caplog.text
+    later = time.monotonic()
+    assert not rx.check_silence(1, silence_s=60, now=later + 1)
+    assert rx.check_silence(1, silence_s=60, now=later + 61)
+    assert "while 1 task is overdue; polling it instead" in _warnings(caplog)[-1]
+
+
+async def test_watch_silence_asks_for_the_overdue_count_and_warns(receiver, caplog):
+    rx, _ = receiver
+    asked: list[int] = []
+
+    def overdue() -> int:
+        asked.append(1)
+        return 3
+
+    watcher = asyncio.ensure_future(rx.watch_silence(overdue, silence_s=0, every_s=0.01))
+    await wait_until(lambda: len(asked) >= 3)
+    watcher.cancel()
+    assert len(_warnings(caplog)) == 1
+    assert "3 tasks are overdue" in _warnings(caplog)[0]
