@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .budget import ImageBudget
-from .callback import CallbackReceiver, load_secret
+from .callback import SILENCE_S, CallbackReceiver, load_secret
 from .client import ApiClient, FailClass, TaskState, TaskStatus, classify_fail_code
 from .download import Downloader
 from .errors import (
@@ -252,6 +252,10 @@ class Engine:
                 poll_task = background.create_task(poller.run())
                 sync_task = background.create_task(self._sync_ledger())
                 progress = background.create_task(self._progress())
+                extra = []
+                if self._receiver is not None:  # one warning if webhooks stop arriving
+                    silence = self._receiver.watch_silence(poller.overdue, SILENCE_S * scale)
+                    extra.append(background.create_task(silence))
                 try:
                     async with asyncio.TaskGroup() as jobs:
                         watcher = jobs.create_task(self._stop_when_settled())
@@ -260,7 +264,7 @@ class Engine:
                         watcher.cancel()
                 except* _Stop:
                     pass
-                for task in (poll_task, sync_task, progress):
+                for task in (poll_task, sync_task, progress, *extra):
                     task.cancel()
             c = self.counters
             c.polled_results, c.webhook_results = (

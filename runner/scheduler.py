@@ -230,6 +230,21 @@ class Poller:
     def live(self) -> int:
         return len(self._watches)
 
+    def overdue(self) -> int:
+        """Callback mode: watched tasks older than their kind's overdue mark (their webhook
+        is late); 0 in poll mode."""
+        if not self.callbacks:
+            return 0
+        now = time.monotonic()
+        marks: dict[Hashable, float] = {}
+        count = 0
+        for w in self._watches.values():
+            mark = marks.get(w.kind)
+            if mark is None:
+                mark = marks[w.kind] = self._overdue_age(w.kind)
+            count += now - w.submitted > mark
+        return count
+
     def first_poll_in(self) -> float | None:
         """Seconds until the soonest poll is due (None when nothing is watched)."""
         if not self._watches:
