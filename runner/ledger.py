@@ -362,7 +362,7 @@ def _apply(index: dict[str, JobRecord], ev: dict[str, Any]) -> None:
             rec = index[job] = JobRecord(fp=fp)
             if old is not None:
                 rec.billed, rec.billed_task = old.billed, old.billed_task
-                rec.uncertain_images = old.uncertain_images
+                rec.uncertain, rec.uncertain_images = old.uncertain, old.uncertain_images
         rec.phase = Phase.SUBMITTING
         rec.submits += 1
         imgs = ev.get("imgs")
