@@ -41,6 +41,7 @@ from .outputs import LedgerView, RunCounters, ledger_view, write_results, write_
 from .progress import ProgressReporter, Snapshot
 from .report import write_report
 from .scheduler import Poller, PollTimeout
+from .shard import adopt_other_layouts
 from .submit import Submitter
 
 __all__ = ["Engine", "RunOptions"]
@@ -102,6 +103,7 @@ class Engine:
         lock.acquire()
         try:
             self.ledger.open()
+            adopt_other_layouts(self.campaign, self.ledger, self.options.retry_failed)
             if self.ledger.report.torn_tail or self.ledger.report.corrupt:
                 log.warning(
                     "ledger: ignored a torn last line=%s, %d unreadable lines",
