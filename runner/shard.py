@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -263,8 +264,8 @@ def adopt_other_layouts(campaign: Campaign, ledger: Ledger, retry_failed: bool =
         holder = _lock_holder(layout.folder)
         if holder is not None:
             raise ManifestError(
-                f"the campaign's {layout} layout is running there right now (its lock is "
-                f"held: {holder}). Two layouts must not run at once, or both could pay for "
+                f"the campaign's {layout} layout is running there right now (lock held "
+                f"by: {holder}). Two layouts must not run at once, or both could pay for "
                 "the same jobs: wait for that run to end (or stop it), then run this again. "
                 "Shards of one split (--shard K/N, one N) may run side by side",
                 str(layout.folder),
@@ -364,9 +365,15 @@ def _ended_elsewhere(
     return best
 
 
+@functools.lru_cache(maxsize=64)
+def _relative(src: Path, dst: Path) -> str:
+    """``src`` as a path relative to ``dst`` (``../..``, ``shards/0-of-2``)."""
+    return Path(os.path.relpath(src, dst)).as_posix()
+
+
 def _rebased(rec: JobRecord, src: Path, dst: Path) -> JobRecord:
     """``rec`` with its file paths (relative to ``src``) made relative to ``dst``."""
-    up = Path(os.path.relpath(src, dst)).as_posix()
+    up = _relative(src, dst)
     files = {
         i: {**f, "path": posixpath.normpath(posixpath.join(up, str(f["path"])))}
         for i, f in rec.files.items()
@@ -387,7 +394,7 @@ def _adopt(campaign: Campaign, ledger: Ledger, indexes: list[tuple[Layout, Ledge
             fields["submits"] += mine.submits
             fields["unc"] += mine.uncertain
             fields["ft"] += mine.failed_tasks
-        fields["from"] = Path(os.path.relpath(layout.folder, own.folder)).as_posix()
+        fields["from"] = _relative(layout.folder, own.folder)
         if rec.phase is not Phase.DONE:  # failed, or images to fetch again: a full record
             ledger.append("snap", job.id, **fields, **snap_fields(rec))
         elif job.id in ledger.state:
