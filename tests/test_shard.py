@@ -15,7 +15,8 @@ from runs import TEST_KEY, out_dir, prompts, run_cli, start_cli, wait_until
 
 from runner.cli import main
 from runner.errors import ManifestError
-from runner.ledger import FolderLock, read_index
+from runner.ledger import FolderLock, Ledger, read_index
+from runner.manifest import load_campaign
 from runner.shard import IN_FLIGHT, resolve_shard, shard_of
 from runner.sim import SimServer
 
@@ -279,3 +280,23 @@ async def test_status_over_mixed_layouts_counts_each_job_once_in_its_furthest_st
         1 if failed & slice_of(ids, 1, 3) else 0
     )
     assert sim.stats.tasks_created == before + len(slice_of(ids, 1, 3) - failed)
+
+
+async def test_a_submission_unanswered_here_is_counted_not_paid_again_when_done_elsewhere(
+    sim, manifest
+):
+    path = manifest(jobs(4, "unanswered"), limits={"concurrency": 4})
+    assert (await run_cli(path, sim.base_url))[0] == 0
+    paid = sim.stats.tasks_created
+    job = next(j for j in load_campaign(path).jobs() if j.id == "unanswered-2")
+    k = shard_of(job.id, 2)
+    ledger = Ledger(out_dir(path) / "shards" / f"{k}-of-2")
+    ledger.open()  # as a run killed between writing its intent and the answer left it
+    ledger.append("submit", job.id, fp=job.fingerprint, imgs=1)
+    ledger.close()
+    code, err = await run_cli(path, sim.base_url, "--shard", f"{k}/2")
+    assert code == 0, err
+    assert sim.stats.tasks_created == paid, "a job done in another layout was paid again"
+    summary = orjson.loads((ledger.folder / "summary.json").read_bytes())
+    assert summary["uncertain_submissions"]["all_runs"] == 1, "the unknown outcome is hidden"
+    assert summary["jobs"]["done"] == summary["jobs"]["total"]
