@@ -19,8 +19,9 @@ shard K of N. Every layout's folder keeps what it did, and every run reads the o
   disk there) is *adopted*: its ``done`` line is copied into this run's ledger with its
   file paths made relative to this folder (``../../images/...``), so it is never
   submitted and counts as done in the summary, the exit code, ``results.jsonl`` and the
-  report; a job that failed in another layout and was never tried here is adopted as
-  failed (``--retry-failed`` submits it again, as for any failure);
+  report. Done there with some images gone: adopted as downloading (fetched again from
+  its URLs into this folder, not paid again). Failed there and never tried here: adopted
+  as failed (``--retry-failed`` submits it again, as for any failure);
 - ``--status`` and ``--dry-run`` (:class:`CampaignIndex`) count every job once, in its
   furthest state over every layout that holds it (done, downloading, live, failed, pending).
 
