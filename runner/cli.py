@@ -34,7 +34,7 @@ from .manifest import Campaign, load_campaign
 from .outputs import LedgerView, ledger_view
 from .progress import install_console
 from .report import REPORT_NAME, write_report
-from .shard import ShardedIndex, resolve_shard, shard_campaign
+from .shard import CampaignIndex, resolve_shard, shard_campaign
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -212,13 +212,10 @@ def _ids(ids: Sequence[str], total: int) -> str:
 
 
 def _index(campaign: Campaign) -> tuple[LedgerIndex, int]:
-    """The ledger's index and line count: one shard's, or the campaign's with every
-    shard folder found under it."""
-    if campaign.shard is not None:
-        index, report = read_index(campaign.output.dir)
-        return index, report.lines
-    sharded = ShardedIndex(campaign.output.dir)
-    return sharded, sharded.lines
+    """The ledgers' index and line count: the campaign's (or one shard's) with every other
+    layout's folder (unsharded, shards of another N) that holds jobs of it."""
+    index = CampaignIndex(campaign)
+    return index, index.lines
 
 
 def _dry_run(campaign: Campaign, fmt: str) -> int:

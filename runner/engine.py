@@ -45,6 +45,7 @@ from .outputs import LedgerView, RunCounters, ledger_view, write_results, write_
 from .progress import ProgressReporter, Snapshot
 from .report import write_report
 from .scheduler import Poller, PollTimeout
+from .shard import adopt_other_layouts
 from .submit import Submitter
 
 __all__ = ["Engine", "RunOptions"]
@@ -115,6 +116,7 @@ class Engine:
         lock.acquire()
         try:
             self.ledger.open()
+            adopt_other_layouts(self.campaign, self.ledger, self.options.retry_failed)
             report = self.ledger.report
             if report.torn_tail:
                 log.info("ledger: the last line was cut short by a kill; it is ignored")

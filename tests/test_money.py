@@ -251,3 +251,19 @@ async def _cli_out(path: Path, *args: str) -> str:
     )
     out, _ = await proc.communicate()
     return out.decode()
+
+
+async def test_resharding_a_finished_campaign_pays_nothing_and_counts_money_once(
+    sim, manifest
+):
+    path = manifest(prompts(12))
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    billed = _billed(sim)
+    for shard in ("0/2", "1/2", "2/3"):
+        code, err = await run_cli(path, sim.base_url, "--shard", shard)
+        assert code == 0, err
+    assert sim.stats.tasks_created == 12 and _billed(sim) == billed
+    status = orjson.loads(await _cli_out(path, "--status", "--log-format", "json"))
+    assert status["done"] == 12
+    assert status["images_paid"] == billed, "each image counted once, where it was paid"

@@ -4,14 +4,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
-from runs import out_dir, prompts, run_cli
+from runs import TEST_KEY, out_dir, prompts, run_cli, start_cli, wait_until
 
 from runner.cli import main
 from runner.errors import ManifestError
-from runner.shard import resolve_shard, shard_of
+from runner.ledger import FolderLock, Ledger, read_index
+from runner.manifest import load_campaign
+from runner.shard import IN_FLIGHT, resolve_shard, shard_of
+from runner.sim import SimServer
 
 
 def test_the_shard_comes_from_the_option_or_the_scheduler_environment() -> None:
@@ -72,3 +79,224 @@ async def test_shards_run_apart_and_status_sees_the_whole_campaign(sim, manifest
     assert plan["jobs"] == plan["done"] == sum(shard_of(i, 3) == 1 for i in seen)
     code, _ = await run_cli(path, sim.base_url, "--shard", "0/3")
     assert code == 0 and set(sim.stats.submissions_per_prompt.values()) == {1}
+
+
+# -- no layout pays twice ---------------------------------------------------------------------
+
+
+def jobs(n: int, name: str) -> list[dict[str, str]]:
+    return [{"id": f"{name}-{i}", "prompt": f"a photo of {name}, variant {i}"} for i in range(n)]
+
+
+async def run_as(path: Path, sim: SimServer, *extra: str, env: dict[str, str] | None = None):
+    """Run the CLI as a process with ``env`` added to its environment; (exit code, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "runner", str(path), "--base-url", sim.base_url, *extra,
+        env={**os.environ, "APIXO_API_KEY": TEST_KEY, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+def status(path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
+    assert main([str(path), *extra, "--log-format", "json"]) == 0
+    data: dict[str, Any] = orjson.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return data
+
+
+def slice_of(ids: list[str], k: int, n: int) -> set[str]:
+    return {i for i in ids if shard_of(i, n) == k}
+
+
+def in_flight(folder: Path) -> set[str]:
+    index, _ = read_index(folder)
+    return {job for job, rec in index.items() if rec.phase in IN_FLIGHT}
+
+
+async def kill_after_first_task(path: Path, sim: SimServer, *extra: str) -> set[str]:
+    """Start a run, SIGKILL it once the API has made a task; the jobs it left in flight."""
+    sim.config.gen_2k_s = (100.0, 100.0)  # 1 s at this time scale: still live at the kill
+    proc = await start_cli(path, sim.base_url, *extra)
+    await wait_until(lambda: sim.stats.tasks_created >= 1, proc)
+    proc.kill()
+    await proc.wait()
+    sim.config.gen_2k_s = (25.0, 35.0)
+    return in_flight(out_dir(path) / shard_path(extra))
+
+
+def shard_path(extra: tuple[str, ...]) -> str:
+    if "--shard" not in extra:
+        return "."
+    k, n = extra[extra.index("--shard") + 1].split("/")
+    return f"shards/{k}-of-{n}"
+
+
+async def test_an_unsharded_campaign_done_pays_nothing_under_any_split(sim, manifest, capsys):
+    path = manifest(jobs(12, "unsharded"), limits={"concurrency": 4})
+    ids = [f"unsharded-{i}" for i in range(12)]
+    assert (await run_cli(path, sim.base_url))[0] == 0
+    out = out_dir(path)
+    paid = sim.stats.tasks_created
+    assert paid == 12
+    (gone,) = (out / "images" / "unsharded-5").iterdir()
+    gone.unlink()  # paid for, lost from disk: fetched again from its URL, not paid again
+    untouched = {name: (out / name).read_bytes() for name in ("ledger.jsonl", ".runner.lock")}
+    for k in range(2):
+        assert status(path, capsys, "--dry-run", "--shard", f"{k}/2")["pending"] == 0
+        code, err = await run_cli(path, sim.base_url, "--shard", f"{k}/2")
+        assert code == 0, err
+        assert sim.stats.tasks_created == paid, "a split of a finished campaign paid again"
+        folder = out / "shards" / f"{k}-of-2"
+        summary = orjson.loads((folder / "summary.json").read_bytes())
+        share = len(slice_of(ids, k, 2))
+        assert summary["exit_code"] == 0 and summary["jobs"]["done"] == share
+        results = [orjson.loads(x) for x in (folder / "results.jsonl").read_bytes().splitlines()]
+        assert {r["id"] for r in results} == slice_of(ids, k, 2)
+        for r in results:  # the images stay where they were made; the paths lead there
+            (file,) = r["files"]
+            where = out if r["id"] != "unsharded-5" else folder
+            assert (folder / file["path"]).resolve().parent.parent == (where / "images").resolve()
+        assert status(path, capsys, "--status", "--shard", f"{k}/2")["done"] == share
+    for name, before in untouched.items():
+        assert (out / name).read_bytes() == before, f"the unsharded {name} was written to"
+    assert sim.stats.requests["file", 200] == 13, "only the lost image was fetched again"
+    assert (await run_cli(path, sim.base_url, "--shard", "0/2"))[0] == 0
+    assert sim.stats.tasks_created == paid and set(sim.stats.submissions_per_prompt.values()) == {1}
+
+
+async def test_a_campaign_done_in_two_shards_pays_nothing_unsharded_or_in_three(
+    sim, manifest, capsys
+):
+    path = manifest(jobs(12, "two-shards"), limits={"concurrency": 4})
+    runs = await asyncio.gather(*(run_cli(path, sim.base_url, "--shard", f"{k}/2") for k in (0, 1)))
+    assert [code for code, _ in runs] == [0, 0], runs
+    paid = sim.stats.tasks_created
+    assert paid == 12
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    assert sim.stats.tasks_created == paid, "the unsharded run paid again"
+    summary = orjson.loads((out_dir(path) / "summary.json").read_bytes())
+    assert summary["jobs"]["done"] == 12 and summary["exit_code"] == 0
+    for k in range(3):
+        code, err = await run_as(path, sim, "--shards", "3", env={"JOB_COMPLETION_INDEX": str(k)})
+        assert code == 0, err
+    assert sim.stats.tasks_created == paid, "a split into three paid again"
+    assert set(sim.stats.submissions_per_prompt.values()) == {1}
+    whole = status(path, capsys, "--status")
+    assert (whole["jobs"], whole["done"], whole["pending"]) == (12, 12, 0)
+    assert whole["images_on_disk"] == 12, "each job's images counted once, not once a layout"
+
+
+async def test_a_job_in_flight_elsewhere_refuses_the_run_until_that_layout_drains(sim, manifest):
+    path = manifest(jobs(6, "in-flight"), limits={"concurrency": 1})
+    out = out_dir(path)
+    flying = await kill_after_first_task(path, sim)
+    assert flying, "the killed run left nothing in flight"
+    job = sorted(flying)[0]
+    k = shard_of(job, 2)
+    paid = sim.stats.tasks_created
+    code, err = await run_cli(path, sim.base_url, "--shard", f"{k}/2")
+    assert code == 2, err
+    assert str(out) in err and f"python -m runner {path}" in err and "--shard" not in err
+    assert "in flight" in err and f"{len(slice_of(sorted(flying), k, 2))} job" in err
+    code, err = await run_as(
+        path, sim, "--shards", "3", env={"SLURM_ARRAY_TASK_ID": str(shard_of(job, 3))}
+    )
+    assert code == 2 and str(out) in err, err
+    assert sim.stats.tasks_created == paid, "a refused run sent a submission"
+    # What the message says to do: drain the unsharded layout; then the split pays nothing.
+    assert (await run_cli(path, sim.base_url))[0] == 0
+    paid = sim.stats.tasks_created
+    assert (await run_cli(path, sim.base_url, "--shard", f"{k}/2"))[0] == 0
+    assert sim.stats.tasks_created == paid
+
+
+async def test_a_job_in_flight_in_a_shard_refuses_the_unsharded_run_naming_the_shard(sim, manifest):
+    path = manifest(jobs(8, "shard-in-flight"), limits={"concurrency": 1})
+    folder = out_dir(path) / "shards" / "1-of-2"
+    flying = await kill_after_first_task(path, sim, "--shard", "1/2")
+    assert flying, "the killed run left nothing in flight"
+    paid = sim.stats.tasks_created
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 2 and str(folder) in err and "--shard 1/2" in err, err
+    other_n = f"{shard_of(sorted(flying)[0], 3)}/3"
+    code, err = await run_cli(path, sim.base_url, "--shard", other_n)
+    assert code == 2 and str(folder) in err, err
+    assert sim.stats.tasks_created == paid, "a refused run sent a submission"
+    code, err = await run_cli(path, sim.base_url, "--shard", "0/2")
+    assert code == 0, f"a shard of the same split is refused: {err}"
+    share = [f"a photo of shard-in-flight, variant {i}" for i in range(8)]
+    share = [p for i, p in enumerate(share) if shard_of(f"shard-in-flight-{i}", 2) == 0]
+    assert [sim.stats.submissions_per_prompt[p] for p in share] == [1] * len(share)
+
+
+async def test_a_live_run_in_another_layout_refuses_the_run_but_a_sibling_shard_does_not(
+    sim, manifest
+):
+    path = manifest(jobs(6, "locked"), limits={"concurrency": 4})
+    out = out_dir(path)
+    held = FolderLock(out)
+    held.acquire()  # this process stands for a live unsharded run
+    try:
+        code, err = await run_cli(path, sim.base_url, "--shard", "0/2")
+    finally:
+        held.release()
+    assert code == 2 and str(out) in err and "running" in err, err
+    assert sim.stats.tasks_created == 0, "a refused run sent a submission"
+    sibling = FolderLock(out / "shards" / "1-of-2")
+    sibling.acquire()  # a live shard 1 of 2
+    try:
+        code, err = await run_cli(path, sim.base_url, "--shard", "0/2")
+        assert code == 0, err
+        code, err = await run_cli(path, sim.base_url)
+        assert code == 2 and "shards/1-of-2" in err, err
+    finally:
+        sibling.release()
+    assert sim.stats.tasks_created == len(slice_of([f"locked-{i}" for i in range(6)], 0, 2))
+
+
+async def test_status_over_mixed_layouts_counts_each_job_once_in_its_furthest_state(
+    sim, manifest, capsys
+):
+    path = manifest(jobs(9, "mixed"), limits={"concurrency": 4}, retry={"failed_tasks": 0})
+    ids = [f"mixed-{i}" for i in range(9)]
+    sim.config.p_fail = 1.0  # shard 0 of 2: every task fails (retryable), the jobs fail
+    assert (await run_cli(path, sim.base_url, "--shard", "0/2"))[0] == 1
+    sim.config.p_fail = 0.0
+    failed = slice_of(ids, 0, 2)
+    code, err = await run_cli(path, sim.base_url, "--shard", "0/3", "--retry-failed")
+    assert code == 0, err
+    done = slice_of(ids, 0, 3)
+    whole = status(path, capsys, "--status")
+    assert whole["jobs"] == 9
+    assert whole["done"] == len(done), "done under 3 shards beats failed under 2"
+    assert whole["failed"] == len(failed - done)
+    assert whole["pending"] == 9 - len(done | failed)
+    # failed under 2 shards and never tried here: adopted as failed, not paid again
+    before = sim.stats.tasks_created
+    assert (await run_cli(path, sim.base_url, "--shard", "1/3"))[0] == (
+        1 if failed & slice_of(ids, 1, 3) else 0
+    )
+    assert sim.stats.tasks_created == before + len(slice_of(ids, 1, 3) - failed)
+
+
+async def test_a_submission_unanswered_here_is_counted_not_paid_again_when_done_elsewhere(
+    sim, manifest
+):
+    path = manifest(jobs(4, "unanswered"), limits={"concurrency": 4})
+    assert (await run_cli(path, sim.base_url))[0] == 0
+    paid = sim.stats.tasks_created
+    job = next(j for j in load_campaign(path).jobs() if j.id == "unanswered-2")
+    k = shard_of(job.id, 2)
+    ledger = Ledger(out_dir(path) / "shards" / f"{k}-of-2")
+    ledger.open()  # as a run killed between writing its intent and the answer left it
+    ledger.append("submit", job.id, fp=job.fingerprint, imgs=1)
+    ledger.close()
+    code, err = await run_cli(path, sim.base_url, "--shard", f"{k}/2")
+    assert code == 0, err
+    assert sim.stats.tasks_created == paid, "a job done in another layout was paid again"
+    summary = orjson.loads((ledger.folder / "summary.json").read_bytes())
+    assert summary["uncertain_submissions"]["all_runs"] == 1, "the unknown outcome is hidden"
+    assert summary["jobs"]["done"] == summary["jobs"]["total"]
