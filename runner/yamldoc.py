@@ -29,6 +29,10 @@ except ImportError:  # pragma: no cover
 
 __all__ = ["YamlDoc", "read_yaml"]
 
+# Called directly rather than through super(): this is the per-mapping hot path.
+_flatten = yaml.constructor.SafeConstructor.flatten_mapping
+_construct = yaml.constructor.BaseConstructor.construct_mapping
+
 
 class _DuplicateKey(Exception):
     """A mapping node holds one key twice (raised by the loader, located by read_yaml)."""
@@ -53,21 +57,35 @@ class _Loader(_BaseLoader):
         # list (merged pairs + written ones) in its place, after which an override cannot
         # be told from a repeat: keep the written list of the first flattening that merged.
         written = node.value
-        super().flatten_mapping(node)
+        _flatten(self, node)
         if node.value is not written and id(node) not in self._written:
             self._written[id(node)] = written
 
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[object, object]:
-        mapping: dict[object, object] = super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
+        if not isinstance(node, yaml.MappingNode):
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"expected a mapping, but found a {getattr(node, 'id', 'node')}",
+                node.start_mark,
+            )
+        # What SafeConstructor.construct_mapping does, minus a layer of calls.
+        self.flatten_mapping(node)
+        mapping: dict[object, object] = _construct(self, node, deep=deep)
         # Fast path: as many keys as pairs means no key came twice, written or merged.
-        if isinstance(node, yaml.MappingNode) and len(mapping) != len(node.value):
-            seen: dict[object, yaml.Node] = {}
-            for key_node, _ in self._written.get(id(node)) or node.value or ():
-                key = self.construct_object(key_node, deep=deep)  # cached: no second build
-                first = seen.setdefault(key, key_node)
-                if first is not key_node:
-                    raise _DuplicateKey(node, key, first, key_node)
+        if len(mapping) != len(node.value):
+            self._refuse_repeats(node, deep)
         return mapping
+
+    def _refuse_repeats(self, node: yaml.MappingNode, deep: bool) -> None:
+        """Raise _DuplicateKey for the first key written twice in ``node``, if any (a
+        merged key overridden is not one)."""
+        seen: dict[object, yaml.Node] = {}
+        for key_node, _ in self._written.get(id(node)) or node.value:
+            key = self.construct_object(key_node, deep=deep)  # cached: no second build
+            first = seen.setdefault(key, key_node)
+            if first is not key_node:
+                raise _DuplicateKey(node, key, first, key_node)
 
 
 def _without_base60() -> None:
