@@ -104,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
         help="like --shard, with K from JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or "
         "SLURM_ARRAY_TASK_ID minus SLURM_ARRAY_TASK_MIN (Slurm array)",
     )
+    p.add_argument(
+        "--check-images",
+        action="store_true",
+        help="before anything is sent (with --dry-run too), ask every reference image URL "
+        "(HEAD): unreachable, not JPG/PNG/WebP or over 10 MB is exit 2",
+    )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
     p.add_argument(
@@ -398,6 +404,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             drain = parse_duration(args.drain, "--drain")
         for warning in campaign.warnings:
             log.warning("%s", warning)
+        if args.check_images:
+            from .refcheck import check_images  # aiohttp: only when asked
+
+            log.info(
+                "reference images: %d checked, all usable", asyncio.run(check_images(campaign))
+            )
         if args.dry_run:
             return _dry_run(campaign, args.log_format)
         if args.status:

@@ -38,8 +38,9 @@ from .errors import (
     FatalApiError,
     PermanentApiError,
 )
-from .ledger import FolderLock, JobRecord, Ledger, Phase
+from .ledger import JobRecord, Ledger, Phase
 from .limits import RequestBudget, Slots
+from .lock import FolderLock
 from .manifest import Campaign, Job
 from .outputs import LedgerView, RunCounters, ledger_view, write_results, write_summary
 from .progress import ProgressReporter, Snapshot

@@ -3,7 +3,10 @@
 Field rules for ``seedream-4-5`` (the API notes, ``api/apixo.md``): ``prompt`` required,
 1-5000 characters, not blank; ``mode`` text-to-image | image-to-image, filled in as
 image-to-image when ``image_urls`` is given (image-to-image needs them, text-to-image must
-not have them); ``image_urls`` 1-14 http(s) URLs; ``max_images`` an integer 1-10, filled in
+not have them); ``image_urls`` 1-14 http(s) URLs, each naming a JPG, PNG or WebP file by
+the extension of its path's last segment (``.jpg``/``.jpeg``/``.png``/``.webp``, any case)
+or having no extension there (a dynamic URL such as ``/render?id=7``: the API takes those,
+and only fetching can tell; see :mod:`runner.refcheck`); ``max_images`` an integer 1-10, filled in
 as 1 (the API requires it); ``resolution`` 2K | 4K; ``aspect_ratio`` one of
 :data:`ASPECT_RATIOS`; ``sequential_image_generation`` disabled | auto. Unknown fields are
 an error. Any other model takes any field and passes it through unchanged, provided it is
@@ -25,6 +28,7 @@ from runner.messages import show, unknown_message
 
 __all__ = [
     "ASPECT_RATIOS",
+    "IMAGE_EXTENSIONS",
     "JOB_KEYS",
     "SEEDREAM_4_5",
     "SEEDREAM_FIELDS",
@@ -33,6 +37,7 @@ __all__ = [
     "check_field",
     "check_json",
     "complete_input",
+    "image_extension",
     "is_http_url",
 ]
 
@@ -43,9 +48,11 @@ ASPECT_RATIOS = ("1:1", "2:3", "3:2", "4:3", "3:4", "9:16", "16:9", "21:9")
 SEQUENTIAL = ("disabled", "auto")
 PROMPT_MAX = 5000
 IMAGE_URLS_MAX = 14  # the model page's figure; another page says 10
+#: what the API reads from a reference image: JPG, PNG or WebP, by the URL's extension
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp"})
 MAX_IMAGES_MAX = 10
-#: Keys of a job that are not part of ``input``.
-JOB_KEYS = ("id", "meta")
+#: Keys of a job that are not part of ``input`` (``matrix``: the job's own, see jobspec).
+JOB_KEYS = ("id", "meta", "matrix")
 SEEDREAM_FIELDS = (
     "prompt",
     "mode",
@@ -162,6 +169,22 @@ def _check_image_urls(value: object) -> None:
     for i, url in enumerate(value):
         if not isinstance(url, str) or not is_http_url(url):
             raise FieldError(f"{show(url)} is not an http(s) URL", ("image_urls", i))
+        ext = image_extension(url)
+        if ext is not None and ext.lower() not in IMAGE_EXTENSIONS:
+            named = f"names a .{ext} file" if ext else "ends in a dot"
+            raise FieldError(
+                f"{show(url)} {named}; the API takes JPG, PNG or WebP reference images: "
+                "link a .jpg, .jpeg, .png or .webp file (a path whose last segment has no "
+                "extension is taken too)",
+                ("image_urls", i),
+            )
+
+
+def image_extension(url: str) -> str | None:
+    """The extension of the last segment of ``url``'s path (``"JPG"`` for ``/a/b.JPG?x=1``),
+    ``""`` for a name ending in a dot, None when that segment has no dot at all."""
+    last = urlsplit(url).path.rsplit("/", 1)[-1]
+    return last.rsplit(".", 1)[1] if "." in last else None
 
 
 def _check_max_images(value: object) -> None:

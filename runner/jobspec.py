@@ -1,9 +1,15 @@
 """Job expansion: how one raw job entry becomes final :class:`Job` objects.
 
-:class:`JobSpec` merges ``defaults`` under an entry, expands it over ``matrix`` (except
-keys the entry sets itself) and checks every field with :mod:`runner.fields`. The id is
-explicit (suffixed per matrix value, e.g. ``hero.16-9``) or derived from the fingerprint of
-the final input (``j`` + 16 hex digits), so it survives edits of other lines.
+:class:`JobSpec` merges ``defaults`` under an entry, expands it over its matrix and checks
+every field with :mod:`runner.fields`. The id is explicit (suffixed per matrix value, e.g.
+``hero.16-9``) or derived from the fingerprint of the final input (``j`` + 16 hex digits),
+so it survives edits of other lines.
+
+Matrix rules: an entry's matrix is the campaign's ``matrix``, or the entry's own
+``matrix:`` when it has one, which replaces the campaign's whole (``matrix: {}`` for none).
+A matrix value wins over ``defaults``. An entry that sets a field its matrix varies is an
+error (it would otherwise quietly escape that axis); so is a matrix whose variants number
+more than 10,000.
 
 Every problem raises :class:`~runner.errors.ManifestError` at the place it was written,
 given by the caller's ``where`` function (key path -> ``"campaign.yaml:14: jobs[3].prompt"``).
@@ -71,6 +77,19 @@ def _matrix_where(where: Where, key: str, index: int, path: KeyPath) -> str:
     return where(("matrix", key, index, *path[1:]))
 
 
+def _conflict(key: str, axis_at: str | None) -> str:
+    """Why a job may not set ``key``: its matrix (the campaign's, whose axis is at
+    ``axis_at``, or the job's own when None) varies it."""
+    if axis_at is None:
+        return f"{key} is set here and also varied by this job's own matrix; remove one of them"
+    return (
+        f"{key} is varied by the campaign's matrix ({axis_at}), so a job cannot also set "
+        f"it: remove {key} from this job, or give the job its own matrix (matrix: "
+        f"{{{key}: [...]}} with the values it needs, or matrix: {{}} for none), which "
+        "replaces the campaign's"
+    )
+
+
 def _suffix(value: object, canon: bytes) -> str:
     text = value if isinstance(value, str) else canon.decode()
     return _ID_UNSAFE.sub("-", text)[:40] or "-"
@@ -98,6 +117,10 @@ class JobSpec:
         self.model = model
         self.defaults = self._parse_defaults(defaults, where)
         self.matrix = self._parse_matrix(matrix, where)
+        #: where each axis of the campaign's matrix was written, for messages
+        self._matrix_at: dict[str, str] | None = {
+            key: where(("matrix", key)) for key, _ in self.matrix
+        }
 
     def expand(self, raw: object, label: str, where: Where) -> list[Job]:
         """The jobs one raw entry stands for; ``where`` maps key paths below the entry."""
@@ -108,12 +131,15 @@ class JobSpec:
         job_id: str | None = None
         meta: dict[str, Any] = {}
         own: dict[str, Any] = {}
+        matrix, matrix_at = self.matrix, self._matrix_at
         model = self.model
         for key, value in raw.items():
             if key == "id":
                 job_id = self._parse_id(value, where)
             elif key == "meta":
                 meta = self._parse_meta(value, where)
+            elif key == "matrix":
+                matrix, matrix_at = self._parse_matrix(value, where), None
             elif isinstance(key, str):
                 try:  # inline rather than self._check: this is the per-line hot path
                     check_field(model, key, value)
@@ -123,14 +149,16 @@ class JobSpec:
             else:
                 raise ManifestError(f"key {show(key)} must be a field name", where(()))
         fields = {**self.defaults, **own} if self.defaults else own
-        # A job that sets a matrix key itself is not expanded over that key.
-        axes = [axis for axis in self.matrix if axis[0] not in own]
-        if not axes:
+        if not matrix:
             return [self._job(fields, job_id, meta, label, where)]
+        for key, _ in matrix:
+            if key in own:
+                at = matrix_at[key] if matrix_at is not None else None
+                raise ManifestError(_conflict(key, at), where((key,)))
         jobs = []
-        for combo in itertools.product(*(values for _, values in axes)):
+        for combo in itertools.product(*(values for _, values in matrix)):
             variant = dict(fields)
-            for (key, _), (value, _) in zip(axes, combo, strict=True):
+            for (key, _), (value, _) in zip(matrix, combo, strict=True):
                 variant[key] = value
             variant_id = job_id and _suffixed(job_id, [suffix for _, suffix in combo])
             jobs.append(self._job(variant, variant_id, meta, label, where))

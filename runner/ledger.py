@@ -1,6 +1,6 @@
 """The ledger: an append-only JSONL event log, the source of truth for resume.
 
-One writer per output folder (enforced by :class:`FolderLock`). Each line is one JSON
+One writer per output folder (enforced by :class:`runner.lock.FolderLock`). Each line is one JSON
 object ``{"e": <event>, "job": <id>, "t": <unix s>, ...}``. Every event is applied to an
 in-memory index (:class:`JobRecord` per job) by the same function that replays the file,
 so what a resumed run believes is exactly what the previous run wrote.
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import fcntl
 import os
 import time
 from collections.abc import Iterator
@@ -49,13 +48,11 @@ from typing import Any
 
 import orjson
 
-from .errors import LockedError
 from .packed import PackedDone
 
-__all__ = ["FolderLock", "JobRecord", "Ledger", "LedgerIndex", "Phase", "read_index"]
+__all__ = ["JobRecord", "Ledger", "LedgerIndex", "Phase", "read_index"]
 
 LEDGER_NAME = "ledger.jsonl"
-LOCK_NAME = ".runner.lock"
 
 
 class Phase(enum.Enum):
@@ -94,34 +91,6 @@ class JobRecord:
     billed_task: str | None = None  # the last task counted in ``billed``
     #: images that submissions of unknown outcome may have been billed, at most
     uncertain_images: int = 0
-
-
-class FolderLock:
-    """An exclusive ``flock`` on the output folder, released when the process dies."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCK_NAME
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LockedError(
-                f"another run holds the lock on {self.path.parent} (wait for it to finish, "
-                "or stop it; a run that was killed releases the lock by itself)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 #: a done entry's meta: line offset (40 bits) | uncertain (8) | images (16)

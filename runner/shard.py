@@ -47,7 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ManifestError
-from .ledger import LOCK_NAME, JobRecord, Ledger, LedgerIndex, Phase, full_done, read_index
+from .ledger import JobRecord, Ledger, LedgerIndex, Phase, full_done, read_index
+from .lock import LOCK_NAME
 from .manifest import Campaign, Job
 from .snapshot import snap_fields
 

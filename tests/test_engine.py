@@ -16,7 +16,7 @@ from runs import (
     run_engine,
 )
 
-from runner.ledger import FolderLock
+from runner.lock import FolderLock
 from runner.sim import SimServer
 
 

@@ -145,7 +145,7 @@ def test_unknown_field_suggests_the_close_name_and_lists_valid_ones(tmp_path: Pa
     err = error_of(tmp_path, {"jobs": [{"prompt": "x", "aspct_ratio": "1:1"}]})
     assert err.where.endswith("jobs[0].aspct_ratio")
     assert "did you mean 'aspect_ratio'?" in str(err)
-    assert "id, meta, prompt, mode, image_urls, max_images, resolution, aspect_ratio" in str(err)
+    assert "id, meta, matrix, prompt, mode, image_urls, max_images, resolution" in str(err)
 
 
 def test_prompt_is_required(tmp_path: Path) -> None:
@@ -244,20 +244,6 @@ def test_matrix_expands_each_job_over_the_cross_product_with_suffixed_ids(tmp_pa
     ]  # fmt: skip
     assert all(re.fullmatch(r"j[0-9a-f]{16}", j.id) for j in jobs[4:])
     assert len({j.id for j in jobs}) == 8
-
-
-def test_a_job_that_sets_a_matrix_key_is_not_expanded_over_it(tmp_path: Path) -> None:
-    jobs = jobs_of(
-        tmp_path,
-        {
-            "matrix": {"aspect_ratio": ["1:1", "16:9"], "resolution": ["2K", "4K"]},
-            "jobs": [{"id": "fixed", "prompt": "a", "aspect_ratio": "9:16"}],
-        },
-    )
-    assert [(j.id, j.input["aspect_ratio"]) for j in jobs] == [
-        ("fixed.2K", "9:16"),
-        ("fixed.4K", "9:16"),
-    ]
 
 
 def test_matrix_suffixed_id_stays_within_128_allowed_characters(tmp_path: Path) -> None:

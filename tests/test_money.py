@@ -253,9 +253,7 @@ async def _cli_out(path: Path, *args: str) -> str:
     return out.decode()
 
 
-async def test_resharding_a_finished_campaign_pays_nothing_and_counts_money_once(
-    sim, manifest
-):
+async def test_resharding_a_finished_campaign_pays_nothing_and_counts_money_once(sim, manifest):
     path = manifest(prompts(12))
     code, err = await run_cli(path, sim.base_url)
     assert code == 0, err

@@ -15,7 +15,8 @@ from runs import TEST_KEY, out_dir, prompts, run_cli, start_cli, wait_until
 
 from runner.cli import main
 from runner.errors import ManifestError
-from runner.ledger import FolderLock, Ledger, read_index
+from runner.ledger import Ledger, read_index
+from runner.lock import FolderLock
 from runner.manifest import load_campaign
 from runner.shard import IN_FLIGHT, resolve_shard, shard_of
 from runner.sim import SimServer
