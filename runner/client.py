@@ -378,10 +378,9 @@ class ApiClient:
                     # The partial file is already whole (or longer): start over.
                     raise _error(file, Fault.BAD_BODY, "range not satisfiable", 416, "RANGE")
                 if status not in (200, 206):
-                    code = "URL_EXPIRED" if status in (403, 404, 410) else "DOWNLOAD_FAILED"
-                    text = f"result URL answered {status}"
-                    if code == "URL_EXPIRED":
-                        text += " (expired?)"
+                    gone = status in (403, 404, 410)
+                    code = "URL_EXPIRED" if gone else "DOWNLOAD_FAILED"
+                    text = f"result URL answered {status}" + (" (expired?)" if gone else "")
                     retry_after = _retry_after(resp.headers)
                     raise _error(file, Fault.STATUS, text, status, code, retry_after)
                 start, total = 0, resp.content_length

@@ -125,6 +125,7 @@ class Submitter:
         it failed, or it stays pending for a later run). Raises FatalApiError."""
         backoff = self.client.backoff
         uncertain = slot_tries = 0
+        started = time.monotonic()
         slot_wait_since: float | None = None
         while True:
             if self._stopping.is_set():
@@ -135,7 +136,8 @@ class Submitter:
             outcome = answer.outcome
             if outcome is Outcome.UNCERTAIN:
                 uncertain += 1
-                if uncertain > self._max_uncertain:
+                resending_s = time.monotonic() - started
+                if uncertain > self._max_uncertain or resending_s > backoff.window_s:
                     message = f"{uncertain} submissions with an unknown outcome; last: {answer}"
                     self._fail(job, "UNCERTAIN", message, True)
                     return None
