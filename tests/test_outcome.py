@@ -38,6 +38,7 @@ from runner.outcome import (
     classify_fail_code,
     exhausted,
 )
+from runner.settings import Retry
 from runner.sim import SimServer
 
 SUBMIT, STATUS, FILE, WEBHOOK = Request.SUBMIT, Request.STATUS, Request.FILE, Request.WEBHOOK
@@ -131,6 +132,13 @@ def test_slot_waits_grow_from_retry_after_never_below_it_and_cap_at_half_a_minut
     late = [b.slot_delay(20, 2.0) for _ in range(50)]
     assert all(SLOT_BACKOFF_MAX_S / 2 <= d <= SLOT_BACKOFF_MAX_S for d in late)
     assert b.slot_delay(20, 45.0) == 45.0, "a longer Retry-After is still honoured"
+
+
+def test_the_example_manifest_spells_out_the_retry_defaults():
+    """manifests/campaign.yaml documents every retry setting at its default."""
+    campaign = load_campaign(Path(__file__).parent.parent / "manifests" / "campaign.yaml", {})
+    assert campaign.retry == Retry()
+    assert (Retry().uncertain, Retry().slot_wait_s) == (3, 1800.0)
 
 
 # -- helpers ---------------------------------------------------------------------------------
