@@ -17,7 +17,8 @@ connection lost after sending      UNCERTAIN   RETRY       RETRY       -
 429                                WAIT_SLOT   RETRY       RETRY       -
 408                                RETRY       RETRY       RETRY       -
 500, 502, 503, 504 (any 5xx)       UNCERTAIN   RETRY       RETRY       -
-401, 402, 403, INSUFFICIENT_...    FATAL       FATAL       LOST (403)  -
+401, 402, INSUFFICIENT_CREDITS     FATAL       FATAL       PERMANENT   -
+403                                FATAL       FATAL       LOST        -
 404                                PERMANENT   LOST        LOST        -
 410                                PERMANENT   PERMANENT   LOST        -
 416 (a resume the server refused)  -           -           RETRY       -

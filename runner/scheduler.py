@@ -424,8 +424,8 @@ class Poller:
         except ApiError as exc:
             if exc.outcome is Outcome.RETRY:
                 # No usable answer within the client's retries (server trouble, an answer
-                # that cannot be read): the task may be perfectly good. Keep it live and
-                # ask again later, as if this poll had not happened.
+                # that cannot be read): the task may be perfectly good. Keep it live, as
+                # if it had not answered, and ask again a little later.
                 log.warning("polling %s failed for now: %s", w.task_id, exc)
                 w.next_at = time.monotonic() + self._jittered(self.interval_s * 2)
                 return
