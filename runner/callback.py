@@ -46,6 +46,7 @@ from aiohttp import web
 
 from .client import TaskStatus, parse_status
 from .errors import ApiError, ManifestError
+from .outcome import Request
 
 __all__ = ["MAX_BODY", "PROBE_TIMEOUT_S", "SILENCE_S", "CallbackReceiver", "load_secret"]
 
@@ -323,8 +324,10 @@ class CallbackReceiver:
         if not self._known(task_id):
             return self._reject(404, "unknown task")
         try:
-            status = parse_status(data, task_id)
+            status = parse_status(data, task_id, Request.WEBHOOK)
         except ApiError:
+            # The outcome policy refuses an unreadable delivery (PERMANENT for a webhook):
+            # nothing changes, and polling finds the task.
             return self._reject(400, "unusable status")
         if not status.state.terminal:
             return web.Response(text="ok")  # progress notes are not results: ignore

@@ -4,9 +4,11 @@ Layers, each with one concern:
 
 * :meth:`ApiClient._send` sends one request through the shared :class:`RequestBudget`
   and translates every foreign exception (aiohttp, sockets, timeouts, bad JSON) into the
-  tree of :mod:`runner.errors`. Nothing above this module catches ``aiohttp.*``.
-* :meth:`ApiClient._with_retries` retries transient errors, bounded by attempts *and*
-  total time, with exponential backoff and full jitter, honouring ``Retry-After``.
+  tree of :mod:`runner.errors`, as the error of the outcome :func:`runner.outcome.classify`
+  gives it. Nothing above this module catches ``aiohttp.*`` or looks at a status number.
+* :meth:`ApiClient._with_retries` retries what the policy calls RETRY, bounded by
+  attempts *and* total time, with exponential backoff and jitter, honouring
+  ``Retry-After`` (:class:`runner.outcome.Backoff`); any other outcome is raised at once.
 * :meth:`ApiClient.submit` / :meth:`ApiClient.status` speak the task API and validate
   its answers: a hostile or broken answer becomes an :class:`~runner.errors.ApiError`
   for that one request, never a crash.
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import random
 import re
 import time
 from collections import Counter
@@ -35,15 +36,21 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import orjson
 
-from .errors import (
-    ApiError,
-    FatalApiError,
-    PermanentApiError,
-    TransientApiError,
-    UncertainSubmitError,
-)
+from .errors import ApiError, FatalApiError, api_error
 from .limits import RequestBudget
+from .outcome import (
+    RETRY_WINDOW_S,
+    Backoff,
+    FailClass,
+    Fault,
+    Outcome,
+    Request,
+    classify,
+    classify_fail_code,
+)
 
+# FailClass and classify_fail_code live in runner.outcome; they are re-exported here for
+# the modules that know them from the client.
 __all__ = [
     "ApiClient",
     "FailClass",
@@ -51,6 +58,7 @@ __all__ = [
     "TaskState",
     "TaskStatus",
     "classify_fail_code",
+    "parse_status",
 ]
 
 T = TypeVar("T")
@@ -71,36 +79,6 @@ class TaskState(enum.Enum):
     @property
     def terminal(self) -> bool:
         return self in (TaskState.SUCCESS, TaskState.FAILED)
-
-
-class FailClass(enum.Enum):
-    PERMANENT = "permanent"
-    RETRYABLE = "retryable"
-    FATAL = "fatal"
-
-
-_PERMANENT_CODES = frozenset(
-    {
-        "CONTENT_VIOLATION",
-        "NSFW_DETECTED",
-        "PROMPT_TOO_LONG",
-        "INVALID_PROMPT",
-        "INVALID_IMAGE_URL",
-        "IMAGE_TOO_LARGE",
-        "UNSUPPORTED_FORMAT",
-    }
-)
-_FATAL_CODES = frozenset({"INSUFFICIENT_CREDITS"})
-
-
-def classify_fail_code(code: str | None) -> FailClass:
-    """How the runner treats a task ``failCode`` (see the API page's table). Unknown,
-    provider-specific codes are retryable within the resubmission budget."""
-    if code in _FATAL_CODES:
-        return FailClass.FATAL
-    if code in _PERMANENT_CODES:
-        return FailClass.PERMANENT
-    return FailClass.RETRYABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +117,28 @@ class FileStream:
     _response: aiohttp.ClientResponse
 
     async def chunks(self, size: int = 1 << 16) -> AsyncIterator[bytes]:
-        """The body, chunk by chunk; transport failures become TransientApiError."""
+        """The body, chunk by chunk; a transport failure becomes the policy's error for a
+        lost connection (RETRY)."""
         try:
             async for chunk in self._response.content.iter_chunked(size):
                 yield chunk
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TransientApiError(f"download broke off: {type(exc).__name__}") from None
+            raise _error(
+                Request.FILE, Fault.CONNECTION_LOST, f"download broke off: {type(exc).__name__}"
+            ) from None
+
+
+def _error(
+    request: Request,
+    fault: Fault,
+    message: str,
+    status: int = 0,
+    code: str = "",
+    retry_after: float | None = None,
+) -> ApiError | FatalApiError:
+    """The error the outcome policy gives this fault of this request."""
+    outcome = classify(request, fault, status, code)
+    return api_error(outcome, message, status, code, retry_after, fault=fault)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -186,17 +180,15 @@ class ApiClient:
         attempts: int = 8,
         backoff_s: float = 0.5,
         backoff_max_s: float = 30.0,
-        retry_window_s: float = 600.0,
+        retry_window_s: float = RETRY_WINDOW_S,
         request_timeout_s: float = 30.0,
         connections: int = 1100,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.budget = budget
-        self.attempts = attempts
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
-        self.retry_window_s = retry_window_s
+        #: how RETRY outcomes are retried: ``attempts`` tries per request
+        self.backoff = Backoff(attempts, backoff_s, backoff_max_s, retry_window_s)
         self.stats = ClientStats()
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=10)
@@ -226,11 +218,13 @@ class ApiClient:
 
     # -- layer 1: one request, foreign exceptions translated ---------------------------
 
-    async def _send(self, kind: str, method: str, url: str, body: bytes | None) -> Any:
+    async def _send(self, request: Request, method: str, url: str, body: bytes | None) -> Any:
         """Send one API request and return the ``data`` of a 200 envelope."""
-        await self.budget.acquire(urgent=kind == "submit")
-        if kind == "submit" and self.halt is not None and self.halt.is_set():
-            raise TransientApiError("submit: not sent, the run is stopping")
+        kind = request.value
+        submit = request is Request.SUBMIT
+        await self.budget.acquire(urgent=submit)
+        if submit and self.halt is not None and self.halt.is_set():
+            raise _error(request, Fault.NOT_SENT, "submit: not sent, the run is stopping")
         self.stats.requests[kind] += 1
         headers = dict(self._auth)
         if body is not None:
@@ -240,50 +234,55 @@ class ApiClient:
                 method, url, data=body, headers=headers, timeout=self._timeout
             ) as resp:
                 raw = await resp.content.read(_MAX_ANSWER_BYTES + 1)
-                return self._answer(kind, resp.status, resp.headers, raw)
+                return self._answer(request, resp.status, resp.headers, raw)
         except aiohttp.ClientConnectorError:
             # Never connected: the request was certainly not sent.
             self.stats.errors["connect"] += 1
-            raise TransientApiError(f"{kind}: cannot connect to the API") from None
+            raise _error(request, Fault.NOT_SENT, f"{kind}: cannot connect to the API") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             # The connection broke or timed out after the request may have left.
             self.stats.errors[type(exc).__name__] += 1
-            message = f"{kind}: the connection broke before an answer came back"
-            if kind == "submit":
-                raise UncertainSubmitError(message) from None
-            raise TransientApiError(message) from None
+            raise _error(
+                request,
+                Fault.CONNECTION_LOST,
+                f"{kind}: the connection broke before an answer came back",
+            ) from None
 
-    def _answer(self, kind: str, status: int, headers: Mapping[str, str], raw: bytes) -> Any:
+    def _answer(self, request: Request, status: int, headers: Mapping[str, str], raw: bytes) -> Any:
+        kind = request.value
         if status != 200:
             self.stats.errors[str(status)] += 1
-        message, code = self._envelope_error(raw)
-        if status == 429:
-            self.stats.throttled += 1
-            retry_after = _retry_after(headers)
-            self.budget.throttle(retry_after)
-            raise TransientApiError(
-                f"{kind}: rate or concurrency limit (429)", 429, retry_after=retry_after
-            )
-        if status in (401, 403):
-            raise FatalApiError(
-                f"the API refused the key ({status}): {message or 'no reason given'}; "
-                "check the key's value and its balance",
-                status,
-            )
-        if status >= 500:
-            raise TransientApiError(f"{kind}: server error {status}", status)
-        if status == 404:
-            raise PermanentApiError(f"{kind}: not found (404): {message}", 404, "NOT_FOUND")
-        if status != 200:
-            raise PermanentApiError(f"{kind}: rejected ({status}): {message}", status, code)
+            message, code = self._envelope_error(raw)
+            retry_after = _retry_after(headers) if status == 429 else None
+            if status == 429:
+                self.stats.throttled += 1
+                if request is not Request.SUBMIT:
+                    # A 429 to a submission may be the live-task limit, which slowing the
+                    # polls (that free slots) would only prolong; the submission waits
+                    # with its own backoff instead.
+                    self.budget.throttle(retry_after)
+                text = f"{kind}: rate or concurrency limit (429)"
+            elif status in (401, 403):
+                text = (
+                    f"the API refused the key ({status}): {message or 'no reason given'}; "
+                    "check the key's value and its balance"
+                )
+            elif status >= 500:
+                text = f"{kind}: server error {status}"
+            elif status == 404:
+                text = f"{kind}: not found (404): {message}"
+                code = "TASK_GONE" if request is Request.STATUS else "NOT_FOUND"
+            else:
+                text = f"{kind}: rejected ({status}): {message}"
+            raise _error(request, Fault.STATUS, text, status, code, retry_after)
         if len(raw) > _MAX_ANSWER_BYTES:
-            raise self._bad(kind, "answer too large")
+            raise _unreadable(request, "answer too large")
         try:
             envelope = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise self._bad(kind, "answer is not JSON") from None
+            raise _unreadable(request, "answer is not JSON") from None
         if not isinstance(envelope, dict) or not isinstance(envelope.get("data"), dict):
-            raise self._bad(kind, "answer has no data object")
+            raise _unreadable(request, "answer has no data object")
         return envelope["data"]
 
     @staticmethod
@@ -302,68 +301,56 @@ class ApiClient:
             message = f"{message} ({error})" if message else error
         return message, str(error or "")
 
-    @staticmethod
-    def _bad(kind: str, why: str) -> ApiError:
-        # A 200 whose body cannot be read: for a submission the task may exist, so the
-        # outcome is unknown; the engine fails that one job rather than paying again.
-        return PermanentApiError(f"{kind}: malformed answer: {why}", 200, "BAD_ANSWER")
-
     # -- layer 2: retries --------------------------------------------------------------
 
     async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` until it returns; an error whose outcome is RETRY is tried again
+        while the backoff allows (and the run is not stopping), any other is raised."""
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
             try:
                 return await call()
-            except UncertainSubmitError:
-                raise  # the engine must record it before anything is sent again
-            except TransientApiError as exc:
-                elapsed = time.monotonic() - started
-                halted = self.halt is not None and self.halt.is_set()
-                if attempt >= self.attempts or elapsed >= self.retry_window_s or halted:
+            except ApiError as exc:
+                if exc.outcome is not Outcome.RETRY:
                     raise
-                delay = exc.retry_after
-                if delay is None:
-                    cap = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
-                    delay = random.uniform(cap / 2, cap)
+                halted = self.halt is not None and self.halt.is_set()
+                if halted or not self.backoff.allows(attempt, time.monotonic() - started):
+                    raise
                 self.stats.retries += 1
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self.backoff.delay(attempt, exc.retry_after))
 
     # -- layer 3: the task API ---------------------------------------------------------
 
     async def submit(self, payload: Mapping[str, Any]) -> str:
         """Create a task from a full request body; return its taskId.
 
-        Raises UncertainSubmitError when the request may have been sent but no answer
-        came back (a task may exist that no one will ever see)."""
+        Only tries that certainly created nothing (no connection) are retried here. Raises
+        the error of any other outcome at once, so the caller records it before anything
+        is sent again: UNCERTAIN (a task may exist that no one will ever see), WAIT_SLOT
+        (429), PERMANENT, FATAL; or RETRY once the retries are spent."""
         url = f"{self.base_url}/generateTask/{quote(self.model, safe='')}"
         body = orjson.dumps(payload)
 
         async def once() -> str:
-            data = await self._send("submit", "POST", url, body)
+            data = await self._send(Request.SUBMIT, "POST", url, body)
             task_id = data.get("taskId")
-            if (
-                not isinstance(task_id, str)
-                or not _TASK_ID.match(task_id)
-                or task_id
-                in {
-                    ".",
-                    "..",
-                }
-            ):
-                raise self._bad("submit", "no usable taskId")
+            if not isinstance(task_id, str) or not _TASK_ID.match(task_id):
+                raise _unreadable(Request.SUBMIT, "no usable taskId")
+            if task_id in (".", ".."):
+                raise _unreadable(Request.SUBMIT, "no usable taskId")
             return task_id
 
         return await self._with_retries(once)
 
     async def status(self, task_id: str) -> TaskStatus:
-        """Poll one task."""
+        """Poll one task. An answer that cannot be read is asked for again (RETRY); a 404
+        raises LOST (TASK_GONE): the API no longer knows the task."""
         url = f"{self.base_url}/statusTask/{quote(self.model, safe='')}?taskId={quote(task_id)}"
 
         async def once() -> TaskStatus:
-            data = await self._send("status", "GET", url, None)
+            data = await self._send(Request.STATUS, "GET", url, None)
             return parse_status(data, task_id)
 
         return await self._with_retries(once)
@@ -372,9 +359,11 @@ class ApiClient:
 
     @asynccontextmanager
     async def open_file(self, url: str, offset: int = 0) -> AsyncIterator[FileStream]:
-        """Open a result URL for streaming, from ``offset`` when resuming."""
+        """Open a result URL for streaming, from ``offset`` when resuming. An expired or
+        vanished URL (403, 404, 410) raises LOST with code URL_EXPIRED."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         self.stats.requests["file"] += 1
+        file = Request.FILE
         # Exceptions thrown into the ``yield`` come from the caller (writing the file to a
         # full disk, say): they are not the server's doing and must not be translated.
         in_caller = False
@@ -384,61 +373,69 @@ class ApiClient:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
             ) as resp:
-                if resp.status in (404, 410, 403):
-                    raise PermanentApiError(
-                        f"result URL answered {resp.status} (expired?)", resp.status, "URL_EXPIRED"
-                    )
-                if resp.status == 416 and offset:
+                status = resp.status
+                if status == 416 and offset:
                     # The partial file is already whole (or longer): start over.
-                    raise TransientApiError("range not satisfiable", 416, "RANGE")
-                if resp.status == 429 or resp.status >= 500:
-                    raise TransientApiError(
-                        f"result URL answered {resp.status}",
-                        resp.status,
-                        retry_after=_retry_after(resp.headers),
-                    )
-                if resp.status not in (200, 206):
-                    raise PermanentApiError(
-                        f"result URL answered {resp.status}", resp.status, "DOWNLOAD_FAILED"
-                    )
+                    raise _error(file, Fault.BAD_BODY, "range not satisfiable", 416, "RANGE")
+                if status not in (200, 206):
+                    gone = status in (403, 404, 410)
+                    code = "URL_EXPIRED" if gone else "DOWNLOAD_FAILED"
+                    text = f"result URL answered {status}" + (" (expired?)" if gone else "")
+                    retry_after = _retry_after(resp.headers)
+                    raise _error(file, Fault.STATUS, text, status, code, retry_after)
                 start, total = 0, resp.content_length
-                if resp.status == 206:
+                if status == 206:
                     start, total = _content_range(resp.headers.get("Content-Range", ""))
                 in_caller = True
-                yield FileStream(
-                    resp.status, start, total, resp.headers.get("Content-Type", ""), resp
-                )
+                yield FileStream(status, start, total, resp.headers.get("Content-Type", ""), resp)
                 in_caller = False
         except ApiError:
             raise
+        except aiohttp.ClientConnectorError:
+            if in_caller:
+                raise
+            self.stats.errors["connect"] += 1
+            raise _error(file, Fault.NOT_SENT, "cannot connect to the result URL's host") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             if in_caller:
                 raise
-            raise TransientApiError(f"download failed: {type(exc).__name__}") from None
+            raise _error(
+                file, Fault.CONNECTION_LOST, f"download failed: {type(exc).__name__}"
+            ) from None
 
 
 def _content_range(value: str) -> tuple[int, int | None]:
     match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", value.strip())
     if not match:
-        raise TransientApiError("206 answer without a usable Content-Range")
+        raise _error(Request.FILE, Fault.BAD_BODY, "206 answer without a usable Content-Range")
     total = None if match.group(3) == "*" else int(match.group(3))
     return int(match.group(1)), total
 
 
-def parse_status(data: Mapping[str, Any], task_id: str) -> TaskStatus:
-    """Validate a status ``data`` object (from a poll or a webhook)."""
+def _unreadable(request: Request, why: str) -> ApiError | FatalApiError:
+    """A 200 whose body cannot be used (code BAD_ANSWER): for a submission the task may
+    exist (UNCERTAIN), a status is asked for again (RETRY), a webhook is refused."""
+    message = f"{request.value}: malformed answer: {why}"
+    return _error(request, Fault.UNREADABLE, message, 200, "BAD_ANSWER")
+
+
+def parse_status(
+    data: Mapping[str, Any], task_id: str, request: Request = Request.STATUS
+) -> TaskStatus:
+    """Validate a status ``data`` object from a poll (``request`` STATUS) or a webhook
+    (WEBHOOK); an unusable one raises the policy's error for that request."""
     if data.get("taskId") not in (None, task_id):
-        raise PermanentApiError("status: answer is for another task", 200, "BAD_ANSWER")
+        raise _unreadable(request, "answer is for another task")
     raw_state = data.get("state")
     if not isinstance(raw_state, str):
-        raise PermanentApiError("status: answer has no state", 200, "BAD_ANSWER")
+        raise _unreadable(request, "answer has no state")
     try:
         state = TaskState(raw_state)
     except ValueError:
         state = TaskState.UNKNOWN
     urls: tuple[str, ...] = ()
     if state is TaskState.SUCCESS:
-        urls = _result_urls(data.get("resultJson"))
+        urls = _result_urls(data.get("resultJson"), request)
     fail_code = fail_msg = None
     if state is TaskState.FAILED:
         fail_code = _text(data.get("failCode"), 100) or "UNKNOWN_FAILURE"
@@ -456,8 +453,8 @@ def parse_status(data: Mapping[str, Any], task_id: str) -> TaskStatus:
     )
 
 
-def _result_urls(result_json: object) -> tuple[str, ...]:
-    bad = PermanentApiError("status: resultJson is not usable", 200, "BAD_ANSWER")
+def _result_urls(result_json: object, request: Request) -> tuple[str, ...]:
+    bad = _unreadable(request, "resultJson is not usable")
     if not isinstance(result_json, str):
         raise bad
     try:

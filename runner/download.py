@@ -5,6 +5,18 @@ server announced, image magic bytes, a size cap), hashes it, fsyncs it and only 
 renames it into place under ``images/``. An interrupted download keeps its ``.part``
 and continues with a ``Range`` request where the server allows it (206), or starts over.
 Downloads have their own concurrency limit and never hold a task slot.
+
+What a failed download means is the outcome policy's word (:mod:`runner.outcome`):
+
+* RETRY (a broken transfer, a short, damaged or foreign body, a 5xx): tried again, from
+  where it stopped or from the start, within ``retry.attempts``; then the job is parked
+  for the next run (a body damaged every time fails the job);
+* LOST (the URL answers 403/404/410, or its host cannot be reached): the URLs are dead.
+  The task is polled again for fresh ones (recorded in the ledger as a new ``result``),
+  at most :data:`MAX_REFRESHES` times per job and run; if the API no longer has the task
+  (TASK_GONE), or its URLs are the same or dead again (URL_EXPIRED), the job is ``lost``
+  (a ledger event, not a failure): the run goes on;
+* PERMANENT (a body over the size cap): the job fails (retryable).
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,17 +34,27 @@ from typing import Literal
 
 import aiofiles
 
-from .client import ApiClient
-from .errors import PermanentApiError, TransientApiError
+from .client import ApiClient, TaskState
+from .errors import ApiError, FatalApiError, LostError, api_error
 from .ledger import JobRecord, Ledger
 from .manifest import Campaign, Job, image_path
+from .outcome import Backoff, Fault, Outcome, Request, classify, exhausted
 from .outputs import RunCounters
 
 log = logging.getLogger("runner")
 
-__all__ = ["MAX_IMAGE_BYTES", "Downloader", "FileRecord", "fetch_image", "sniff_ext"]
+__all__ = [
+    "MAX_IMAGE_BYTES",
+    "MAX_REFRESHES",
+    "Downloader",
+    "FileRecord",
+    "fetch_image",
+    "sniff_ext",
+]
 
 MAX_IMAGE_BYTES = 256 << 20  # a 4K PNG is tens of MB; refuse anything absurd
+#: times a job's dead result URLs are refreshed by polling its task, per run
+MAX_REFRESHES = 2
 _CHUNK = 1 << 16
 _WRITE_BLOCK = 1 << 20
 
@@ -108,8 +131,8 @@ async def _download_once(
         else:
             have, mode = 0, "wb"
         if stream.total is not None and stream.total > max_bytes:
-            raise PermanentApiError(
-                f"result is {stream.total} bytes, over the {max_bytes} cap", 200, "TOO_LARGE"
+            raise _file_error(
+                Fault.TOO_LARGE, f"result is {stream.total} bytes, over the {max_bytes} cap"
             )
         size = have
         async with aiofiles.open(part, mode) as out:
@@ -120,9 +143,7 @@ async def _download_once(
             async for chunk in stream.chunks(_CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
-                    raise PermanentApiError(
-                        f"result exceeds the {max_bytes}-byte cap", 200, "TOO_LARGE"
-                    )
+                    raise _file_error(Fault.TOO_LARGE, f"result exceeds the {max_bytes}-byte cap")
                 digest.update(chunk)
                 pending.append(chunk)
                 buffered += len(chunk)
@@ -134,8 +155,17 @@ async def _download_once(
             await out.flush()
             await asyncio.to_thread(os.fsync, out.fileno())
         if stream.total is not None and size != stream.total:
-            raise TransientApiError(f"download ended at {size} of {stream.total} bytes")
+            raise _file_error(Fault.SHORT_BODY, f"download ended at {size} of {stream.total} bytes")
     return size, digest
+
+
+_FILE_CODES = {Fault.TOO_LARGE: "TOO_LARGE"}
+
+
+def _file_error(fault: Fault, message: str, code: str = "") -> ApiError | FatalApiError:
+    """The outcome policy's error for a download that went wrong the ``fault`` way."""
+    code = code or _FILE_CODES.get(fault, "")
+    return api_error(classify(Request.FILE, fault), message, 200, code, fault=fault)
 
 
 async def fetch_image(
@@ -150,25 +180,34 @@ async def fetch_image(
 ) -> FileRecord:
     """Download ``url`` into ``part``, verify it, and rename it to ``dest_for(ext)``.
 
-    Transient failures (broken connection, short body, 5xx) are retried, resuming where
-    the server allows; a wrong or unusable body fails the download permanently."""
+    What the outcome policy calls RETRY (broken connection, short or damaged body, 5xx)
+    is tried again within ``attempts`` and the retry window, resuming where the server
+    allows; then it becomes what :func:`runner.outcome.exhausted` says. Any other outcome
+    is raised at once (LOST: a dead URL; PERMANENT: an unusable body)."""
     part.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, attempts + 1):
+    backoff = Backoff(attempts, initial_s=backoff_s)
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             size, digest = await _download_once(client, url, part, max_bytes)
             ext = await asyncio.to_thread(_check_image, part)
             break
-        except TransientApiError as exc:
-            if exc.code in ("RANGE", "NOT_AN_IMAGE", "CORRUPT"):
+        except ApiError as exc:
+            if exc.fault.spoils_partial or exc.outcome is not Outcome.RETRY:
                 part.unlink(missing_ok=True)  # start over, never from bad bytes
-            if attempt == attempts:
-                if exc.code in ("NOT_AN_IMAGE", "CORRUPT"):
-                    raise PermanentApiError(str(exc), 200, exc.code) from None
+            if exc.outcome is not Outcome.RETRY:
                 raise
-            await asyncio.sleep(exc.retry_after or backoff_s * 2 ** (attempt - 1))
-        except PermanentApiError:
-            part.unlink(missing_ok=True)
-            raise
+            if not backoff.allows(attempt, time.monotonic() - started):
+                outcome = exhausted(Request.FILE, exc.fault)
+                if outcome is Outcome.RETRY:
+                    raise
+                part.unlink(missing_ok=True)
+                code = "URL_EXPIRED" if outcome is Outcome.LOST else exc.code
+                message = f"{exc} ({attempt} tries)"
+                raise api_error(outcome, message, exc.status, code, fault=exc.fault) from None
+            await asyncio.sleep(backoff.delay(attempt, exc.retry_after))
     dest = dest_for(ext)
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, dest)
@@ -177,14 +216,14 @@ async def fetch_image(
 
 def _check_image(part: Path) -> str:
     """The extension of the image in ``part``. A body that is not an image (an HTML error
-    page) or a damaged one is transient: a proxy or the transfer may be at fault, so the
+    page) or a damaged one is a bad body: a proxy or the transfer may be at fault, so the
     download is tried again from the start."""
     with part.open("rb") as f:
         ext = sniff_ext(f.read(16))
     if ext is None:
-        raise TransientApiError("result is not a PNG, JPEG or WebP image", 200, "NOT_AN_IMAGE")
+        raise _file_error(Fault.BAD_BODY, "result is not a PNG, JPEG or WebP image", "NOT_AN_IMAGE")
     if not image_is_whole(part, ext):
-        raise TransientApiError(f"result is a damaged {ext.upper()} image", 200, "CORRUPT")
+        raise _file_error(Fault.BAD_BODY, f"result is a damaged {ext.upper()} image", "CORRUPT")
     return ext
 
 
@@ -219,35 +258,101 @@ class Downloader:
 
     async def job(self, job: Job) -> None:
         """Fetch the job's images not yet on disk; then record it done. A transient
-        failure parks the job for the next run; a permanent one fails it (retryable)."""
-        rec = self.ledger.index[job.id]
+        failure parks the job for the next run; dead URLs are refreshed, and the job is
+        ``lost`` if that fails; a permanent failure fails it (retryable)."""
         self.counters.downloading += 1
         try:
-            for index, url in enumerate(rec.urls):
-                if index in rec.files and (self.out / str(rec.files[index]["path"])).is_file():
-                    continue
-                async with self._limit:
-                    record = await self._fetch(job.id, rec.task_id or "", index, url)
-                self.ledger.append(
-                    "file",
-                    job.id,
-                    i=index,
-                    path=record.path.relative_to(self.out).as_posix(),
-                    bytes=record.bytes,
-                    sha256=record.sha256,
-                )
-                self.counters.images += 1
-        except TransientApiError as exc:
-            log.warning("job %s: download failed for now: %s", job.id, exc)
-            self.counters.download_parked += 1
-            return
-        except PermanentApiError as exc:
-            self._fail(job, exc.code or "DOWNLOAD_FAILED", str(exc), True)
+            await self._images(job)
+        except ApiError as exc:
+            if exc.outcome is Outcome.RETRY:
+                log.warning("job %s: download failed for now: %s", job.id, exc)
+                self.counters.download_parked += 1
+            elif exc.outcome is Outcome.LOST:
+                self.lost(job, exc.code or "URL_EXPIRED", str(exc))
+            else:
+                self._fail(job, exc.code or "DOWNLOAD_FAILED", str(exc), True)
             return
         finally:
             self.counters.downloading -= 1
-        self.ledger.append("done", job.id, task=rec.task_id)
+        self.ledger.append("done", job.id, task=self.ledger.index[job.id].task_id)
         self.counters.done += 1
+
+    def lost(self, job: Job, code: str, message: str) -> None:
+        """Record that the job's paid images are gone for good (``code`` URL_EXPIRED or
+        TASK_GONE). Not a failure: the run goes on; ``--retry-failed`` pays again."""
+        self.ledger.append("lost", job.id, code=code, msg=message[:500])
+        self.counters.lost += 1
+        log.warning("job %s lost: %s %s", job.id, code, message)
+
+    async def _images(self, job: Job) -> None:
+        """Download every image of the job not on disk, refreshing dead URLs."""
+        refreshes = 0
+        index = 0
+        while True:
+            rec = self.ledger.index[job.id]
+            if index >= len(rec.urls):
+                return
+            have = rec.files.get(index)
+            if have is not None and (self.out / str(have["path"])).is_file():
+                index += 1
+                continue
+            try:
+                async with self._limit:
+                    record = await self._fetch(job.id, rec.task_id or "", index, rec.urls[index])
+            except LostError:
+                if refreshes >= MAX_REFRESHES:
+                    raise
+                refreshes += 1
+                await self._refresh(job, rec)
+                continue  # the same index, from the fresh URLs
+            self.ledger.append(
+                "file",
+                job.id,
+                i=index,
+                path=record.path.relative_to(self.out).as_posix(),
+                bytes=record.bytes,
+                sha256=record.sha256,
+            )
+            self.counters.images += 1
+            index += 1
+
+    async def _refresh(self, job: Job, rec: JobRecord) -> None:
+        """Poll the job's task for fresh result URLs and record them (a ``result``
+        event). Raises LostError when there are none to be had; RETRY errors of the poll
+        pass through (the job is parked, its URLs may yet be refreshed)."""
+        task_id = rec.task_id
+        if not task_id:
+            raise LostError("the result URLs are dead and no task is known", 0, "URL_EXPIRED")
+        try:
+            status = await self.client.status(task_id)
+        except LostError as exc:
+            raise LostError(
+                f"the result URLs are dead and the API no longer has task {task_id}: {exc}",
+                exc.status,
+                "TASK_GONE",
+            ) from None
+        if status.state is not TaskState.SUCCESS:
+            raise LostError(
+                f"the result URLs are dead and task {task_id} now answers {status.raw_state!r}",
+                0,
+                "TASK_GONE",
+            )
+        if status.result_urls == rec.urls:
+            raise LostError(
+                "the result URLs have expired (polling the task gives the same ones)",
+                0,
+                "URL_EXPIRED",
+            )
+        log.info("job %s: result URLs refreshed from task %s", job.id, task_id)
+        self.ledger.append(
+            "result",
+            job.id,
+            task=task_id,
+            urls=list(status.result_urls),
+            create_ms=status.create_ms if status.create_ms is not None else rec.create_ms,
+            complete_ms=status.complete_ms if status.complete_ms is not None else rec.complete_ms,
+            cost_ms=status.cost_ms if status.cost_ms is not None else rec.cost_ms,
+        )
 
     async def _fetch(self, job_id: str, task_id: str, index: int, url: str) -> FileRecord:
         # The temporary name is derived from the id (not the id itself), so no id can

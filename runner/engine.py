@@ -36,6 +36,7 @@ from .client import ApiClient, FailClass, TaskState, TaskStatus, classify_fail_c
 from .download import Downloader
 from .errors import (
     FatalApiError,
+    LostError,
     PermanentApiError,
 )
 from .ledger import JobRecord, Ledger, Phase
@@ -145,7 +146,7 @@ class Engine:
                     callback_url=self._receiver.callback_url if self._receiver else None,
                     fail=self._fail,
                     stopping=self._stopping,
-                    max_uncertain=self.campaign.retry.attempts,
+                    retry=self.campaign.retry,
                 )
                 self._submitter.recover_uncertain()
                 await self._run_jobs(client)
@@ -396,7 +397,7 @@ class Engine:
                 return None
             self.ledger.state.revive(job.id)  # the downloader works on the full record
             return "download" if rec.urls else "submit"
-        if rec.phase is Phase.FAILED:
+        if rec.phase in (Phase.FAILED, Phase.LOST):
             if self.options.retry_failed and rec.retryable:
                 # The last task succeeded and only its download failed: its images are
                 # paid for; fetch them again rather than pay twice.
@@ -419,6 +420,8 @@ class Engine:
             await work
         except FatalApiError as exc:
             self._fatal(exc)
+        except LostError as exc:  # the API no longer has the task
+            self._downloader.lost(job, exc.code, str(exc))
         except PermanentApiError as exc:
             self._fail(job, exc.code or f"HTTP_{exc.status}", str(exc), retryable=True)
         finally:

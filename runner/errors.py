@@ -4,23 +4,38 @@ Everything the runner raises on purpose derives from :class:`RunnerError`. Forei
 exceptions (aiohttp, OSError from sockets, orjson) are translated into this tree in
 exactly one place, :mod:`runner.client`; nothing above the client catches ``aiohttp.*``.
 
+An API error is raised as the class of its :class:`~runner.outcome.Outcome`, decided by
+the outcome policy (:func:`runner.outcome.classify`) and built by :func:`api_error`; each
+carries ``outcome`` (what to do) and ``fault`` (what happened), so callers act on those,
+never on status numbers or code strings. ``code`` is what the ledger records.
+
 ::
 
     RunnerError
     ├── ManifestError          bad manifest, option or configuration   -> exit 2, nothing sent
-    ├── FatalApiError          the API refused the account (401/403,    -> exit 3, state saved
-    │                          INSUFFICIENT_CREDITS)
+    ├── FatalApiError          FATAL: the API refused the account       -> exit 3, state saved
+    │                          (401/403, INSUFFICIENT_CREDITS)
     ├── LockedError            another run holds the output folder      -> exit 5
     └── ApiError               one request went wrong
-        ├── TransientApiError  429, 5xx, timeouts, resets: retry, honouring ``retry_after``
-        │   └── UncertainSubmitError  a submission was sent but its answer was lost
-        └── PermanentApiError  400, 404, a hostile or broken answer: fail that job only
+        ├── TransientApiError  RETRY: 5xx, timeouts, resets, a status answer that cannot
+        │   │                  be read, a short download; retry, honouring ``retry_after``
+        │   ├── SlotBusyError  WAIT_SLOT: 429 to a submission; no task was created, wait
+        │   │                  for a slot
+        │   └── UncertainSubmitError  UNCERTAIN: a submission may have created a task
+        │                      (5xx, timeout or reset after sending, an unreadable 200)
+        └── PermanentApiError  PERMANENT: 400, an unusable download: fail that job only
+            └── LostError      LOST: the job's paid images are gone (URL_EXPIRED,
+                               TASK_GONE)
 
 Task failures reported by the API (``failCode``) are not exceptions: they are data
-(:class:`runner.client.TaskStatus`), classified by :func:`runner.client.classify_fail_code`.
+(:class:`runner.client.TaskStatus`), classified by :func:`runner.outcome.classify_fail_code`.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+from .outcome import Fault, Outcome
 
 
 class RunnerError(Exception):
@@ -46,10 +61,14 @@ class FatalApiError(RunnerError):
     """The API refused the account: bad key, no permission, no credits. Stop the run."""
 
     exit_code = 3
+    outcome: ClassVar[Outcome] = Outcome.FATAL
 
-    def __init__(self, message: str, status: int = 0, code: str = "") -> None:
+    def __init__(
+        self, message: str, status: int = 0, code: str = "", *, fault: Fault = Fault.STATUS
+    ) -> None:
         self.status = status
         self.code = code
+        self.fault = fault
         super().__init__(message)
 
 
@@ -60,30 +79,81 @@ class LockedError(RunnerError):
 
 
 class ApiError(RunnerError):
-    """One API request failed."""
+    """One API request (or result download) failed. ``outcome`` says what it means for
+    the job, ``fault`` what happened; ``retry_after`` is the delay in seconds the server
+    asked for, if it said."""
 
-    def __init__(self, message: str, status: int = 0, code: str = "") -> None:
+    outcome: ClassVar[Outcome] = Outcome.PERMANENT
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 0,
+        code: str = "",
+        retry_after: float | None = None,
+        *,
+        fault: Fault = Fault.STATUS,
+    ) -> None:
         self.status = status
         self.code = code
+        self.retry_after = retry_after
+        self.fault = fault
         super().__init__(message)
 
 
 class TransientApiError(ApiError):
-    """Worth retrying: rate limited, server trouble, timeout, broken connection.
+    """Worth retrying: server trouble, timeout, broken connection, an unreadable status
+    answer, a short download."""
 
-    ``retry_after`` is the delay in seconds the server asked for, if it said.
-    """
+    outcome: ClassVar[Outcome] = Outcome.RETRY
 
-    def __init__(
-        self, message: str, status: int = 0, code: str = "", retry_after: float | None = None
-    ) -> None:
-        self.retry_after = retry_after
-        super().__init__(message, status, code)
+
+class SlotBusyError(TransientApiError):
+    """A submission was refused with 429 (the live-task limit or the rate; the API does
+    not say which): certainly no task was created. Wait for a slot and send it again."""
+
+    outcome: ClassVar[Outcome] = Outcome.WAIT_SLOT
 
 
 class UncertainSubmitError(TransientApiError):
-    """A submission reached the wire but no answer came back: a task may exist unseen."""
+    """A submission may have created a task that nobody will ever see: the connection
+    broke or timed out after it was sent, a 5xx answered it, or its 200 was unreadable."""
+
+    outcome: ClassVar[Outcome] = Outcome.UNCERTAIN
 
 
 class PermanentApiError(ApiError):
-    """Retrying will not help: invalid parameters, unknown task, a malformed answer."""
+    """Retrying will not help: invalid parameters, an unusable download."""
+
+    outcome: ClassVar[Outcome] = Outcome.PERMANENT
+
+
+class LostError(PermanentApiError):
+    """The job's paid images are gone for good: the result URLs expired (and polling the
+    task gave no fresh ones), or the API no longer knows the task."""
+
+    outcome: ClassVar[Outcome] = Outcome.LOST
+
+
+_CLASSES: dict[Outcome, type[ApiError]] = {
+    Outcome.RETRY: TransientApiError,
+    Outcome.WAIT_SLOT: SlotBusyError,
+    Outcome.UNCERTAIN: UncertainSubmitError,
+    Outcome.PERMANENT: PermanentApiError,
+    Outcome.LOST: LostError,
+}
+
+
+def api_error(
+    outcome: Outcome,
+    message: str,
+    status: int = 0,
+    code: str = "",
+    retry_after: float | None = None,
+    *,
+    fault: Fault = Fault.STATUS,
+) -> ApiError | FatalApiError:
+    """The error of ``outcome`` (the class in the module's tree)."""
+    if outcome is Outcome.FATAL:
+        return FatalApiError(message, status, code, fault=fault)
+    return _CLASSES[outcome](message, status, code, retry_after, fault=fault)

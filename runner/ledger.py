@@ -24,6 +24,8 @@ Events, in the order a job meets them::
                 :mod:`runner.packed`) and reads the line again when its
                 details are wanted. A ``done`` line is also the compacted form of a job
     failed      the job ended without images (code, message, retryable or not)
+    lost        the job's paid images are gone for good (code URL_EXPIRED or TASK_GONE,
+                message); like a retryable failure, ``reset`` takes it back to new
     timeout     the task outlived polling.timeout in this run; it stays live
     snap        a job's whole record at once: written by compaction (``runner.snapshot``)
                 in place of its history
@@ -62,6 +64,7 @@ class Phase(enum.Enum):
     RESULT = "result"  # the task succeeded; images still to download
     DONE = "done"
     FAILED = "failed"
+    LOST = "lost"  # paid images gone for good: submitted again only after a reset
 
 
 @dataclass(slots=True)
@@ -217,7 +220,7 @@ class LedgerIndex:
     def status(self, job: str, fp: str) -> tuple[str, JobRecord | None, int, int]:
         """(state, full record or None, images on disk, uncertain submissions) of ``job``
         for content ``fp``; without reading anything for a done job. State is pending,
-        live, downloading, done or failed; history under other content does not count."""
+        live, downloading, done, failed or lost; history under other content does not count."""
         packed = self.done.get(job)
         if packed is not None:
             done_fp, meta = packed
@@ -310,6 +313,7 @@ class LedgerIndex:
 _STATES = {
     Phase.DONE: "done",
     Phase.FAILED: "failed",
+    Phase.LOST: "lost",
     Phase.LIVE: "live",
     Phase.RESULT: "downloading",
 }
@@ -381,6 +385,10 @@ def _apply(index: dict[str, JobRecord], ev: dict[str, Any]) -> None:
         rec.phase = Phase.FAILED
         rec.fail_code, rec.fail_msg = ev.get("code"), ev.get("msg")
         rec.retryable = bool(ev.get("retryable"))
+    elif kind == "lost":
+        rec.phase = Phase.LOST
+        rec.fail_code, rec.fail_msg = ev.get("code"), ev.get("msg")
+        rec.retryable = True
     elif kind == "reset":
         # --retry-failed: the failure budget starts afresh
         rec.phase = Phase.NEW

@@ -34,7 +34,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from .client import ApiClient, TaskStatus
-from .errors import TransientApiError
+from .errors import ApiError
+from .outcome import Outcome
 
 __all__ = ["CompletionModel", "PollTimeout", "Poller"]
 
@@ -443,12 +444,17 @@ class Poller:
         w.last_poll = time.monotonic()
         try:
             status = await self.client.status(w.task_id)
-        except TransientApiError as exc:
-            # Retries inside the client are exhausted; keep the task and try later.
-            log.warning("polling %s failed for now: %s", w.task_id, exc)
-            w.next_at = time.monotonic() + self._jittered(self.interval_s * 2)
+        except ApiError as exc:
+            if exc.outcome is Outcome.RETRY:
+                # No usable answer within the client's retries (server trouble, an answer
+                # that cannot be read): the task may be perfectly good. Keep it live, as
+                # if it had not answered, and ask again a little later.
+                log.warning("polling %s failed for now: %s", w.task_id, exc)
+                w.next_at = time.monotonic() + self._jittered(self.interval_s * 2)
+                return
+            self._fail(w, exc)  # LOST (the API no longer has it) or PERMANENT: the job
             return
-        except Exception as exc:  # permanent, fatal or unexpected: the job decides
+        except Exception as exc:  # fatal or unexpected: the job decides
             self._fail(w, exc)
             return
         if w.future.done():

@@ -73,9 +73,21 @@ class Polling:
 
 @dataclass(frozen=True, slots=True)
 class Retry:
+    """What may be tried again, and how often (the outcome policy, ``runner.outcome``,
+    says what is worth trying again)."""
+
+    #: tries per HTTP request (a poll, a download, a submission that certainly never left)
+    #: on transient errors, within 10 minutes; 429s to submissions do not count
     attempts: int = 8
+    #: resubmissions of a job whose task failed with a retryable failCode
     failed_tasks: int = 2
     request_timeout_s: float = 30.0  # an API answer slower than this is given up on
+    #: submissions of one job (in one run) whose outcome cannot be known (5xx, timeout or
+    #: reset after sending, an unreadable answer) before the job fails as UNCERTAIN
+    uncertain: int = 3
+    #: how long a submission may wait for a slot under the API's live-task limit (429s)
+    #: before it is left pending for a later run
+    slot_wait_s: float = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +300,8 @@ _RETRY: dict[str, tuple[str, Check]] = {
     "attempts": ("attempts", _int(1, 100)),
     "failed_tasks": ("failed_tasks", _int(0, 20)),
     "request_timeout": ("request_timeout_s", _duration(positive=True)),
+    "uncertain": ("uncertain", _int(0, 100)),
+    "slot_wait": ("slot_wait_s", _duration(positive=False)),
 }
 _BUDGET: dict[str, tuple[str, Check]] = {
     "max_images": ("max_images", _int(1, 10**15)),

@@ -1,33 +1,50 @@
 """The submission protocol: the one place a paid request is sent.
 
-For every submission the ledger gets ``submit`` *before* the request leaves, and
-``task`` (with the taskId) or ``unsent`` or ``uncertain`` as soon as the outcome is known.
-So after a kill at any moment the ledger tells exactly which submissions may have created
-a task nobody knows about: those with an intent and no outcome.
+For every try the ledger gets ``submit`` *before* the request leaves, and ``task`` (with
+the taskId) or ``unsent`` or ``uncertain`` as soon as the outcome is known. So after a
+kill at any moment the ledger tells exactly which submissions may have created a task
+nobody knows about: those with an intent and no outcome.
+
+What a refused or unanswered try leads to is the outcome policy's word
+(:mod:`runner.outcome`), acted on here:
+
+* UNCERTAIN (a 5xx, a timeout or a reset after sending, an unreadable 200): recorded as
+  ``uncertain`` (and counted) before anything is sent again; sent again after a backoff
+  up to ``retry.uncertain`` times in this run, then the job fails ``UNCERTAIN``
+  (retryable);
+* WAIT_SLOT (a 429: the live-task limit or the rate): ``unsent``, not counted against
+  ``retry.attempts``; sent again with growing, jittered pauses until it goes through,
+  the run stops, or ``retry.slot_wait`` has passed, when the job is left pending
+  (``RunCounters.slot_waits_expired``) for a later run;
+* RETRY once the client's retries are spent (the API could not be reached): ``unsent``,
+  the job stays pending; a job that certainly never reached the API is not failed;
+* PERMANENT: ``unsent`` and the job fails; FATAL: ``unsent`` and the run stops.
 
 Three guards keep payment frugal:
 
-* **one at a time until the key is proven**: until the API has once answered a
-  submission with something other than a refusal of the account, submissions are
-  serialised, so a bad key or an empty balance costs one request, not a thousand;
+* **one try at a time until the key is proven**: until the API has once answered a
+  submission with something other than a refusal of the account, tries are serialised,
+  so a bad key or an empty balance costs one request, not a thousand;
 * **a cap on submissions on the wire** (:data:`MAX_ON_WIRE`), the bound on what a SIGKILL
   at the worst moment can leave uncertain;
-* **no blind resubmission of an unreadable success**: a 200 that cannot be parsed may
-  hide a task, so the job fails (retryable by ``--retry-failed``) instead of paying again.
+* **a cap on blind resubmission**: ``retry.uncertain``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from .client import ApiClient
-from .errors import FatalApiError, PermanentApiError, TransientApiError, UncertainSubmitError
+from .errors import ApiError, FatalApiError
 from .ledger import Ledger, Phase
 from .manifest import Job
+from .outcome import Outcome
 from .outputs import RunCounters
+from .settings import Retry
 
 __all__ = ["MAX_ON_WIRE", "Submitter"]
 
@@ -37,12 +54,13 @@ log = logging.getLogger("runner")
 #: than the rate limit lets through even while 1,000 slots fill at start.
 MAX_ON_WIRE = 64
 
-_RETRY = object()  # the outcome was lost: submit again
-
 FailJob = Callable[[Job, str, str, bool], None]
 
 
 class Submitter:
+    """Submits jobs (:meth:`submit`) under the protocol of the module docstring.
+    ``retry`` gives ``uncertain`` and ``slot_wait_s``."""
+
     def __init__(
         self,
         client: ApiClient,
@@ -53,7 +71,7 @@ class Submitter:
         callback_url: str | None,
         fail: FailJob,
         stopping: asyncio.Event,
-        max_uncertain: int,
+        retry: Retry,
     ) -> None:
         self.client = client
         self.ledger = ledger
@@ -62,7 +80,8 @@ class Submitter:
         self._callback_url = callback_url
         self._fail = fail
         self._stopping = stopping
-        self._max_uncertain = max_uncertain
+        self._max_uncertain = retry.uncertain
+        self._slot_wait_s = retry.slot_wait_s
         self._key_proven = False
         self._probe = asyncio.Lock()
         self._wire = asyncio.Semaphore(MAX_ON_WIRE)
@@ -102,53 +121,96 @@ class Submitter:
             await self._idle.wait()
 
     async def submit(self, job: Job) -> str | None:
-        """Submit until a task exists (its taskId) or the job cannot go on (None)."""
-        if self._key_proven:
-            return await self._submit(job)
-        async with self._probe:
-            task_id = await self._submit(job)
-            if task_id is not None:
-                self._key_proven = True
-            return task_id
-
-    async def _submit(self, job: Job) -> str | None:
+        """Submit until a task exists (its taskId) or the job cannot go on now (None:
+        it failed, or it stays pending for a later run). Raises FatalApiError."""
+        backoff = self.client.backoff
+        uncertain = slot_tries = 0
+        started = time.monotonic()
+        slot_wait_since: float | None = None
         while True:
-            async with self._wire:
-                outcome = await self._send(job)
-            if outcome is not _RETRY:
-                return outcome if isinstance(outcome, str) else None
+            if self._stopping.is_set():
+                return None
+            answer = await self._try(job)
+            if isinstance(answer, str):
+                return answer
+            outcome = answer.outcome
+            if outcome is Outcome.UNCERTAIN:
+                uncertain += 1
+                resending_s = time.monotonic() - started
+                if uncertain > self._max_uncertain or resending_s > backoff.window_s:
+                    message = f"{uncertain} submissions with an unknown outcome; last: {answer}"
+                    self._fail(job, "UNCERTAIN", message, True)
+                    return None
+                delay = backoff.delay(uncertain, answer.retry_after)
+            elif outcome is Outcome.WAIT_SLOT:
+                now = time.monotonic()
+                slot_wait_since = now if slot_wait_since is None else slot_wait_since
+                left = self._slot_wait_s - (now - slot_wait_since)
+                if left <= 0:
+                    self.counters.slot_waits_expired += 1
+                    log.warning(
+                        "job %s: no task slot within retry.slot_wait (%gs); it stays pending "
+                        "for the next run",
+                        job.id,
+                        self._slot_wait_s,
+                    )
+                    return None
+                slot_tries += 1
+                delay = min(left, backoff.slot_delay(slot_tries, answer.retry_after))
+            elif outcome is Outcome.RETRY:
+                # The API could not be reached (or the run is stopping), but certainly no
+                # task was created.
+                if not self._stopping.is_set():
+                    log.warning("job %s: not submitted (%s); it stays pending", job.id, answer)
+                return None
+            else:  # PERMANENT (LOST does not answer a submission)
+                self._fail(job, answer.code or f"HTTP_{answer.status}", str(answer), False)
+                return None
+            if await self._stopped_within(delay):
+                return None
 
-    async def _send(self, job: Job) -> object:
-        """One submission: returns the taskId, None (no task was created) or _RETRY."""
-        if self._stopping.is_set():
-            return None
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Sleep ``seconds``, or less if the run starts stopping; True if it did."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=max(0.0, seconds))
+        except TimeoutError:
+            return False
+        return True
+
+    async def _try(self, job: Job) -> str | ApiError:
+        """One try, serialised until the key is proven."""
+        if self._key_proven:
+            async with self._wire:
+                return await self._send(job)
+        async with self._probe, self._wire:
+            answer = await self._send(job)
+            # Anything but a refusal of the account (which raised) proves the key, except
+            # answers that may come before the key is checked: 429 and the unreachable.
+            if isinstance(answer, str) or answer.outcome not in (
+                Outcome.WAIT_SLOT,
+                Outcome.RETRY,
+                Outcome.UNCERTAIN,
+            ):
+                self._key_proven = True
+            return answer
+
+    async def _send(self, job: Job) -> str | ApiError:
+        """One submission, its intent and outcome written to the ledger: the taskId, or
+        the error (already recorded) the caller acts on. Raises FatalApiError."""
         self.ledger.append("submit", job.id, fp=job.fingerprint, imgs=job.max_images)
         self.on_wire += 1
         self.counters.submitted += 1
         try:
             task_id = await self.client.submit(self.payload(job))
-        except UncertainSubmitError as exc:
-            self._uncertain(job, str(exc))
-            if self.ledger.index[job.id].uncertain >= self._max_uncertain:
-                self._fail(job, "UNCERTAIN", "submissions kept losing their answer", True)
-                return None
-            return _RETRY
-        except PermanentApiError as exc:
-            self._key_proven = True  # the key passed; this job's content did not
-            if exc.code == "BAD_ANSWER":
+        except ApiError as exc:
+            if exc.outcome is Outcome.UNCERTAIN:
                 self._uncertain(job, str(exc))
-                self._fail(job, "BAD_ANSWER", str(exc), True)
             else:
                 self.ledger.append("unsent", job.id, status=exc.status)
-                self._fail(job, exc.code or f"HTTP_{exc.status}", str(exc), False)
-            return None
-        except (TransientApiError, FatalApiError) as exc:
+            return exc
+        except FatalApiError as exc:
             self.ledger.append("unsent", job.id, status=exc.status)
-            if isinstance(exc, FatalApiError):
-                raise
-            if not self._stopping.is_set():
-                self._fail(job, "SUBMIT_FAILED", str(exc), True)
-            return None
+            raise
         finally:
             self.on_wire -= 1
             if not self.on_wire:

@@ -130,13 +130,18 @@ async def test_429_storm_is_survived_and_slows_the_runner(sim, manifest):
     assert _summary(out_dir(path))["throttled_429"] == sim.stats.count(status=429)
 
 
-async def test_5xx_answers_are_retried_without_duplicate_submissions(sim, manifest):
+async def test_5xx_answers_are_retried_and_5xx_to_submissions_counted_uncertain(sim, manifest):
+    """5xx to polls are retried; a 5xx to a submission may hide a task, so it is counted
+    uncertain before the job is sent again (this simulator creates none: no duplicate)."""
     sim.config.p_5xx = 0.3
-    path = manifest(prompts(15), limits={"concurrency": 5})
-    code, _ = await run_engine(path, sim.base_url)
+    # retry.uncertain is raised: four 5xx in a row for one job would fail it UNCERTAIN.
+    path = manifest(prompts(15), limits={"concurrency": 5}, retry={"uncertain": 20})
+    code, engine = await run_engine(path, sim.base_url)
     assert code == 0
     assert set(sim.stats.submissions_per_prompt.values()) == {1}
     assert assert_images_match_server(out_dir(path), sim) == 15
+    submit_5xx = sum(sim.stats.count("generate", status) for status in (500, 502, 503, 504))
+    assert engine.counters.uncertain == submit_5xx > 0
 
 
 async def test_truncated_downloads_are_resumed_and_byte_identical(sim, manifest):
@@ -150,7 +155,7 @@ async def test_truncated_downloads_are_resumed_and_byte_identical(sim, manifest)
 
 async def test_lost_submission_answers_count_as_uncertain_and_are_submitted_again(sim, manifest):
     sim.config.p_reset_after = 0.3
-    path = manifest(prompts(12), limits={"concurrency": 4})
+    path = manifest(prompts(12), limits={"concurrency": 4}, retry={"uncertain": 20})
     code, engine = await run_engine(path, sim.base_url)
     assert code == 0
     extra = sum(sim.stats.submissions_per_prompt.values()) - 12

@@ -1,6 +1,8 @@
 """Hostile input (``pytest -m faults``): any value anywhere in a manifest is an exit-2 error
-that names where it is, never a traceback; any malformed API answer fails that one job
-with a recorded reason while the run goes on, and writes nothing outside the output folder.
+that names where it is, never a traceback; any malformed API answer is what the outcome
+policy says (an unreadable status is asked for again, an unreadable submission answer is
+uncertain, a dead URL is refreshed), never a crash: the run goes on, a job that cannot go
+on ends with a recorded reason, and nothing is written outside the output folder.
 
 Property-based with hypothesis for the pure parts (manifest loading, answer parsing);
 end to end against the simulator's ``p_hostile`` knob for the rest."""
@@ -13,15 +15,17 @@ from typing import Any
 
 import pytest
 import yaml
-from faults import assert_invariants, listing, tally
+from faults import assert_invariants, listing, results, tally
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from runs import FAST_POLLING, prompts, run_cli, run_engine
+from runs import FAST_POLLING, out_dir, prompts, run_cli, run_engine
 
 from runner.client import ApiClient, TaskStatus, parse_status
-from runner.errors import ManifestError, PermanentApiError
+from runner.errors import ApiError, ManifestError
+from runner.ledger import Phase, read_index
 from runner.limits import RequestBudget
 from runner.manifest import load_campaign
+from runner.outcome import Outcome, Request
 from runner.sim.config import HOSTILE_MODES
 
 pytestmark = pytest.mark.faults
@@ -190,14 +194,17 @@ answers = st.dictionaries(
 
 
 @SETTINGS
-@given(data=answers)
-def test_any_status_answer_parses_or_is_a_bad_answer(data: dict[str, Any]) -> None:
+@given(data=answers, webhook=st.booleans())
+def test_any_status_answer_parses_or_is_a_bad_answer(data: dict[str, Any], webhook: bool) -> None:
     """A status ``data`` object of any shape: a TaskStatus whose result URLs are all
-    http(s) with a host, or PermanentApiError BAD_ANSWER for that one job."""
+    http(s) with a host, or BAD_ANSWER: asked for again when polled (RETRY: the task may
+    be good), refused when it came as a webhook (PERMANENT)."""
+    request = Request.WEBHOOK if webhook else Request.STATUS
     try:
-        status = parse_status(data, "task_1")
-    except PermanentApiError as exc:
+        status = parse_status(data, "task_1", request)
+    except ApiError as exc:
         assert exc.code == "BAD_ANSWER"
+        assert exc.outcome is (Outcome.PERMANENT if webhook else Outcome.RETRY)
         return
     assert isinstance(status, TaskStatus)
     for url in status.result_urls:
@@ -211,33 +218,50 @@ _CLIENT = ApiClient("http://127.0.0.1:9/api/v1", "key", "seedream-4-5", RequestB
 @given(
     raw=st.binary(max_size=64)
     | json_values.map(lambda v: json.dumps(v).encode())
-    | st.builds(lambda d: json.dumps({"code": 200, "data": d}).encode(), json_values)
+    | st.builds(lambda d: json.dumps({"code": 200, "data": d}).encode(), json_values),
+    submit=st.booleans(),
 )
-def test_any_answer_body_is_data_or_a_bad_answer(raw: bytes) -> None:
-    """Any 200 body: its ``data`` object, or BAD_ANSWER; never another exception."""
+def test_any_answer_body_is_data_or_a_bad_answer(raw: bytes, submit: bool) -> None:
+    """Any 200 body: its ``data`` object, or BAD_ANSWER, never another exception; an
+    unreadable answer to a submission is UNCERTAIN (a task may exist), to a poll RETRY."""
+    request = Request.SUBMIT if submit else Request.STATUS
     try:
-        data = _CLIENT._answer("status", 200, {}, raw)
-    except PermanentApiError as exc:
+        data = _CLIENT._answer(request, 200, {}, raw)
+    except ApiError as exc:
         assert exc.code == "BAD_ANSWER"
+        assert exc.outcome is (Outcome.UNCERTAIN if submit else Outcome.RETRY)
         return
     assert isinstance(data, dict)
 
 
 @pytest.mark.parametrize("mode", HOSTILE_MODES)
-async def test_each_malformed_answer_fails_its_job_with_a_reason_and_the_run_goes_on(
+async def test_each_malformed_answer_is_retried_or_ends_its_job_with_a_reason(
     sim, manifest, tmp_path, mode
 ):
-    """The simulator malforms half of the answers the ``mode`` way: those jobs fail with a
-    recorded code, the others finish, nothing is written outside the output folder."""
+    """The simulator malforms half of the answers the ``mode`` way. A malformed status
+    answer is asked for again, so every such job is done; a malformed submission answer
+    is uncertain and sent again (the job fails UNCERTAIN only past ``retry.uncertain``);
+    a URL that leads nowhere is refreshed from the task (the job is lost, URL_EXPIRED,
+    only if the fresh ones lead nowhere too). Nothing is written outside the folder."""
     sim.config.update({"p_hostile": 0.5, "hostile": mode})
-    path = manifest(prompts(6), limits={"concurrency": 6})
+    # Few tries per poll: a poll whose tries all meet malformed answers leaves its task
+    # live, to be polled again a moment later.
+    path = manifest(prompts(6), limits={"concurrency": 6}, retry={"attempts": 3})
     before = listing(tmp_path)
     code, _ = await run_engine(path, sim.base_url)
+    assert sim.stats.faults["hostile"] >= 1
     ended = assert_invariants(path, sim, 6, before, code)
     failed = [r for r in ended.values() if r["state"] == "failed"]
-    assert code == (1 if failed else 0)
-    assert sim.stats.faults["hostile"] >= 1 or not failed
+    index, _ = read_index(out_dir(path))
+    lost = [r for r in index.values() if r.phase is Phase.LOST]
     for r in failed:
-        assert r["fail_code"] in {"BAD_ANSWER", "URL_EXPIRED"}, r
+        assert mode == "task_id" and r["fail_code"] == "UNCERTAIN", r
         assert r["fail_message"]
-    tally(f"hostile_{mode}", sim, failed=len(failed))
+    for rec in lost:
+        assert mode == "url_traversal" and rec.fail_code == "URL_EXPIRED", rec
+    # Lost jobs have not reached an end in results.jsonl: the run reports work remaining.
+    assert code == (4 if lost else 1 if failed else 0)
+    assert len(ended) + len(lost) == 6
+    if mode not in ("task_id", "url_traversal"):
+        assert all(r["state"] == "done" for r in results(path).values())
+    tally(f"hostile_{mode}", sim, failed=len(failed), lost=len(lost))

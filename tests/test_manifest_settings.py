@@ -69,7 +69,7 @@ def test_full_example_from_the_interface_parses_to_typed_settings(tmp_path: Path
             time_scale: 0.5
         limits: {concurrency: 50, rate: 600, rate_period: 1m, downloads: 8}
         polling: {initial_delay: 15s, interval: 2, jitter: 0, timeout: 10m}
-        retry: {attempts: 3, failed_tasks: 0}
+        retry: {attempts: 3, failed_tasks: 0, uncertain: 1, slot_wait: 5m}
         output:
           dir: results
           path: "{job_id}/{index:03d}.{ext}"
@@ -92,7 +92,7 @@ def test_full_example_from_the_interface_parses_to_typed_settings(tmp_path: Path
     )
     assert c.limits == Limits(concurrency=50, rate=600, rate_period_s=60.0, downloads=8)
     assert c.polling == Polling(initial_delay_s=15.0, interval_s=2.0, jitter=0.0, timeout_s=600.0)
-    assert c.retry == Retry(attempts=3, failed_tasks=0)
+    assert c.retry == Retry(attempts=3, failed_tasks=0, uncertain=1, slot_wait_s=300.0)
     assert c.output == Output(dir=tmp_path / "results", path_template="{job_id}/{index:03d}.{ext}")
     assert c.budget == Budget(max_images=5000, max_cost=100.0, price_per_image=0.05)
     assert c.job_count == 2
@@ -245,6 +245,8 @@ def test_unknown_keys_name_the_key_path_and_list_the_allowed_keys(
         ("retry: {attempts: 101}", "retry.attempts", "1-100"),
         ("retry: {failed_tasks: -1}", "retry.failed_tasks", "0-20"),
         ("retry: {failed_tasks: 21}", "retry.failed_tasks", "0-20"),
+        ("retry: {uncertain: -1}", "retry.uncertain", "0-100"),
+        ("retry: {slot_wait: -1}", "retry.slot_wait", "negative"),
         ("api: {mode: push}", "api.mode", "poll, callback"),
         ("api: {provider: cheapest}", "api.provider", "auto, value, official"),
         ("api: {base_url: ftp://x.example}", "api.base_url", "http(s) URL or the word embedded"),
