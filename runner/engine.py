@@ -400,9 +400,11 @@ class Engine:
         if rec.phase in (Phase.FAILED, Phase.LOST):
             if self.options.retry_failed and rec.retryable:
                 # The last task succeeded and only its download failed: its images are
-                # paid for; fetch them again rather than pay twice.
+                # paid for; fetch them again rather than pay twice. A lost job's images
+                # are gone: paying again is what --retry-failed asks for.
                 billed = rec.task_id is not None and rec.billed_task == rec.task_id
-                return "download" if billed and rec.urls else "retry"
+                fetch = billed and rec.urls and rec.phase is Phase.FAILED
+                return "download" if fetch else "retry"
             self.counters.skipped_failed += 1
             return None
         if rec.phase is Phase.LIVE:

@@ -102,7 +102,7 @@ def write_results(campaign: Campaign, index: LedgerIndex) -> None:
 
 def _result_lines(campaign: Campaign, index: LedgerIndex) -> Iterator[bytes]:
     for job, rec, state in job_states(campaign, index):
-        if rec is None or state not in ("done", "failed"):
+        if rec is None or state not in ("done", "failed", "lost"):
             continue
         entry: dict[str, Any] = {
             "id": job.id,
@@ -111,8 +111,8 @@ def _result_lines(campaign: Campaign, index: LedgerIndex) -> Iterator[bytes]:
             "meta": job.meta,
             "task_id": rec.task_id,
             "files": [rec.files[i] for i in sorted(rec.files)] if state == "done" else [],
-            "fail_code": rec.fail_code if state == "failed" else None,
-            "fail_message": rec.fail_msg if state == "failed" else None,
+            "fail_code": rec.fail_code if state != "done" else None,
+            "fail_message": rec.fail_msg if state != "done" else None,
             "submissions": rec.submits,
             "timings": {
                 "submitted_at": rec.submitted_t,

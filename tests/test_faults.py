@@ -57,9 +57,9 @@ API_FAULTS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
     "wrong_content_type": ({"p_wrong_type": 0.5}, {}, 0),
     "html_error_page_instead_of_image": ({"p_html": 0.3}, {}, 0),
     "oversized_body": ({"p_oversize": 1.0}, {}, 1),
-    # Every job lost (not failed): lost jobs have not reached an end in results.jsonl, so
-    # the run reports work remaining.
-    "expired_result_urls": ({"url_ttl_s": 0.0}, {}, 4),
+    # Every job lost (paid, images gone): an end, reported, exit 1 like a failure; paying
+    # again is --retry-failed.
+    "expired_result_urls": ({"url_ttl_s": 0.0}, {}, 1),
     "everything_at_once": (
         {
             "p_429": 0.1,
@@ -95,10 +95,12 @@ async def test_api_and_download_faults_lose_nothing_and_write_nothing_wrong(
     if fault == "expired_result_urls":
         # Polled again for fresh URLs, which are the same expired ones: lost, not failed.
         index, _ = read_index(out_dir(path))
-        assert not ended
+        assert {r["state"] for r in ended.values()} == {"lost"}
         assert [r.phase for r in index.values()] == [Phase.LOST] * JOBS
         assert {r.fail_code for r in index.values()} == {"URL_EXPIRED"}
-        assert all("polling the task gives the same" in (r.fail_msg or "") for r in index.values())
+        # each refreshed from the task (fresh URLs, expired again) before it was given up
+        assert all("expired" in (r.fail_msg or "") for r in index.values())
+        assert sim.stats.count("status") >= JOBS * 2
     injected = {k for k in sim.stats.faults if sim.stats.faults[k]}
     assert injected or fault == "expired_result_urls", "the fault really happened"
     tally(fault, sim, failed=sum(r["state"] == "failed" for r in ended.values()))

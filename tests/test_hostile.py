@@ -259,9 +259,12 @@ async def test_each_malformed_answer_is_retried_or_ends_its_job_with_a_reason(
         assert r["fail_message"]
     for rec in lost:
         assert mode == "url_traversal" and rec.fail_code == "URL_EXPIRED", rec
-    # Lost jobs have not reached an end in results.jsonl: the run reports work remaining.
-    assert code == (4 if lost else 1 if failed else 0)
-    assert len(ended) + len(lost) == 6
+    # A lost job has reached an end (paid, images gone): exit 1 like a failure.
+    assert code == (1 if lost or failed else 0)
+    assert len(ended) == 6
+    assert {j for j, r in ended.items() if r["state"] == "lost"} == {
+        j for j, rec in index.items() if rec.phase is Phase.LOST
+    }
     if mode not in ("task_id", "url_traversal"):
         assert all(r["state"] == "done" for r in results(path).values())
     tally(f"hostile_{mode}", sim, failed=len(failed), lost=len(lost))

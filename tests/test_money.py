@@ -265,3 +265,67 @@ async def test_resharding_a_finished_campaign_pays_nothing_and_counts_money_once
     status = orjson.loads(await _cli_out(path, "--status", "--log-format", "json"))
     assert status["done"] == 12
     assert status["images_paid"] == billed, "each image counted once, where it was paid"
+
+
+async def test_a_5xx_after_the_task_was_created_is_uncertain_and_reported(sim, manifest):
+    """A gateway passed the POST on, the task was created and billed, and the client saw
+    a 5xx: the resend is preceded by an ``uncertain`` record, counted in the summary and
+    the closing line, and the bound covers what the API billed."""
+    sim.config.p_5xx_after_create = 0.5
+    path = manifest(prompts(8), retry={"uncertain": 20})
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    extra = sim.stats.tasks_created - 8
+    assert extra == sim.stats.faults["5xx_after_create"] > 0
+    summary = _summary(path)
+    assert summary["uncertain_submissions"]["this_run"] == extra
+    assert f"{extra} uncertain submissions this run" in err.strip().splitlines()[-1]
+    paid, bound = summary["images_paid"], summary["uncertain_submissions"]["images_at_most"]
+    assert paid == 8 and paid <= _billed(sim) <= paid + bound
+
+
+async def test_unreadable_status_answers_never_fail_a_paid_task(sim, manifest):
+    sim.config.bad_status_first = 2  # the first two polls of every task are garbage
+    path = manifest(prompts(6), retry={"attempts": 2})
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    assert sim.stats.faults["bad_status"] >= 12
+    assert sim.stats.tasks_created == 6, "no task paid twice"
+    assert _summary(path)["images_paid"] == _billed(sim) == 6
+
+
+async def test_live_tasks_held_by_another_client_make_jobs_wait_not_fail(sim, manifest):
+    sim.config.concurrency = 4
+    sim.config.foreign_live = 3  # another process of this key holds three of four slots
+    sim.config.foreign_hold_s = 100.0  # ... for a second at this time scale
+    path = manifest(prompts(10), limits={"concurrency": 4}, retry={"attempts": 2})
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    assert sim.stats.faults["foreign_live"] > 2, "the limit really was held elsewhere"
+    assert "SUBMIT_FAILED" not in err
+    assert sim.stats.tasks_created == 10
+
+
+async def test_expired_urls_make_a_job_lost_priced_by_dry_run_and_paid_again_on_request(
+    sim, manifest
+):
+    sim.config.url_ttl_s = 0.0  # every result URL is dead when handed out
+    path = manifest(prompts(3))
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 1, err
+    summary = _summary(path)
+    assert summary["jobs"]["lost"] == 3 and summary["images"] == 0
+    assert summary["images_paid"] == _billed(sim) == 3, "lost images were paid"
+    results = [orjson.loads(line) for line in (out_dir(path) / "results.jsonl").open("rb")]
+    assert {r["state"] for r in results} == {"lost"}
+    assert {r["fail_code"] for r in results} == {"URL_EXPIRED"}
+    code, out = await _dry_run(path)
+    assert "lost: 3 jobs were paid but their images are gone" in out
+    assert "--retry-failed pays for them again (3 images, $0.12 at most)" in out
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 1 and sim.stats.tasks_created == 3, "never paid again in silence"
+    sim.config.url_ttl_s = 1e6
+    code, err = await run_cli(path, sim.base_url, "--retry-failed")
+    assert code == 0, err
+    assert sim.stats.tasks_created == 6
+    assert _summary(path)["images_paid"] == _billed(sim) == 6
