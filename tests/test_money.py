@@ -7,6 +7,7 @@ loopback) and compares the runner's money figures with what the simulator billed
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -31,6 +32,27 @@ def _billed(sim: SimServer) -> int:
     return sim.stats.images_billed
 
 
+def _row(name: str, path: Path, billed: int, tasks: int) -> None:
+    """With ``MONEY_TALLY=<file>`` set, append this path's money (one JSON line) for the
+    money table of docs/RELIABILITY.md: what the API billed, what the runner counted as
+    paid and as uncertain, what reached the disk. A no-op otherwise."""
+    target = os.environ.get("MONEY_TALLY")
+    if not target:
+        return
+    summary = _summary(path)
+    line = {
+        "path": name,
+        "billed_by_api": billed,
+        "tasks_created": tasks,
+        "counted_paid": summary["images_paid"],
+        "uncertain_at_most": summary["uncertain_submissions"]["images_at_most"],
+        "on_disk": summary["images"],
+        "jobs": summary["jobs"],
+    }
+    with open(target, "ab") as f:
+        f.write(orjson.dumps(line) + b"\n")
+
+
 def _live_tasks(path: Path) -> list[str]:
     index, _ = read_index(out_dir(path))
     return [rec.task_id or "" for rec in index.values() if rec.phase is Phase.LIVE]
@@ -51,6 +73,7 @@ async def test_tasks_of_an_old_run_are_polled_again_whatever_their_age(sim, mani
     assert sim.stats.count("status") > polls_before, "the old tasks were polled"
     assert set(sim.stats.submissions_per_prompt.values()) == {1}, "nothing paid twice"
     assert len(image_files(out_dir(path))) == 6
+    _row("cron rerun after polling.timeout", path, _billed(sim), sim.stats.tasks_created)
 
 
 async def test_deadline_drains_tasks_already_paid_for(sim, manifest):
@@ -64,6 +87,7 @@ async def test_deadline_drains_tasks_already_paid_for(sim, manifest):
     assert not _live_tasks(path), "every task paid for was collected in the drain"
     assert len(image_files(out_dir(path))) == created
     assert _summary(path)["images_paid"] == _billed(sim) == created
+    _row("--deadline, then drain", path, _billed(sim), sim.stats.tasks_created)
 
 
 async def test_deadline_zero_submits_nothing_but_collects_paid_work(sim, manifest):
@@ -77,6 +101,7 @@ async def test_deadline_zero_submits_nothing_but_collects_paid_work(sim, manifes
     assert sim.stats.tasks_created == created, "--deadline 0 submitted nothing"
     assert not _live_tasks(path), "the parked tasks were polled and collected"
     assert len(image_files(out_dir(path))) == created
+    _row("--deadline 0 after a parked run", path, _billed(sim), sim.stats.tasks_created)
 
 
 async def test_a_first_signal_drains_paid_work_and_drain_zero_parks_it(sim, manifest):
@@ -98,6 +123,7 @@ async def test_a_first_signal_drains_paid_work_and_drain_zero_parks_it(sim, mani
     code, err = await run_cli(path, sim.base_url)
     assert code == 0, err
     assert set(sim.stats.submissions_per_prompt.values()) == {1}
+    _row("SIGTERM (drain), SIGTERM --drain 0, rerun", path, _billed(sim), sim.stats.tasks_created)
 
 
 async def test_images_paid_but_not_downloaded_count_and_the_cap_holds(sim, manifest):
@@ -121,6 +147,7 @@ async def test_images_paid_but_not_downloaded_count_and_the_cap_holds(sim, manif
     code, err = await run_cli(more, sim.base_url)
     assert code == 6, err
     assert sim.stats.tasks_created == 3 and _billed(sim) == 3
+    _row("paid, download failed; --retry-failed; cap", more, _billed(sim), sim.stats.tasks_created)
 
 
 async def test_an_edited_job_is_priced_by_dry_run_and_its_first_version_stays_paid(sim, manifest):
@@ -142,6 +169,7 @@ async def test_an_edited_job_is_priced_by_dry_run_and_its_first_version_stays_pa
     assert sim.stats.tasks_created == 3
     assert summary["images_paid"] == _billed(sim) == 3, "the first version stays paid"
     assert summary["images"] == 2
+    _row("edited job", path, _billed(sim), sim.stats.tasks_created)
 
 
 async def _dry_run(path: Path) -> tuple[int, str]:
@@ -222,6 +250,7 @@ async def test_the_demo_resumes_after_a_kill_with_nothing_lost(tmp_path, sig):
     else:  # a kill may hide a billed task; it is reported as uncertain
         assert paid <= billing["images_billed"] <= paid + uncertain
     _assert_paid_once_or_uncertain(path)
+    _row(f"demo: {sig.name}, rerun", path, billing["images_billed"], billing["tasks_created"])
 
 
 async def test_the_demo_downloads_a_deleted_image_again_without_paying(tmp_path):
@@ -235,6 +264,7 @@ async def test_the_demo_downloads_a_deleted_image_again_without_paying(tmp_path)
     assert code == 0, err
     assert victim.is_file(), "the deleted image is back"
     assert _demo_billing(path) == billed, "and nothing was paid for it"
+    _row("demo: image deleted, rerun", path, billed["images_billed"], billed["tasks_created"])
     status = await _cli_out(path, "--status")
     assert "done" in status
 
@@ -265,6 +295,7 @@ async def test_resharding_a_finished_campaign_pays_nothing_and_counts_money_once
     status = orjson.loads(await _cli_out(path, "--status", "--log-format", "json"))
     assert status["done"] == 12
     assert status["images_paid"] == billed, "each image counted once, where it was paid"
+    _row("re-shard a finished campaign (0/2, 1/2, 2/3)", path, billed, sim.stats.tasks_created)
 
 
 async def test_a_5xx_after_the_task_was_created_is_uncertain_and_reported(sim, manifest):
@@ -282,6 +313,7 @@ async def test_a_5xx_after_the_task_was_created_is_uncertain_and_reported(sim, m
     assert f"{extra} uncertain submissions this run" in err.strip().splitlines()[-1]
     paid, bound = summary["images_paid"], summary["uncertain_submissions"]["images_at_most"]
     assert paid == 8 and paid <= _billed(sim) <= paid + bound
+    _row("5xx after the task was created", path, _billed(sim), sim.stats.tasks_created)
 
 
 async def test_unreadable_status_answers_never_fail_a_paid_task(sim, manifest):
@@ -292,6 +324,7 @@ async def test_unreadable_status_answers_never_fail_a_paid_task(sim, manifest):
     assert sim.stats.faults["bad_status"] >= 12
     assert sim.stats.tasks_created == 6, "no task paid twice"
     assert _summary(path)["images_paid"] == _billed(sim) == 6
+    _row("unreadable status answers", path, _billed(sim), sim.stats.tasks_created)
 
 
 async def test_live_tasks_held_by_another_client_make_jobs_wait_not_fail(sim, manifest):
@@ -304,6 +337,7 @@ async def test_live_tasks_held_by_another_client_make_jobs_wait_not_fail(sim, ma
     assert sim.stats.faults["foreign_live"] > 2, "the limit really was held elsewhere"
     assert "SUBMIT_FAILED" not in err
     assert sim.stats.tasks_created == 10
+    _row("live-task limit held by another client", path, _billed(sim), sim.stats.tasks_created)
 
 
 async def test_expired_urls_make_a_job_lost_priced_by_dry_run_and_paid_again_on_request(
@@ -329,3 +363,4 @@ async def test_expired_urls_make_a_job_lost_priced_by_dry_run_and_paid_again_on_
     assert code == 0, err
     assert sim.stats.tasks_created == 6
     assert _summary(path)["images_paid"] == _billed(sim) == 6
+    _row("expired URLs: lost, then --retry-failed", path, _billed(sim), sim.stats.tasks_created)
