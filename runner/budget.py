@@ -78,9 +78,11 @@ class ImageBudget:
         self.spent += images
         self._changed.set()
 
-    def maybe_paid(self, images: int) -> None:
-        """A submission's outcome is unknown: it may have been billed for ``images``."""
+    def maybe_paid(self, images: int) -> bool:
+        """A submission's outcome is unknown: it may have been billed for ``images``.
+        True if sending the job again still fits (its reservation is still held)."""
         self.uncertain += images
+        return self.left() >= 0
 
     def wake(self) -> None:
         """Let a waiting admission re-check (the run is stopping)."""

@@ -147,6 +147,7 @@ class Engine:
                     fail=self._fail,
                     stopping=self._stopping,
                     retry=self.campaign.retry,
+                    maybe_paid=lambda images: self.budget.maybe_paid(images),
                 )
                 self._submitter.recover_uncertain()
                 await self._run_jobs(client)

@@ -72,8 +72,12 @@ class Submitter:
         fail: FailJob,
         stopping: asyncio.Event,
         retry: Retry,
+        maybe_paid: Callable[[int], bool] = lambda images: True,
     ) -> None:
         self.client = client
+        #: told the images a submission of unknown outcome may have been billed for;
+        #: answers whether sending it again still fits the budget
+        self._maybe_paid = maybe_paid
         self.ledger = ledger
         self.counters = counters
         self._provider = provider
@@ -136,6 +140,15 @@ class Submitter:
             outcome = answer.outcome
             if outcome is Outcome.UNCERTAIN:
                 uncertain += 1
+                # The unknown one may have used the room: resend only if it still fits.
+                if not self._maybe_paid(job.max_images):
+                    log.warning(
+                        "job %s: a submission's outcome is unknown and it may have been "
+                        "billed; sending it again could pass the budget cap: it stays "
+                        "pending",
+                        job.id,
+                    )
+                    return None
                 resending_s = time.monotonic() - started
                 if uncertain > self._max_uncertain or resending_s > backoff.window_s:
                     message = f"{uncertain} submissions with an unknown outcome; last: {answer}"

@@ -364,3 +364,17 @@ async def test_expired_urls_make_a_job_lost_priced_by_dry_run_and_paid_again_on_
     assert sim.stats.tasks_created == 6
     assert _summary(path)["images_paid"] == _billed(sim) == 6
     _row("expired URLs: lost, then --retry-failed", path, _billed(sim), sim.stats.tasks_created)
+
+
+async def test_uncertain_submissions_count_against_the_cap(sim, manifest):
+    """A submission whose outcome is unknown may have been billed: it is not resent when
+    that could pass budget.max_images, and the run ends at the cap (exit 6)."""
+    sim.config.p_5xx_after_create = 1.0  # every submission is billed and answered 502
+    path = manifest(prompts(3), limits={"concurrency": 1}, budget={"max_images": 2})
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 6, err
+    assert sim.stats.tasks_created == 2, "the cap held against what may have been billed"
+    summary = _summary(path)
+    assert summary["uncertain_submissions"]["images_at_most"] == 2
+    assert summary["images_paid"] <= _billed(sim) <= 2
+    _row("5xx after create under a cap of 2", path, _billed(sim), sim.stats.tasks_created)
