@@ -79,6 +79,22 @@ async def run_cli(path: Path, base_url: str, *extra: str, key: str = TEST_KEY) -
     return proc.returncode, err.decode()
 
 
+def run_cli_sync(path: Path, *extra: str, key: str = TEST_KEY) -> tuple[int, str, str]:
+    """Run ``python -m runner PATH ...`` as a user would, to the end; return (exit code,
+    stdout, stderr). For commands that send nothing (--dry-run, --status, errors)."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", str(path), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "APIXO_API_KEY": key},
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
 async def wait_until(
     condition: Callable[[], bool], proc: asyncio.subprocess.Process | None = None
 ) -> None:

@@ -3,12 +3,11 @@ key path and the first one's line; overrides through a merge key (``<<: *base``)
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from runs import run_cli_sync
 
 from runner.errors import ManifestError
 from runner.manifest import load_campaign
@@ -22,14 +21,8 @@ def write(folder: Path, text: str) -> Path:
 
 def cli(path: Path, *extra: str) -> tuple[int, str]:
     """Run ``python -m runner`` as a user would; return (exit code, stderr)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "runner", str(path), *extra],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return done.returncode, done.stderr
+    code, _, err = run_cli_sync(path, *extra)
+    return code, err
 
 
 def test_two_jobs_lists_are_exit_2_naming_both_lines(tmp_path: Path) -> None:

@@ -3,8 +3,6 @@ the matrix axis); a job's own ``matrix:`` replaces the campaign's (``{}`` for no
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from runs import run_cli_sync
 
 from runner.errors import ManifestError
 from runner.manifest import Job, load_campaign
@@ -39,14 +38,9 @@ def error_of(folder: Path, settings: dict[str, Any]) -> ManifestError:
 
 
 def cli(path: Path, *extra: str) -> tuple[int, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "runner", str(path), *extra],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return done.returncode, done.stderr
+    """Run ``python -m runner`` as a user would; return (exit code, stderr)."""
+    code, _, err = run_cli_sync(path, *extra)
+    return code, err
 
 
 def test_a_job_setting_a_matrix_key_is_exit_2_naming_the_key_and_the_axis(tmp_path: Path) -> None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from runs import image_files, out_dir, prompts, run_cli, start_cli, wait_until
+from runs import image_files, out_dir, prompts, run_cli, run_cli_sync, start_cli, wait_until
 
 from runner.engine import SIM_STATE_DIR
 from runner.ledger import Phase, read_index
@@ -173,18 +172,8 @@ async def test_an_edited_job_is_priced_by_dry_run_and_its_first_version_stays_pa
 
 
 async def _dry_run(path: Path) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "runner",
-        str(path),
-        "--dry-run",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, _ = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
+    code, out, _ = run_cli_sync(path, "--dry-run")
+    return code, out
 
 
 # -- the embedded simulator (the demo): it keeps its tasks in the output folder ----------
@@ -270,17 +259,7 @@ async def test_the_demo_downloads_a_deleted_image_again_without_paying(tmp_path)
 
 
 async def _cli_out(path: Path, *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "runner",
-        str(path),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, _ = await proc.communicate()
-    return out.decode()
+    return run_cli_sync(path, *args)[1]
 
 
 async def test_resharding_a_finished_campaign_pays_nothing_and_counts_money_once(sim, manifest):
