@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import read_jsonl, run_runner, sim_get, simulator, verify_images, write_campaign
 
-from runner.ledger import Phase, read_index
-from runner.submit import MAX_ON_WIRE
+from runner.run.submit import MAX_ON_WIRE
+from runner.state.ledger import Phase, read_index
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ def write_manifest(path: Path, jobs: int) -> None:
 
 def fingerprints(manifest: Path) -> Iterator[tuple[str, str]]:
     """(id, fingerprint) of every job, computed by the runner itself."""
-    from runner.manifest import load_campaign
+    from runner.manifest.campaign import load_campaign
 
     for job in load_campaign(manifest).jobs():
         yield job.id, job.fingerprint
@@ -175,7 +175,7 @@ def run_child(
 _SCAN = """
 import json, resource, sys, time
 from pathlib import Path
-from runner.ledger import read_index
+from runner.state.ledger import read_index
 folder, name = Path(sys.argv[1]), sys.argv[2]
 if name != "ledger.jsonl":
     (folder / "ledger.jsonl").unlink()

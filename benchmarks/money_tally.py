@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import run_runner, sim_get, simulator, write_campaign
 
-from runner.ledger import read_index
+from runner.state.ledger import read_index
 
 FAULTS = ("kill", "term", "deadline", "5xx_after_create", "reset_after", "bad_status",
           "foreign_live", "edit", "clean")  # fmt: skip

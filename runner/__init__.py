@@ -9,13 +9,14 @@ The command line is ``python -m runner MANIFEST``; a library user needs only the
 
 from typing import TYPE_CHECKING, Any
 
+from runner.manifest.campaign import Campaign, Job, load_campaign
+
 from .errors import (
     FatalApiError,
     LockedError,
     ManifestError,
     RunnerError,
 )
-from .manifest import Campaign, Job, load_campaign
 
 __all__ = [
     "Campaign",
@@ -30,14 +31,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .engine import Engine, RunOptions
+    from runner.run.engine import Engine, RunOptions
 
 
 def __getattr__(name: str) -> Any:
     # The engine (and aiohttp with it) loads on first use, so `--dry-run` and `--status`
     # start fast.
     if name in ("Engine", "RunOptions"):
-        from . import engine
+        from runner.run import engine
 
         return getattr(engine, name)
     raise AttributeError(f"module 'runner' has no attribute {name!r}")

@@ -27,17 +27,18 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .durations import parse_duration
+from runner.manifest.campaign import Campaign, load_campaign
+from runner.manifest.durations import parse_duration
+from runner.manifest.shards import CampaignIndex, resolve_shard, shard_campaign
+from runner.present.outputs import LedgerView, ledger_view
+from runner.present.progress import install_console
+from runner.present.report import REPORT_NAME, write_report
+from runner.state.ledger import LedgerIndex, read_index
+
 from .errors import ManifestError, RunnerError
-from .ledger import LedgerIndex, read_index
-from .manifest import Campaign, load_campaign
-from .outputs import LedgerView, ledger_view
-from .progress import install_console
-from .report import REPORT_NAME, write_report
-from .shard import CampaignIndex, resolve_shard, shard_campaign
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from runner.run.engine import Engine
 
 __all__ = ["main"]
 
@@ -405,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in campaign.warnings:
             log.warning("%s", warning)
         if args.check_images:
-            from .refcheck import check_images  # aiohttp: only when asked
+            from runner.api.refcheck import check_images  # aiohttp: only when asked
 
             log.info(
                 "reference images: %d checked, all usable", asyncio.run(check_images(campaign))
@@ -427,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "--base-url embedded",
                     "environment",
                 )
-        from .engine import Engine, RunOptions  # aiohttp and the rest: only to run
+        from runner.run.engine import Engine, RunOptions  # aiohttp and the rest: only to run
 
         engine = Engine(
             campaign,

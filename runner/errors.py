@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .outcome import Fault, Outcome
+from runner.api.outcome import Fault, Outcome
 
 
 class RunnerError(Exception):

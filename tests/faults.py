@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 from runs import assert_images_match_server, out_dir
 
-from runner.ledger import Phase, read_index
 from runner.sim import SimServer
+from runner.state.ledger import Phase, read_index
 
 
 def listing(root: Path) -> set[str]:

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner.engine import Engine, RunOptions
-from runner.manifest import load_campaign
+from runner.manifest.campaign import load_campaign
+from runner.run.engine import Engine, RunOptions
 from runner.sim import SimServer
 
 #: fast simulated time: 2K tasks take 0.25-0.35 s

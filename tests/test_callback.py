@@ -23,10 +23,10 @@ from runs import (
     wait_until,
 )
 
-from runner.callback import MAX_BODY, SECRET_NAME, CallbackReceiver, load_secret
-from runner.client import TaskState, TaskStatus
+from runner.api.callback import MAX_BODY, SECRET_NAME, CallbackReceiver, load_secret
+from runner.api.client import TaskState, TaskStatus
 from runner.errors import ManifestError
-from runner.ledger import read_index
+from runner.state.ledger import read_index
 
 
 def _callback_settings(**extra: object) -> dict[str, object]:

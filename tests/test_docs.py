@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner import settings
 from runner.cli import _parser
 from runner.errors import ManifestError
-from runner.fields import JOB_KEYS, SEEDREAM_FIELDS
-from runner.manifest import load_campaign
+from runner.manifest import settings
+from runner.manifest.campaign import load_campaign
+from runner.manifest.fields import JOB_KEYS, SEEDREAM_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))

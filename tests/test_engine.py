@@ -16,8 +16,8 @@ from runs import (
     run_engine,
 )
 
-from runner.lock import FolderLock
 from runner.sim import SimServer
+from runner.state.lock import FolderLock
 
 
 def _results(out: Path) -> dict[str, dict[str, object]]:

@@ -22,8 +22,8 @@ import pytest
 from faults import assert_invariants, duplicates, listing, results, summary, tally
 from runs import TEST_KEY, out_dir, prompts, run_cli, run_engine, start_cli, wait_until
 
-from runner.ledger import Phase, read_index
 from runner.sim import SimServer
+from runner.state.ledger import Phase, read_index
 
 pytestmark = pytest.mark.faults
 

@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from runs import FAST_POLLING, out_dir, prompts, run_cli, run_engine
 
-from runner.client import ApiClient, TaskStatus, parse_status
+from runner.api.client import ApiClient, TaskStatus, parse_status
+from runner.api.limits import RequestBudget
+from runner.api.outcome import Outcome, Request
 from runner.errors import ApiError, ManifestError
-from runner.ledger import Phase, read_index
-from runner.limits import RequestBudget
-from runner.manifest import load_campaign
-from runner.outcome import Outcome, Request
+from runner.manifest.campaign import load_campaign
 from runner.sim.config import HOSTILE_MODES
+from runner.state.ledger import Phase, read_index
 
 pytestmark = pytest.mark.faults
 

@@ -17,8 +17,8 @@ import pytest
 from runs import out_dir, prompts, run_cli, start_cli, wait_until
 
 from runner.errors import LockedError
-from runner.lock import EXCL_NAME, LOCK_NAME, FolderLock
 from runner.sim import SimServer
+from runner.state.lock import EXCL_NAME, LOCK_NAME, FolderLock
 
 HOST = socket.gethostname()
 

@@ -10,7 +10,7 @@ import pytest
 from runs import run_cli_sync
 
 from runner.errors import ManifestError
-from runner.manifest import load_campaign
+from runner.manifest.campaign import load_campaign
 
 
 def write(folder: Path, text: str) -> Path:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from runner.durations import parse_duration
 from runner.errors import ManifestError
+from runner.manifest.durations import parse_duration
 
 
 @pytest.mark.parametrize(

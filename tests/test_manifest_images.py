@@ -16,9 +16,9 @@ import yaml
 from aiohttp import web
 from runs import FAST_POLLING, run_cli
 
+from runner.api.refcheck import MAX_IMAGE_BYTES
 from runner.errors import ManifestError
-from runner.manifest import load_campaign
-from runner.refcheck import MAX_IMAGE_BYTES
+from runner.manifest.campaign import load_campaign
 from runner.sim import SimServer
 from runner.sim.images import render_png
 

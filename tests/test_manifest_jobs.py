@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from runner.errors import ManifestError
-from runner.fields import ASPECT_RATIOS
-from runner.manifest import Campaign, Job, load_campaign
+from runner.manifest.campaign import Campaign, Job, load_campaign
+from runner.manifest.fields import ASPECT_RATIOS
 
 URL = "https://example.com/ref.jpg"
 

@@ -13,7 +13,7 @@ import yaml
 from runs import run_cli_sync
 
 from runner.errors import ManifestError
-from runner.manifest import Job, load_campaign
+from runner.manifest.campaign import Job, load_campaign
 
 
 def write(folder: Path, text: str) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.manifest import Output, image_path
+from runner.manifest.campaign import Output, image_path
 
 
 def test_default_template_names_images_by_job_and_index(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from runner.errors import ManifestError
-from runner.manifest import (
+from runner.manifest.campaign import (
     ApiSettings,
     Budget,
     Limits,

@@ -16,9 +16,9 @@ import orjson
 import pytest
 from runs import image_files, out_dir, prompts, run_cli, run_cli_sync, start_cli, wait_until
 
-from runner.engine import SIM_STATE_DIR
-from runner.ledger import Phase, read_index
+from runner.run.engine import SIM_STATE_DIR
 from runner.sim import SimServer, read_billing
+from runner.state.ledger import Phase, read_index
 
 
 def _summary(path: Path) -> dict[str, Any]:
@@ -192,7 +192,7 @@ def _demo_billing(path: Path) -> dict[str, Any]:
 
 
 def _uncertain_by_prompt(path: Path) -> dict[str, int]:
-    from runner.manifest import load_campaign
+    from runner.manifest.campaign import load_campaign
 
     campaign = load_campaign(path, {})
     index, _ = read_index(out_dir(path))
@@ -207,7 +207,7 @@ def _assert_paid_once_or_uncertain(path: Path) -> None:
     """Every task beyond a job's first was preceded by an uncertain record of that job."""
     per_prompt = _demo_billing(path)["submissions_per_prompt"]
     jobs_per_prompt: dict[str, int] = {}
-    from runner.manifest import load_campaign
+    from runner.manifest.campaign import load_campaign
 
     for job in load_campaign(path, {}).jobs():
         prompt = str(job.input["prompt"])

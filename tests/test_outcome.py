@@ -16,18 +16,7 @@ import orjson
 import pytest
 from runs import TEST_KEY, image_files, out_dir, prompts, run_engine
 
-from runner.errors import (
-    FatalApiError,
-    LostError,
-    PermanentApiError,
-    SlotBusyError,
-    TransientApiError,
-    UncertainSubmitError,
-    api_error,
-)
-from runner.ledger import Phase, read_index
-from runner.manifest import load_campaign
-from runner.outcome import (
+from runner.api.outcome import (
     SLOT_BACKOFF_MAX_S,
     Backoff,
     FailClass,
@@ -38,8 +27,19 @@ from runner.outcome import (
     classify_fail_code,
     exhausted,
 )
-from runner.settings import Retry
+from runner.errors import (
+    FatalApiError,
+    LostError,
+    PermanentApiError,
+    SlotBusyError,
+    TransientApiError,
+    UncertainSubmitError,
+    api_error,
+)
+from runner.manifest.campaign import load_campaign
+from runner.manifest.settings import Retry
 from runner.sim import SimServer
+from runner.state.ledger import Phase, read_index
 
 SUBMIT, STATUS, FILE, WEBHOOK = Request.SUBMIT, Request.STATUS, Request.FILE, Request.WEBHOOK
 RETRY, WAIT, UNCERTAIN = Outcome.RETRY, Outcome.WAIT_SLOT, Outcome.UNCERTAIN

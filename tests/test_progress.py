@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 from runs import prompts, run_engine
 
-from runner.progress import (
+from runner.present.progress import (
     ConsoleHandler,
     ProgressReporter,
     Snapshot,

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from runs import image_files, out_dir, prompts, run_cli, run_engine
 
-from runner import report
-from runner.ledger import read_index
-from runner.manifest import load_campaign
-from runner.report import build_report
+from runner.manifest.campaign import load_campaign
+from runner.present import report
+from runner.present.report import build_report
+from runner.state.ledger import read_index
 
 CHROMIUM_FLAGS = (
     "--headless",

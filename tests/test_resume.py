@@ -23,8 +23,8 @@ from runs import (
     wait_until,
 )
 
-from runner.ledger import Phase, read_index
 from runner.sim import SimServer
+from runner.state.ledger import Phase, read_index
 
 JOBS = 30
 

@@ -10,8 +10,8 @@ import orjson
 import pytest
 from runs import out_dir, prompts, run_cli
 
-from runner.ledger import Ledger, LedgerIndex, Phase, read_index
-from runner.packed import PackedDone
+from runner.state.ledger import Ledger, LedgerIndex, Phase, read_index
+from runner.state.packed import PackedDone
 
 FP = "ab" * 32
 

@@ -6,8 +6,8 @@ import asyncio
 import random
 import time
 
-from runner.limits import Slots, limiter_shape
-from runner.scheduler import CompletionModel, Poller, Sample, _Watch
+from runner.api.limits import Slots, limiter_shape
+from runner.run.poller import CompletionModel, Poller, Sample, _Watch
 
 
 def _poller(rate: float, *, callbacks: bool = False) -> Poller:

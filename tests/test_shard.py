@@ -15,11 +15,11 @@ from runs import TEST_KEY, out_dir, prompts, run_cli, start_cli, wait_until
 
 from runner.cli import main
 from runner.errors import ManifestError
-from runner.ledger import Ledger, read_index
-from runner.lock import FolderLock
-from runner.manifest import load_campaign
-from runner.shard import IN_FLIGHT, resolve_shard, shard_of
+from runner.manifest.campaign import load_campaign
+from runner.manifest.shards import IN_FLIGHT, resolve_shard, shard_of
 from runner.sim import SimServer
+from runner.state.ledger import Ledger, read_index
+from runner.state.lock import FolderLock
 
 
 def test_the_shard_comes_from_the_option_or_the_scheduler_environment() -> None:

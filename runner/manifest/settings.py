@@ -18,10 +18,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from runner.durations import parse_duration
 from runner.errors import ManifestError
-from runner.fields import is_http_url
-from runner.messages import KeyPath, Where, format_path, show, unknown_message
+
+from .durations import parse_duration
+from .fields import is_http_url
+from .messages import KeyPath, Where, format_path, show, unknown_message
 
 __all__ = [
     "ApiSettings",

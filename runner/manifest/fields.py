@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from runner.messages import show, unknown_message
+from .messages import show, unknown_message
 
 __all__ = [
     "ASPECT_RATIOS",

@@ -36,7 +36,8 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import orjson
 
-from .errors import ApiError, FatalApiError, api_error
+from runner.errors import ApiError, FatalApiError, api_error
+
 from .limits import RequestBudget
 from .outcome import (
     RETRY_WINDOW_S,

@@ -34,11 +34,12 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .manifest import Campaign
+from runner.manifest.campaign import Campaign
+
 from .outputs import RunCounters
 
 if TYPE_CHECKING:  # the client (and aiohttp) are not needed to read a ledger
-    from .client import ClientStats
+    from runner.api.client import ClientStats
 
 __all__ = [
     "ConsoleHandler",

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import orjson
 
-from .errors import LockedError
+from runner.errors import LockedError
 
 __all__ = ["LOCK_NAME", "FolderLock", "Holder"]
 

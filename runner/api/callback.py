@@ -44,8 +44,9 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from runner.errors import ApiError, ManifestError
+
 from .client import TaskStatus, parse_status
-from .errors import ApiError, ManifestError
 from .outcome import Request
 
 __all__ = ["MAX_BODY", "PROBE_TIMEOUT_S", "SILENCE_S", "CallbackReceiver", "load_secret"]

@@ -20,7 +20,8 @@ from pathlib import Path
 import yaml
 
 from runner.errors import ManifestError
-from runner.messages import KeyPath, format_path, show
+
+from .messages import KeyPath, format_path, show
 
 try:  # libyaml is much faster on big campaigns; the pure-Python parser behaves the same
     from yaml import CSafeLoader as _BaseLoader

@@ -13,7 +13,8 @@ import math
 import re
 
 from runner.errors import ManifestError
-from runner.messages import show
+
+from .messages import show
 
 __all__ = ["MAX_DURATION_S", "parse_duration"]
 

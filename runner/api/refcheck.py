@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from .errors import ManifestError
-from .manifest import Campaign
+from runner.errors import ManifestError
+from runner.manifest.campaign import Campaign
 
 __all__ = ["CONCURRENCY", "MAX_IMAGE_BYTES", "TIMEOUT_S", "check_images"]
 

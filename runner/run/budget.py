@@ -16,8 +16,8 @@ import asyncio
 import math
 from collections.abc import Iterable
 
-from .ledger import JobRecord, Phase
-from .manifest import Budget
+from runner.manifest.campaign import Budget
+from runner.state.ledger import JobRecord, Phase
 
 __all__ = ["ImageBudget"]
 

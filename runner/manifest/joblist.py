@@ -19,8 +19,9 @@ from pathlib import Path
 import orjson
 
 from runner.errors import ManifestError
-from runner.jobspec import Job, JobSpec
-from runner.messages import KeyPath, Where, format_path
+
+from .jobspec import Job, JobSpec
+from .messages import KeyPath, Where, format_path
 
 __all__ = ["JobList"]
 

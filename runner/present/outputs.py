@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .ledger import JobRecord, LedgerIndex
-from .manifest import Campaign, Job
+from runner.manifest.campaign import Campaign, Job
+from runner.state.ledger import JobRecord, LedgerIndex
 
 if TYPE_CHECKING:  # the client (and aiohttp) are not needed to read a ledger
-    from .client import ClientStats
+    from runner.api.client import ClientStats
 
 __all__ = [
     "LedgerView",

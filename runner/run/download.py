@@ -34,12 +34,12 @@ from typing import Literal
 
 import aiofiles
 
-from .client import ApiClient, TaskState
-from .errors import ApiError, FatalApiError, LostError, api_error
-from .ledger import JobRecord, Ledger
-from .manifest import Campaign, Job, image_path
-from .outcome import Backoff, Fault, Outcome, Request, classify, exhausted
-from .outputs import RunCounters
+from runner.api.client import ApiClient, TaskState
+from runner.api.outcome import Backoff, Fault, Outcome, Request, classify, exhausted
+from runner.errors import ApiError, FatalApiError, LostError, api_error
+from runner.manifest.campaign import Campaign, Job, image_path
+from runner.present.outputs import RunCounters
+from runner.state.ledger import JobRecord, Ledger
 
 log = logging.getLogger("runner")
 

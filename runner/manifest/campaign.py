@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import ManifestError
-from runner.joblist import JobList
-from runner.jobspec import Job, JobSpec
-from runner.messages import show
-from runner.settings import (
+
+from .joblist import JobList
+from .jobspec import Job, JobSpec
+from .messages import show
+from .settings import (
     ApiSettings,
     Budget,
     Limits,
@@ -47,7 +48,7 @@ from runner.settings import (
     check_path,
     read_settings,
 )
-from runner.yamldoc import YamlDoc, read_yaml
+from .yamldoc import YamlDoc, read_yaml
 
 __all__ = [
     "ApiSettings",
@@ -91,7 +92,7 @@ class Campaign:
         (of one shard's, when ``shard`` is set: see :mod:`runner.shard`)."""
         if self.shard is None:
             return self._jobs.unique()
-        from runner.shard import shard_of
+        from .shards import shard_of
 
         k, n = self.shard
         return (job for job in self._jobs.unique() if shard_of(job.id, n) == k)

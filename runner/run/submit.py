@@ -38,13 +38,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .client import ApiClient
-from .errors import ApiError, FatalApiError
-from .ledger import Ledger, Phase
-from .manifest import Job
-from .outcome import Outcome
-from .outputs import RunCounters
-from .settings import Retry
+from runner.api.client import ApiClient
+from runner.api.outcome import Outcome
+from runner.errors import ApiError, FatalApiError
+from runner.manifest.campaign import Job
+from runner.manifest.settings import Retry
+from runner.present.outputs import RunCounters
+from runner.state.ledger import Ledger, Phase
 
 __all__ = ["MAX_ON_WIRE", "Submitter"]
 

@@ -46,11 +46,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ManifestError
-from .ledger import JobRecord, Ledger, LedgerIndex, Phase, full_done, read_index
-from .lock import LOCK_NAME
-from .manifest import Campaign, Job
-from .snapshot import snap_fields
+from runner.errors import ManifestError
+from runner.state.compaction import snap_fields
+from runner.state.ledger import JobRecord, Ledger, LedgerIndex, Phase, full_done, read_index
+from runner.state.lock import LOCK_NAME
+
+from .campaign import Campaign, Job
 
 __all__ = [
     "CampaignIndex",

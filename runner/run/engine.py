@@ -30,24 +30,31 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .budget import ImageBudget
-from .callback import SILENCE_S, CallbackReceiver, load_secret
-from .client import ApiClient, FailClass, TaskState, TaskStatus, classify_fail_code
-from .download import Downloader
-from .errors import (
+from runner.api.callback import SILENCE_S, CallbackReceiver, load_secret
+from runner.api.client import ApiClient, FailClass, TaskState, TaskStatus, classify_fail_code
+from runner.api.limits import RequestBudget, Slots
+from runner.errors import (
     FatalApiError,
     LostError,
     PermanentApiError,
 )
-from .ledger import JobRecord, Ledger, Phase
-from .limits import RequestBudget, Slots
-from .lock import FolderLock
-from .manifest import Campaign, Job
-from .outputs import LedgerView, RunCounters, ledger_view, write_results, write_summary
-from .progress import ProgressReporter, Snapshot
-from .report import write_report
-from .scheduler import Poller, PollTimeout
-from .shard import adopt_other_layouts
+from runner.manifest.campaign import Campaign, Job
+from runner.manifest.shards import adopt_other_layouts
+from runner.present.outputs import (
+    LedgerView,
+    RunCounters,
+    ledger_view,
+    write_results,
+    write_summary,
+)
+from runner.present.progress import ProgressReporter, Snapshot
+from runner.present.report import write_report
+from runner.state.ledger import JobRecord, Ledger, Phase
+from runner.state.lock import FolderLock
+
+from .budget import ImageBudget
+from .download import Downloader
+from .poller import Poller, PollTimeout
 from .submit import Submitter
 
 __all__ = ["Engine", "RunOptions"]
@@ -179,7 +186,7 @@ class Engine:
         async with contextlib.AsyncExitStack() as stack:
             base_url, key = api.base_url, self.options.api_key
             if api.embedded:
-                from .sim import SimConfig, SimServer
+                from runner.sim import SimConfig, SimServer
 
                 # Its tasks, timings and files outlive this process (kept in the output
                 # folder), so a kill, a deleted image or a deadline resume as on the API.

@@ -459,7 +459,7 @@ class Ledger:
 
     def open(self) -> None:
         """Replay the file, cut a torn tail, and open it for appending."""
-        from .snapshot import compact, worth_compacting
+        from .compaction import compact, worth_compacting
 
         self.folder.mkdir(parents=True, exist_ok=True)
         self.report = _replay(self.path, self.state)

@@ -33,9 +33,9 @@ from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from .client import ApiClient, TaskStatus
-from .errors import ApiError
-from .outcome import Outcome
+from runner.api.client import ApiClient, TaskStatus
+from runner.api.outcome import Outcome
+from runner.errors import ApiError
 
 __all__ = ["CompletionModel", "PollTimeout", "Poller"]
 

@@ -29,7 +29,8 @@ from typing import Any
 import orjson
 
 from runner.errors import ManifestError
-from runner.fields import (
+
+from .fields import (
     JOB_KEYS,
     SEEDREAM_4_5,
     SEEDREAM_FIELDS,
@@ -38,7 +39,7 @@ from runner.fields import (
     check_json,
     complete_input,
 )
-from runner.messages import KeyPath, Where, show, unknown_message
+from .messages import KeyPath, Where, show, unknown_message
 
 __all__ = ["Job", "JobSpec"]
 

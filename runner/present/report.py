@@ -40,9 +40,10 @@ from typing import Any, overload
 
 import orjson
 
+from runner.manifest.campaign import Campaign, Job
+from runner.state.ledger import JobRecord, LedgerIndex
+
 from .charts import completion_histogram, throughput_chart
-from .ledger import JobRecord, LedgerIndex
-from .manifest import Campaign, Job
 from .outputs import job_states, write_atomic
 
 __all__ = ["FAILURE_ROWS", "GALLERY_JOBS", "REPORT_NAME", "build_report", "write_report"]
