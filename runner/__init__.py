@@ -9,7 +9,8 @@ The command line is ``python -m runner MANIFEST``; a library user needs only the
 
 from typing import TYPE_CHECKING, Any
 
-from runner.manifest.campaign import Campaign, Job, load_campaign
+from runner.manifest.campaign import Campaign, load_campaign
+from runner.manifest.jobspec import Job
 
 from .errors import (
     FatalApiError,

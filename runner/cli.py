@@ -29,10 +29,12 @@ import orjson
 
 from runner.manifest.campaign import Campaign, load_campaign
 from runner.manifest.durations import parse_duration
-from runner.manifest.shards import CampaignIndex, resolve_shard, shard_campaign
-from runner.present.outputs import LedgerView, ledger_view
+from runner.manifest.shards import resolve_shard
+from runner.present.outputs import ledger_view
+from runner.present.plan import dry_run_picture, status_picture
 from runner.present.progress import install_console
 from runner.present.report import REPORT_NAME, write_report
+from runner.state.layouts import CampaignIndex
 from runner.state.ledger import LedgerIndex, read_index
 
 from .errors import ManifestError, RunnerError
@@ -139,85 +141,6 @@ def _emit(data: Mapping[str, Any], human: str, fmt: str) -> None:
         sys.stdout.write(human)
 
 
-def _mix(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{key} {n:,}" for key, n in sorted(counts.items(), key=lambda x: -x[1]))
-
-
-def _plan(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list[str]]:
-    """The picture shared by --dry-run and --status: jobs, worst-case images and cost, the
-    mix, the budget, and where the ledger stands."""
-    states = view.states
-    b = campaign.budget
-    price = b.price_per_image
-    done, failed, lost = states.get("done", 0), states.get("failed", 0), states.get("lost", 0)
-    pending = view.jobs - done - failed - lost
-    data: dict[str, Any] = {
-        "name": campaign.name,
-        "jobs": view.jobs,
-        "images": view.images_planned,
-        "estimated_cost_usd": round(view.images_planned * price, 2),
-        "price_per_image_usd": price,
-        "max_images": b.max_images,
-        "max_cost_usd": b.max_cost,
-        "resolutions": dict(view.resolutions),
-        "aspect_ratios": dict(view.aspect_ratios),
-        "done": done,
-        "failed": failed,
-        "pending": pending,
-        "pending_images": view.images_pending,
-        "pending_cost_usd": round(view.images_pending * price, 2),
-        "images_paid": view.images_paid,
-        "spent_usd": round(view.images_paid * price, 2),
-        "uncertain_images_at_most": view.images_uncertain,
-        "changed": view.changed,
-        "changed_images": view.changed_images,
-        "changed_cost_usd": round(view.changed_images * price, 2),
-        "lost": view.states.get("lost", 0),
-        "lost_images": view.lost_images,
-        "lost_cost_usd": round(view.lost_images * price, 2),
-        "ids": view.ids,
-        "output": str(campaign.output.dir),
-    }
-    caps = []
-    if b.max_images is not None:
-        caps.append(f"max_images {b.max_images:,}")
-    if b.max_cost is not None:
-        caps.append(f"max_cost ${b.max_cost:,.2f}")
-    lines = [
-        f"{campaign.name}: {view.jobs:,} jobs, {view.images_planned:,} images at most, "
-        f"estimated ${view.images_planned * price:,.2f} (at ${price}/image)",
-        f"  budget: {', '.join(caps) if caps else 'no cap'}",
-        f"  resolutions: {_mix(view.resolutions)}",
-        f"  aspect ratios: {_mix(view.aspect_ratios)}",
-        f"ledger: {done:,} done, {failed:,} failed, {lost:,} lost, {pending:,} pending "
-        f"({view.images_pending:,} images, ${view.images_pending * price:,.2f} at most)",
-        f"  paid so far: {view.images_paid:,} images, ${view.images_paid * price:,.2f}"
-        + (
-            f" (+ up to {view.images_uncertain:,} images of uncertain submissions)"
-            if view.images_uncertain
-            else ""
-        ),
-    ]
-    if view.changed:
-        lines.append(
-            f"  changed since done: {view.changed:,} jobs run again, paid again "
-            f"({view.changed_images:,} images, ${view.changed_images * price:,.2f} at most): "
-            + _ids(view.ids.get("changed", []), view.changed)
-        )
-    if lost:
-        lines.append(
-            f"  lost: {lost:,} jobs were paid but their images are gone (result URLs "
-            f"expired); --retry-failed pays for them again ({view.lost_images:,} images, "
-            f"${view.lost_images * price:,.2f} at most): " + _ids(view.ids.get("lost", []), lost)
-        )
-    return data, lines
-
-
-def _ids(ids: Sequence[str], total: int) -> str:
-    more = f" and {total - len(ids):,} more" if total > len(ids) else ""
-    return ", ".join(ids) + more
-
-
 def _index(campaign: Campaign) -> tuple[LedgerIndex, int]:
     """The ledgers' index and line count: the campaign's (or one shard's) with every other
     layout's folder (unsharded, shards of another N) that holds jobs of it."""
@@ -227,37 +150,14 @@ def _index(campaign: Campaign) -> tuple[LedgerIndex, int]:
 
 def _dry_run(campaign: Campaign, fmt: str) -> int:
     index, _ = _index(campaign)
-    data, lines = _plan(campaign, ledger_view(campaign, index))
-    lines.append(f"output: {campaign.output.dir}")
+    data, lines = dry_run_picture(campaign, ledger_view(campaign, index))
     _emit(data, "\n".join(lines) + "\n", fmt)
     return 0
 
 
 def _status(campaign: Campaign, fmt: str) -> int:
     index, ledger_lines = _index(campaign)
-    view = ledger_view(campaign, index)
-    data, lines = _plan(campaign, view)
-    data.update(
-        {
-            "states": dict(view.states),
-            "images_on_disk": view.images_done,
-            "uncertain_submissions": view.uncertain,
-            "failures": dict(view.failures),
-            "failure_examples": view.examples,
-            "ledger_lines": ledger_lines,
-        }
-    )
-    lines.append(f"  images on disk: {view.images_done:,}")
-    lines += [f"  {state:<12} {count:,}" for state, count in sorted(view.states.items())]
-    if view.uncertain:
-        lines.append(f"  uncertain submissions so far: {view.uncertain:,}")
-    if view.failures:
-        lines.append("failures by code:")
-    for code, count in view.failures.most_common():
-        lines.append(f"  {code}: {count:,} job{'s' if count != 1 else ''}")
-        for ex in view.examples.get(code, []):
-            message = f" ({ex['message']})" if ex["message"] else ""
-            lines.append(f'    {ex["id"]}: "{ex["prompt"]}"{message}')
+    data, lines = status_picture(campaign, ledger_view(campaign, index), ledger_lines)
     _emit(data, "\n".join(lines) + "\n", fmt)
     return 0
 
@@ -396,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         campaign = load_campaign(args.manifest, _overrides(args))
         shard = resolve_shard(args.shard, args.shards, os.environ)
         if shard is not None:
-            campaign = shard_campaign(campaign, *shard)
+            campaign = campaign.sharded(*shard)
         deadline = None
         if args.deadline is not None:
             deadline = parse_duration(args.deadline, "--deadline")

@@ -33,9 +33,44 @@ Task failures reported by the API (``failCode``) are not exceptions: they are da
 
 from __future__ import annotations
 
+import enum
 from typing import ClassVar
 
-from runner.api.outcome import Fault, Outcome
+
+class Outcome(enum.Enum):
+    """What one answer means for the job that asked."""
+
+    RETRY = "retry"  # transient: try again after a delay
+    #: a submission refused with 429 (the live-task limit or the rate): certainly no task
+    #: was created; wait for a slot without counting against ``retry.attempts``
+    WAIT_SLOT = "wait_slot"
+    #: a submission may have created (and paid for) a task that nobody will ever see
+    UNCERTAIN = "uncertain"
+    PERMANENT = "permanent"  # this job fails; the run goes on
+    LOST = "lost"  # the job's paid images are gone (URL expired, task gone)
+    FATAL = "fatal"  # the account is refused: stop the run
+
+
+class Fault(enum.Enum):
+    """What went wrong with one request, as observed."""
+
+    #: the request certainly did not leave: no connection could be made, or the run is
+    #: stopping and it was held back
+    NOT_SENT = "not_sent"
+    #: the connection broke or timed out after the request may have left
+    CONNECTION_LOST = "connection_lost"
+    STATUS = "status"  # the server answered with an HTTP error status
+    UNREADABLE = "unreadable"  # a 200 whose body cannot be used
+    SHORT_BODY = "short_body"  # a download ended before its announced length
+    #: the bytes on disk cannot be continued (a refused range, a body that is not a
+    #: whole image): start the download over
+    BAD_BODY = "bad_body"
+    TOO_LARGE = "too_large"  # a download over the size cap
+
+    @property
+    def spoils_partial(self) -> bool:
+        """A download's partial file must be thrown away, not continued."""
+        return self is Fault.BAD_BODY
 
 
 class RunnerError(Exception):

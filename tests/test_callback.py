@@ -23,8 +23,8 @@ from runs import (
     wait_until,
 )
 
+from runner.api.answers import TaskState, TaskStatus
 from runner.api.callback import MAX_BODY, SECRET_NAME, CallbackReceiver, load_secret
-from runner.api.client import TaskState, TaskStatus
 from runner.errors import ManifestError
 from runner.state.ledger import read_index
 

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from runs import FAST_POLLING, out_dir, prompts, run_cli, run_engine
 
-from runner.api.client import ApiClient, TaskStatus, parse_status
+from runner.api.answers import TaskStatus, parse_status
+from runner.api.client import ApiClient
 from runner.api.limits import RequestBudget
 from runner.api.outcome import Outcome, Request
 from runner.errors import ApiError, ManifestError

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from runner.errors import ManifestError
-from runner.manifest.campaign import Campaign, Job, load_campaign
+from runner.manifest.campaign import Campaign, load_campaign
 from runner.manifest.fields import ASPECT_RATIOS
+from runner.manifest.jobspec import Job
 
 URL = "https://example.com/ref.jpg"
 

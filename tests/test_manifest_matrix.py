@@ -13,7 +13,8 @@ import yaml
 from runs import run_cli_sync
 
 from runner.errors import ManifestError
-from runner.manifest.campaign import Job, load_campaign
+from runner.manifest.campaign import load_campaign
+from runner.manifest.jobspec import Job
 
 
 def write(folder: Path, text: str) -> Path:

@@ -10,15 +10,9 @@ from typing import Any
 import pytest
 
 from runner.errors import ManifestError
-from runner.manifest.campaign import (
-    ApiSettings,
-    Budget,
-    Limits,
-    Output,
-    Polling,
-    Retry,
-    load_campaign,
-)
+from runner.manifest.campaign import load_campaign
+from runner.manifest.naming import Output
+from runner.manifest.settings import ApiSettings, Budget, Limits, Polling, Retry
 
 JOB = "jobs:\n  - prompt: a glass teapot\n"
 

@@ -25,8 +25,8 @@ import orjson
 import pytest
 from runs import out_dir, prompts, run_cli, run_engine
 
+from runner.api.answers import TaskStatus
 from runner.api.callback import SECRET_NAME, CallbackReceiver, load_secret
-from runner.api.client import TaskStatus
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")

@@ -6,8 +6,10 @@ import asyncio
 import random
 import time
 
-from runner.api.limits import Slots, limiter_shape
-from runner.run.poller import CompletionModel, Poller, Sample, _Watch
+from runner.api.limits import limiter_shape
+from runner.run.completion import CompletionModel, Sample
+from runner.run.poller import Poller, _Watch
+from runner.run.slots import Slots
 
 
 def _poller(rate: float, *, callbacks: bool = False) -> Poller:

@@ -16,9 +16,9 @@ from runs import TEST_KEY, out_dir, prompts, run_cli, start_cli, wait_until
 from runner.cli import main
 from runner.errors import ManifestError
 from runner.manifest.campaign import load_campaign
-from runner.manifest.shards import IN_FLIGHT, resolve_shard, shard_of
+from runner.manifest.shards import resolve_shard, shard_of
 from runner.sim import SimServer
-from runner.state.ledger import Ledger, read_index
+from runner.state.ledger import IN_FLIGHT, Ledger, read_index
 from runner.state.lock import FolderLock
 
 

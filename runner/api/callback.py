@@ -46,7 +46,7 @@ from aiohttp import web
 
 from runner.errors import ApiError, ManifestError
 
-from .client import TaskStatus, parse_status
+from .answers import TaskStatus, parse_status
 from .outcome import Request
 
 __all__ = ["MAX_BODY", "PROBE_TIMEOUT_S", "SILENCE_S", "CallbackReceiver", "load_secret"]

@@ -22,79 +22,38 @@ part of a message, a log record or an exception.
 from __future__ import annotations
 
 import asyncio
-import enum
 import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
-from runner.errors import ApiError, FatalApiError, api_error
+from runner.errors import ApiError, Fault, Outcome
 
-from .limits import RequestBudget
-from .outcome import (
-    RETRY_WINDOW_S,
-    Backoff,
-    FailClass,
-    Fault,
-    Outcome,
-    Request,
-    classify,
-    classify_fail_code,
+from .answers import (
+    TaskStatus,
+    clipped,
+    parse_content_range,
+    parse_retry_after,
+    parse_status,
+    policy_error,
+    unreadable,
 )
+from .limits import RequestBudget
+from .outcome import RETRY_WINDOW_S, Backoff, Request
 
-# FailClass and classify_fail_code live in runner.outcome; they are re-exported here for
-# the modules that know them from the client.
-__all__ = [
-    "ApiClient",
-    "FailClass",
-    "FileStream",
-    "TaskState",
-    "TaskStatus",
-    "classify_fail_code",
-    "parse_status",
-]
+__all__ = ["ApiClient", "ClientStats", "FileStream"]
 
 T = TypeVar("T")
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _MAX_ANSWER_BYTES = 1 << 20  # an API answer is a few hundred bytes; refuse megabytes
-_MAX_RESULT_URLS = 100
-_RETRY_AFTER_CAP_S = 300.0
-
-
-class TaskState(enum.Enum):
-    PENDING = "pending"
-    PROCESSING = "processing"
-    SUCCESS = "success"
-    FAILED = "failed"
-    UNKNOWN = "unknown"  # a state the API page does not list: not terminal
-
-    @property
-    def terminal(self) -> bool:
-        return self in (TaskState.SUCCESS, TaskState.FAILED)
-
-
-@dataclass(frozen=True, slots=True)
-class TaskStatus:
-    """A validated status answer."""
-
-    task_id: str
-    state: TaskState
-    raw_state: str
-    result_urls: tuple[str, ...] = ()
-    fail_code: str | None = None
-    fail_msg: str | None = None
-    create_ms: int | None = None
-    complete_ms: int | None = None
-    cost_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -124,48 +83,9 @@ class FileStream:
             async for chunk in self._response.content.iter_chunked(size):
                 yield chunk
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise _error(
+            raise policy_error(
                 Request.FILE, Fault.CONNECTION_LOST, f"download broke off: {type(exc).__name__}"
             ) from None
-
-
-def _error(
-    request: Request,
-    fault: Fault,
-    message: str,
-    status: int = 0,
-    code: str = "",
-    retry_after: float | None = None,
-) -> ApiError | FatalApiError:
-    """The error the outcome policy gives this fault of this request."""
-    outcome = classify(request, fault, status, code)
-    return api_error(outcome, message, status, code, retry_after, fault=fault)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(seconds, 0.0), _RETRY_AFTER_CAP_S)
-
-
-def _opt_int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _text(value: object, limit: int = 500) -> str | None:
-    if value is None:
-        return None
-    return str(value)[:limit]
 
 
 class ApiClient:
@@ -225,7 +145,7 @@ class ApiClient:
         submit = request is Request.SUBMIT
         await self.budget.acquire(urgent=submit)
         if submit and self.halt is not None and self.halt.is_set():
-            raise _error(request, Fault.NOT_SENT, "submit: not sent, the run is stopping")
+            raise policy_error(request, Fault.NOT_SENT, "submit: not sent, the run is stopping")
         self.stats.requests[kind] += 1
         headers = dict(self._auth)
         if body is not None:
@@ -239,11 +159,13 @@ class ApiClient:
         except aiohttp.ClientConnectorError:
             # Never connected: the request was certainly not sent.
             self.stats.errors["connect"] += 1
-            raise _error(request, Fault.NOT_SENT, f"{kind}: cannot connect to the API") from None
+            raise policy_error(
+                request, Fault.NOT_SENT, f"{kind}: cannot connect to the API"
+            ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             # The connection broke or timed out after the request may have left.
             self.stats.errors[type(exc).__name__] += 1
-            raise _error(
+            raise policy_error(
                 request,
                 Fault.CONNECTION_LOST,
                 f"{kind}: the connection broke before an answer came back",
@@ -254,7 +176,7 @@ class ApiClient:
         if status != 200:
             self.stats.errors[str(status)] += 1
             message, code = self._envelope_error(raw)
-            retry_after = _retry_after(headers) if status == 429 else None
+            retry_after = parse_retry_after(headers, time.time()) if status == 429 else None
             if status == 429:
                 self.stats.throttled += 1
                 if request is not Request.SUBMIT:
@@ -275,15 +197,15 @@ class ApiClient:
                 code = "TASK_GONE" if request is Request.STATUS else "NOT_FOUND"
             else:
                 text = f"{kind}: rejected ({status}): {message}"
-            raise _error(request, Fault.STATUS, text, status, code, retry_after)
+            raise policy_error(request, Fault.STATUS, text, status, code, retry_after)
         if len(raw) > _MAX_ANSWER_BYTES:
-            raise _unreadable(request, "answer too large")
+            raise unreadable(request, "answer too large")
         try:
             envelope = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise _unreadable(request, "answer is not JSON") from None
+            raise unreadable(request, "answer is not JSON") from None
         if not isinstance(envelope, dict) or not isinstance(envelope.get("data"), dict):
-            raise _unreadable(request, "answer has no data object")
+            raise unreadable(request, "answer has no data object")
         return envelope["data"]
 
     @staticmethod
@@ -295,9 +217,9 @@ class ApiClient:
             return "", ""
         if not isinstance(envelope, dict):
             return "", ""
-        message = _text(envelope.get("message"), 300) or ""
+        message = clipped(envelope.get("message"), 300) or ""
         data = envelope.get("data")
-        error = _text(data.get("error"), 200) if isinstance(data, dict) else None
+        error = clipped(data.get("error"), 200) if isinstance(data, dict) else None
         if error:
             message = f"{message} ({error})" if message else error
         return message, str(error or "")
@@ -338,9 +260,9 @@ class ApiClient:
             data = await self._send(Request.SUBMIT, "POST", url, body)
             task_id = data.get("taskId")
             if not isinstance(task_id, str) or not _TASK_ID.match(task_id):
-                raise _unreadable(Request.SUBMIT, "no usable taskId")
+                raise unreadable(Request.SUBMIT, "no usable taskId")
             if task_id in (".", ".."):
-                raise _unreadable(Request.SUBMIT, "no usable taskId")
+                raise unreadable(Request.SUBMIT, "no usable taskId")
             return task_id
 
         return await self._with_retries(once)
@@ -377,16 +299,16 @@ class ApiClient:
                 status = resp.status
                 if status == 416 and offset:
                     # The partial file is already whole (or longer): start over.
-                    raise _error(file, Fault.BAD_BODY, "range not satisfiable", 416, "RANGE")
+                    raise policy_error(file, Fault.BAD_BODY, "range not satisfiable", 416, "RANGE")
                 if status not in (200, 206):
                     gone = status in (403, 404, 410)
                     code = "URL_EXPIRED" if gone else "DOWNLOAD_FAILED"
                     text = f"result URL answered {status}" + (" (expired?)" if gone else "")
-                    retry_after = _retry_after(resp.headers)
-                    raise _error(file, Fault.STATUS, text, status, code, retry_after)
+                    retry_after = parse_retry_after(resp.headers, time.time())
+                    raise policy_error(file, Fault.STATUS, text, status, code, retry_after)
                 start, total = 0, resp.content_length
                 if status == 206:
-                    start, total = _content_range(resp.headers.get("Content-Range", ""))
+                    start, total = parse_content_range(resp.headers.get("Content-Range", ""))
                 in_caller = True
                 yield FileStream(status, start, total, resp.headers.get("Content-Type", ""), resp)
                 in_caller = False
@@ -396,79 +318,12 @@ class ApiClient:
             if in_caller:
                 raise
             self.stats.errors["connect"] += 1
-            raise _error(file, Fault.NOT_SENT, "cannot connect to the result URL's host") from None
+            raise policy_error(
+                file, Fault.NOT_SENT, "cannot connect to the result URL's host"
+            ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             if in_caller:
                 raise
-            raise _error(
+            raise policy_error(
                 file, Fault.CONNECTION_LOST, f"download failed: {type(exc).__name__}"
             ) from None
-
-
-def _content_range(value: str) -> tuple[int, int | None]:
-    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", value.strip())
-    if not match:
-        raise _error(Request.FILE, Fault.BAD_BODY, "206 answer without a usable Content-Range")
-    total = None if match.group(3) == "*" else int(match.group(3))
-    return int(match.group(1)), total
-
-
-def _unreadable(request: Request, why: str) -> ApiError | FatalApiError:
-    """A 200 whose body cannot be used (code BAD_ANSWER): for a submission the task may
-    exist (UNCERTAIN), a status is asked for again (RETRY), a webhook is refused."""
-    message = f"{request.value}: malformed answer: {why}"
-    return _error(request, Fault.UNREADABLE, message, 200, "BAD_ANSWER")
-
-
-def parse_status(
-    data: Mapping[str, Any], task_id: str, request: Request = Request.STATUS
-) -> TaskStatus:
-    """Validate a status ``data`` object from a poll (``request`` STATUS) or a webhook
-    (WEBHOOK); an unusable one raises the policy's error for that request."""
-    if data.get("taskId") not in (None, task_id):
-        raise _unreadable(request, "answer is for another task")
-    raw_state = data.get("state")
-    if not isinstance(raw_state, str):
-        raise _unreadable(request, "answer has no state")
-    try:
-        state = TaskState(raw_state)
-    except ValueError:
-        state = TaskState.UNKNOWN
-    urls: tuple[str, ...] = ()
-    if state is TaskState.SUCCESS:
-        urls = _result_urls(data.get("resultJson"), request)
-    fail_code = fail_msg = None
-    if state is TaskState.FAILED:
-        fail_code = _text(data.get("failCode"), 100) or "UNKNOWN_FAILURE"
-        fail_msg = _text(data.get("failMsg"), 500) or ""
-    return TaskStatus(
-        task_id=task_id,
-        state=state,
-        raw_state=raw_state[:40],
-        result_urls=urls,
-        fail_code=fail_code,
-        fail_msg=fail_msg,
-        create_ms=_opt_int(data.get("createTime")),
-        complete_ms=_opt_int(data.get("completeTime")),
-        cost_ms=_opt_int(data.get("costTime")),
-    )
-
-
-def _result_urls(result_json: object, request: Request) -> tuple[str, ...]:
-    bad = _unreadable(request, "resultJson is not usable")
-    if not isinstance(result_json, str):
-        raise bad
-    try:
-        result = orjson.loads(result_json)
-    except orjson.JSONDecodeError:
-        raise bad from None
-    urls = result.get("resultUrls") if isinstance(result, dict) else None
-    if not isinstance(urls, list) or not urls or len(urls) > _MAX_RESULT_URLS:
-        raise bad
-    for url in urls:
-        if not isinstance(url, str) or len(url) > 4096:
-            raise bad
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise bad
-    return tuple(urls)

@@ -43,6 +43,10 @@ import enum
 import random
 from dataclasses import dataclass
 
+# Outcome and Fault are defined beside the error tree that carries them, and are part of
+# this policy's vocabulary.
+from runner.errors import Fault, Outcome
+
 __all__ = [
     "RETRY_WINDOW_S",
     "SLOT_BACKOFF_MAX_S",
@@ -62,20 +66,6 @@ RETRY_WINDOW_S = 600.0
 SLOT_BACKOFF_MAX_S = 30.0
 
 
-class Outcome(enum.Enum):
-    """What one answer means for the job that asked."""
-
-    RETRY = "retry"  # transient: try again after a delay
-    #: a submission refused with 429 (the live-task limit or the rate): certainly no task
-    #: was created; wait for a slot without counting against ``retry.attempts``
-    WAIT_SLOT = "wait_slot"
-    #: a submission may have created (and paid for) a task that nobody will ever see
-    UNCERTAIN = "uncertain"
-    PERMANENT = "permanent"  # this job fails; the run goes on
-    LOST = "lost"  # the job's paid images are gone (URL expired, task gone)
-    FATAL = "fatal"  # the account is refused: stop the run
-
-
 class Request(enum.Enum):
     """What was asked."""
 
@@ -83,28 +73,6 @@ class Request(enum.Enum):
     STATUS = "status"
     FILE = "file"  # a result URL
     WEBHOOK = "webhook"  # a delivery the provider posted to us
-
-
-class Fault(enum.Enum):
-    """What went wrong with one request, as observed."""
-
-    #: the request certainly did not leave: no connection could be made, or the run is
-    #: stopping and it was held back
-    NOT_SENT = "not_sent"
-    #: the connection broke or timed out after the request may have left
-    CONNECTION_LOST = "connection_lost"
-    STATUS = "status"  # the server answered with an HTTP error status
-    UNREADABLE = "unreadable"  # a 200 whose body cannot be used
-    SHORT_BODY = "short_body"  # a download ended before its announced length
-    #: the bytes on disk cannot be continued (a refused range, a body that is not a
-    #: whole image): start the download over
-    BAD_BODY = "bad_body"
-    TOO_LARGE = "too_large"  # a download over the size cap
-
-    @property
-    def spoils_partial(self) -> bool:
-        """A download's partial file must be thrown away, not continued."""
-        return self is Fault.BAD_BODY
 
 
 class FailClass(enum.Enum):

@@ -18,14 +18,13 @@ Contract (the user-facing rules are in ``design/interface.md``, "Manifest"):
 - Loading streams the job file and keeps only a compact id -> (fingerprint, place) map;
   :meth:`Campaign.jobs` streams it again and yields exactly the jobs validation counted,
   refusing to go on if the file changed in between.
-- :func:`image_path` is the only way to name an output file; it never leaves ``output.dir``.
+- Output file names are :mod:`runner.manifest.naming`.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import os
-import string
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,31 +36,21 @@ from runner.errors import ManifestError
 from .joblist import JobList
 from .jobspec import Job, JobSpec
 from .messages import show
+from .naming import Output
 from .settings import (
     ApiSettings,
     Budget,
     Limits,
-    Output,
     Polling,
     Retry,
     Section,
     check_path,
     read_settings,
 )
+from .shards import shard_folder, shard_of
 from .yamldoc import YamlDoc, read_yaml
 
-__all__ = [
-    "ApiSettings",
-    "Budget",
-    "Campaign",
-    "Job",
-    "Limits",
-    "Output",
-    "Polling",
-    "Retry",
-    "image_path",
-    "load_campaign",
-]
+__all__ = ["Campaign", "load_campaign"]
 
 _TOP_KEYS = (
     "name", "api", "limits", "polling", "retry", "defaults", "matrix", "jobs", "jobs_file",
@@ -92,10 +81,21 @@ class Campaign:
         (of one shard's, when ``shard`` is set: see :mod:`runner.shard`)."""
         if self.shard is None:
             return self._jobs.unique()
-        from .shards import shard_of
-
         k, n = self.shard
         return (job for job in self._jobs.unique() if shard_of(job.id, n) == k)
+
+    def sharded(self, k: int, n: int) -> Campaign:
+        """The campaign as shard K of N sees it: its jobs only, its own folder
+        (:func:`runner.manifest.shards.shard_folder`)."""
+        jobs = images = 0
+        for job in self._jobs.unique():
+            if shard_of(job.id, n) == k:
+                jobs += 1
+                images += job.max_images
+        output = dataclasses.replace(self.output, dir=shard_folder(self.output.dir, k, n))
+        return dataclasses.replace(
+            self, output=output, job_count=jobs, image_count=images, shard=(k, n)
+        )
 
     def mix(self) -> tuple[Counter[str], Counter[str]] | None:
         """Jobs per resolution and per aspect ratio, as counted while the manifest was
@@ -103,27 +103,6 @@ class Campaign:
         if self.shard is not None:
             return None
         return Counter(self._jobs.resolutions), Counter(self._jobs.aspect_ratios)
-
-
-def image_path(output: Output, job_id: str, index: int, ext: str, task_id: str) -> Path:
-    """Where image ``index`` of a job goes. Raises ValueError rather than leave ``output.dir``."""
-    values = {"job_id": job_id, "ext": ext, "task_id": task_id}
-    for name in _template_fields(output.path_template) & values.keys():
-        value = values[name]
-        if value in ("", ".", "..") or any(c in value for c in "/\\\0"):
-            raise ValueError(f"{name} {value!r} cannot be part of a file name")
-    rel = output.path_template.format(job_id=job_id, index=index, ext=ext, task_id=task_id)
-    base = os.path.normpath(os.path.abspath(output.dir))
-    full = os.path.normpath(os.path.join(base, rel))
-    # Lexical, not resolve(): a symlink the user placed inside output.dir is their choice.
-    if os.path.isabs(rel) or os.path.commonpath([base, full]) != base or full == base:
-        raise ValueError(f"{rel!r} would be written outside {base}")
-    return Path(full)
-
-
-@functools.lru_cache(maxsize=16)
-def _template_fields(template: str) -> frozenset[str]:
-    return frozenset(f for _, f, _, _ in string.Formatter().parse(template) if f is not None)
 
 
 def load_campaign(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Campaign:

@@ -20,7 +20,7 @@ into a :class:`~runner.errors.ManifestError` at the place the field was written.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,11 +34,15 @@ __all__ = [
     "SEEDREAM_FIELDS",
     "FieldError",
     "FieldPath",
+    "aspect_ratio",
     "check_field",
     "check_json",
     "complete_input",
     "image_extension",
     "is_http_url",
+    "max_images",
+    "resolution",
+    "timing_kind",
 ]
 
 SEEDREAM_4_5 = "seedream-4-5"
@@ -244,3 +248,28 @@ def complete_input(model: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         )
     final.setdefault("max_images", 1)
     return final
+
+
+# -- what the rest of the runner reads from a final input -------------------------------
+
+
+def max_images(inp: Mapping[str, Any]) -> int:
+    """The most images a task of this input can make (and be billed for)."""
+    value = inp.get("max_images", 1)
+    return value if isinstance(value, int) else 1
+
+
+def resolution(inp: Mapping[str, Any]) -> str:
+    """The resolution the API works at: 2K, its default, when the input does not say."""
+    return str(inp.get("resolution", "2K"))
+
+
+def aspect_ratio(inp: Mapping[str, Any]) -> str:
+    """The aspect ratio asked for; ``unset`` when the input leaves it to the model."""
+    return str(inp.get("aspect_ratio", "unset"))
+
+
+def timing_kind(inp: Mapping[str, Any]) -> Hashable:
+    """What sets how long a task takes: tasks of one kind share what is learned of their
+    completion times (:mod:`runner.run.completion`)."""
+    return (inp.get("resolution", "2K"), max_images(inp), inp.get("sequential_image_generation"))

@@ -20,6 +20,7 @@ import orjson
 
 from runner.errors import ManifestError
 
+from .fields import aspect_ratio, resolution
 from .jobspec import Job, JobSpec
 from .messages import KeyPath, Where, format_path
 
@@ -77,8 +78,8 @@ class JobList:
                 first[job.id] = packed
                 jobs += 1
                 images += job.max_images
-                self.resolutions[str(job.input.get("resolution", "2K"))] += 1  # API default
-                self.aspect_ratios[str(job.input.get("aspect_ratio", "unset"))] += 1
+                self.resolutions[resolution(job.input)] += 1
+                self.aspect_ratios[aspect_ratio(job.input)] += 1
             elif earlier >> _PLACE_BITS == packed >> _PLACE_BITS:
                 duplicates += 1
                 self._repeats.add(position)

@@ -22,7 +22,7 @@ import functools
 import hashlib
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,8 @@ from .fields import (
     check_field,
     check_json,
     complete_input,
+    max_images,
+    timing_kind,
 )
 from .messages import KeyPath, Where, show, unknown_message
 
@@ -61,8 +63,12 @@ class Job:
     @property
     def max_images(self) -> int:
         """The most images this job can produce (and be billed for)."""
-        value = self.input.get("max_images", 1)
-        return value if isinstance(value, int) else 1
+        return max_images(self.input)
+
+    @property
+    def timing_kind(self) -> Hashable:
+        """Jobs of one kind take alike long (:func:`runner.manifest.fields.timing_kind`)."""
+        return timing_kind(self.input)
 
 
 def _suffixed(base: str, suffixes: list[str]) -> str:

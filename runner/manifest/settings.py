@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,12 +22,12 @@ from runner.errors import ManifestError
 from .durations import parse_duration
 from .fields import is_http_url
 from .messages import KeyPath, Where, format_path, show, unknown_message
+from .naming import Output, check_template
 
 __all__ = [
     "ApiSettings",
     "Budget",
     "Limits",
-    "Output",
     "Polling",
     "Retry",
     "Section",
@@ -89,12 +88,6 @@ class Retry:
     #: how long a submission may wait for a slot under the API's live-task limit (429s)
     #: before it is left pending for a later run
     slot_wait_s: float = 1800.0
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    dir: Path
-    path_template: str = "images/{job_id}/{index}.{ext}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,39 +237,6 @@ check_path = _rule(
 )
 
 
-def _template(value: Any, where: str) -> str:
-    def bad(problem: str) -> ManifestError:
-        return ManifestError(
-            f"{show(value)} {problem}; use a relative path with the placeholders {{job_id}} "
-            "and {index} (also allowed: {ext}, {task_id}), e.g. images/{job_id}/{index}.{ext}",
-            where,
-        )
-
-    if not isinstance(value, str) or not value or "\0" in value:
-        raise bad("is not a path template")
-    try:
-        parsed = list(string.Formatter().parse(value))
-    except ValueError:
-        raise bad("has unbalanced braces (write {{ or }} for a literal brace)") from None
-    used = set()
-    for _, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if name not in ("job_id", "index", "ext", "task_id"):
-            raise bad(f"uses the unknown placeholder {{{name}}}")
-        # Only zero padding for {index}: any other format could map two values to one name.
-        if conversion or (spec and (name != "index" or not re.fullmatch(r"0?\d{0,2}d?", spec))):
-            raise bad(f"formats {{{name}}} in a way that could make names collide")
-        used.add(name)
-    if not {"job_id", "index"} <= used:
-        raise bad("must contain both {job_id} and {index}, so that files cannot collide")
-    if value.startswith(("/", "\\", "~")) or re.match(r"[A-Za-z]:", value):
-        raise bad("must be relative to output.dir")
-    if ".." in re.split(r"[/\\]", value):
-        raise bad("must stay inside output.dir (no .. segments)")
-    return value
-
-
 _API: dict[str, tuple[str, Check]] = {
     "base_url": ("base_url", _base_url),
     "key_env": ("key_env", _matching(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name")),
@@ -331,7 +291,7 @@ def read_settings(
     name = root.get("name", _name) or _name(source.stem, display)
     parts = _parts(root)
     out = root.sub("output", ("dir", "path"))
-    out_dir, template = out.get("dir", check_path), out.get("path", _template)
+    out_dir, template = out.get("dir", check_path), out.get("path", check_template)
     folder = source.parent
     parts["output"] = Output(
         dir=Path(os.path.normpath(folder / out_dir)) if out_dir else folder / "out" / name,

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from runner.manifest.campaign import Campaign, Job
+from runner.manifest.campaign import Campaign
+from runner.manifest.fields import aspect_ratio, resolution
+from runner.manifest.jobspec import Job
 from runner.state.ledger import JobRecord, LedgerIndex
 
 if TYPE_CHECKING:  # the client (and aiohttp) are not needed to read a ledger
@@ -184,8 +186,8 @@ def ledger_view(campaign: Campaign, index: LedgerIndex) -> LedgerView:
         view.jobs += 1
         view.images_planned += job.max_images
         inp = job.input
-        view.resolutions[str(inp.get("resolution", "2K"))] += 1  # the API's default
-        view.aspect_ratios[str(inp.get("aspect_ratio", "unset"))] += 1
+        view.resolutions[resolution(inp)] += 1
+        view.aspect_ratios[aspect_ratio(inp)] += 1
         view.states[state] += 1
         if state not in ("done", "failed", "lost"):
             view.images_pending += job.max_images

@@ -40,7 +40,8 @@ from typing import Any, overload
 
 import orjson
 
-from runner.manifest.campaign import Campaign, Job
+from runner.manifest.campaign import Campaign
+from runner.manifest.jobspec import Job
 from runner.state.ledger import JobRecord, LedgerIndex
 
 from .charts import completion_histogram, throughput_chart

@@ -16,7 +16,7 @@ import asyncio
 import math
 from collections.abc import Iterable
 
-from runner.manifest.campaign import Budget
+from runner.manifest.settings import Budget
 from runner.state.ledger import JobRecord, Phase
 
 __all__ = ["ImageBudget"]

@@ -34,10 +34,13 @@ from typing import Literal
 
 import aiofiles
 
-from runner.api.client import ApiClient, TaskState
+from runner.api.answers import TaskState
+from runner.api.client import ApiClient
 from runner.api.outcome import Backoff, Fault, Outcome, Request, classify, exhausted
 from runner.errors import ApiError, FatalApiError, LostError, api_error
-from runner.manifest.campaign import Campaign, Job, image_path
+from runner.manifest.campaign import Campaign
+from runner.manifest.jobspec import Job
+from runner.manifest.naming import image_path
 from runner.present.outputs import RunCounters
 from runner.state.ledger import JobRecord, Ledger
 
@@ -298,7 +301,7 @@ class Downloader:
                 continue
             try:
                 async with self._limit:
-                    record = await self._fetch(job.id, rec.task_id or "", index, rec.urls[index])
+                    record = await self._fetch(job, rec.task_id or "", index, rec.urls[index])
             except LostError:
                 if refreshes >= MAX_REFRESHES:
                     raise
@@ -354,13 +357,13 @@ class Downloader:
             cost_ms=status.cost_ms if status.cost_ms is not None else rec.cost_ms,
         )
 
-    async def _fetch(self, job_id: str, task_id: str, index: int, url: str) -> FileRecord:
+    async def _fetch(self, job: Job, task_id: str, index: int, url: str) -> FileRecord:
         # The temporary name is derived from the id (not the id itself), so no id can
         # steer it anywhere; the final name is checked to stay inside the folder.
-        part_name = hashlib.sha1(job_id.encode()).hexdigest()[:20] + f"-{index}.part"
+        part_name = hashlib.sha1(job.id.encode()).hexdigest()[:20] + f"-{index}.part"
 
         def dest_for(ext: str) -> Path:
-            return image_path(self.campaign.output, job_id, index, ext, task_id)
+            return image_path(self.campaign.output, job, index, ext, task_id)
 
         return await fetch_image(
             self.client,

@@ -30,16 +30,18 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from runner.api.answers import TaskState, TaskStatus
 from runner.api.callback import SILENCE_S, CallbackReceiver, load_secret
-from runner.api.client import ApiClient, FailClass, TaskState, TaskStatus, classify_fail_code
-from runner.api.limits import RequestBudget, Slots
+from runner.api.client import ApiClient
+from runner.api.limits import RequestBudget
+from runner.api.outcome import FailClass, classify_fail_code
 from runner.errors import (
     FatalApiError,
     LostError,
     PermanentApiError,
 )
-from runner.manifest.campaign import Campaign, Job
-from runner.manifest.shards import adopt_other_layouts
+from runner.manifest.campaign import Campaign
+from runner.manifest.jobspec import Job
 from runner.present.outputs import (
     LedgerView,
     RunCounters,
@@ -52,9 +54,11 @@ from runner.present.report import write_report
 from runner.state.ledger import JobRecord, Ledger, Phase
 from runner.state.lock import FolderLock
 
+from .adopt import adopt_other_layouts
 from .budget import ImageBudget
 from .download import Downloader
 from .poller import Poller, PollTimeout
+from .slots import Slots
 from .submit import Submitter
 
 __all__ = ["Engine", "RunOptions"]
@@ -467,10 +471,6 @@ class Engine:
         )
         return self._poller.deliver(status)
 
-    def _kind(self, job: Job) -> tuple[Any, ...]:
-        inp = job.input
-        return (inp.get("resolution", "2K"), job.max_images, inp.get("sequential_image_generation"))
-
     async def _task_job(self, job: Job, task_id: str | None = None, ago: float = 0.0) -> None:
         """Holding a slot: submit (or resume ``task_id``), poll to the end, resubmit while
         retryable failures allow; release the slot; then download."""
@@ -501,7 +501,7 @@ class Engine:
         # A task left by an earlier run may have finished while nobody listened for its
         # webhook: in callback mode ask about it at once.
         resumed = ago > 0 and self._receiver is not None
-        future = self._poller.watch(task_id, self._kind(job), ago, poll_now=resumed, job_id=job.id)
+        future = self._poller.watch(task_id, job.timing_kind, ago, poll_now=resumed, job_id=job.id)
         try:
             return await future
         except PollTimeout:

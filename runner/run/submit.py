@@ -41,7 +41,7 @@ from typing import Any
 from runner.api.client import ApiClient
 from runner.api.outcome import Outcome
 from runner.errors import ApiError, FatalApiError
-from runner.manifest.campaign import Job
+from runner.manifest.jobspec import Job
 from runner.manifest.settings import Retry
 from runner.present.outputs import RunCounters
 from runner.state.ledger import Ledger, Phase

@@ -10,10 +10,8 @@ Routes (``<base>`` is ``/api/v1``):
 * ``GET /_sim/stats``, ``GET|POST /_sim/config``, ``GET /_sim/tasks/{task_id}`` - control
   and observability; neither rate limited nor counted.
 
-Each API request goes through the same gate, in this order, so that injected faults are
-decided before any side effect: connection reset (``p_reset``), slow answer (``p_slow``),
-authentication (401, not counted in any window), the per-key sliding request window (429;
-rejected requests count too), injected 429 and 5xx. Submissions then check the model (404),
+Each API request goes through the same gate first (:mod:`runner.sim.gate`), so that
+injected faults are decided before any side effect. Submissions then check the model (404),
 the body (400), the live-task limit (429; ``foreign_live`` slots held by another client
 count against it), the balance (403), create the task (written to the state folder, if
 any, before anything is answered) and maybe lose the answer anyway (``p_reset_after``:
@@ -32,11 +30,7 @@ the balance count over the folder's whole life.
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import random
-import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -50,12 +44,10 @@ from runner.sim.books import Books
 from runner.sim.callbacks import CallbackSender
 from runner.sim.config import HOSTILE_MODES, SimConfig
 from runner.sim.files import find_file, serve_file
+from runner.sim.gate import FIVE_XX, MESSAGES, Gate, envelope
 from runner.sim.hostile import malformed_status, unreadable_status
-from runner.sim.store import key_fingerprint
 from runner.sim.tasks import (
     FAILED,
-    LENIENT_MODELS,
-    STRICT_MODEL,
     SUCCESS,
     InvalidRequest,
     Task,
@@ -65,24 +57,6 @@ from runner.sim.tasks import (
 from runner.sim.urls import UrlSigner
 
 API_PREFIX = "/api/v1"
-_MESSAGES = {
-    200: "success",
-    400: "invalid parameters",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not found",
-    429: "too many requests",
-    500: "internal server error",
-    502: "bad gateway",
-    503: "service unavailable",
-    504: "gateway timeout",
-}
-_5XX = (500, 502, 503, 504)
-
-
-def envelope(status: int, data: dict[str, Any], message: str | None = None) -> bytes:
-    """The documented JSON envelope; ``code`` mirrors the HTTP status."""
-    return orjson.dumps({"code": status, "message": message or _MESSAGES[status], "data": data})
 
 
 class SimServer:
@@ -115,6 +89,7 @@ class SimServer:
         self._limits = self._books.limits
         self._rng = random.Random(self.config.seed)
         self._signer = UrlSigner()
+        self._gate = Gate(lambda: self.config, self.stats, self._limits, self._rng)
         self._callbacks = CallbackSender(
             lambda: self.config, self.stats, self._rng, self._callback_body
         )
@@ -177,42 +152,6 @@ class SimServer:
     ) -> None:
         await self.stop()
 
-    # -- answers -----------------------------------------------------------------------
-
-    def _answer(
-        self,
-        endpoint: str,
-        status: int,
-        data: dict[str, Any],
-        message: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> web.Response:
-        self.stats.requests[endpoint, status] += 1
-        return web.Response(
-            body=envelope(status, data, message),
-            status=status,
-            content_type="application/json",
-            headers=headers,
-        )
-
-    def _too_many(self, endpoint: str, reason: str, message: str) -> web.Response:
-        headers = {}
-        if self.config.send_retry_after:
-            headers["Retry-After"] = f"{self.config.retry_after_s:g}"
-        return self._answer(endpoint, 429, {"error": reason}, message, headers)
-
-    def _reset(self, request: web.Request, endpoint: str) -> web.Response:
-        """Drop the connection with a TCP RST and no answer at all."""
-        self.stats.requests[endpoint, 0] += 1
-        transport = request.transport
-        if transport is not None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                # Linger 0 makes close() send RST: the client sees "connection reset".
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
-        return web.Response(status=499)  # never sent: the transport is gone
-
     @web.middleware
     async def _envelope_errors(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -230,70 +169,10 @@ class SimServer:
                 headers={k: v for k, v in exc.headers.items() if k == "Allow"},
             )
 
-    # -- the API gate ------------------------------------------------------------------
-
-    async def _gate(self, request: web.Request, endpoint: str) -> tuple[str, web.Response | None]:
-        """Faults, authentication, the request window and the model in the path.
-
-        Returns (key, early answer or None): with None the request may go on.
-        """
-        cfg, rng = self.config, self._rng
-        if cfg.p_reset and rng.random() < cfg.p_reset:
-            self.stats.faults["reset"] += 1
-            return "", self._reset(request, endpoint)
-        try:
-            # The whole request is in before any answer, slow or not: a client that gives
-            # up waiting for a slow answer has still submitted (aiohttp caches the body).
-            await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return "", self._answer(endpoint, 400, {"error": "body"}, "the body is too large")
-        except ConnectionError:
-            return "", web.Response(status=499)  # the client left mid-request: nobody to answer
-        if cfg.p_slow and rng.random() < cfg.p_slow:
-            self.stats.faults["slow"] += 1
-            await asyncio.sleep(cfg.slow_s)
-        key = self._key(request)
-        if key is None:
-            return "", self._answer(
-                endpoint,
-                401,
-                {"error": "Authorization"},
-                "missing or invalid API key: send the header 'Authorization: Bearer <key>'",
-            )
-        if self._limits.hit(key, time.monotonic(), cfg.rate, cfg.rate_period_s):
-            msg = f"rate limit: at most {cfg.rate} requests per {cfg.rate_period_s:g} s"
-            return key, self._too_many(endpoint, "rate_limit", msg)
-        if cfg.p_429 and rng.random() < cfg.p_429:
-            self.stats.faults["429"] += 1
-            return key, self._too_many(endpoint, "rate_limit", "rate limit (injected)")
-        if cfg.p_5xx and rng.random() < cfg.p_5xx:
-            self.stats.faults["5xx"] += 1
-            status = rng.choice(_5XX)
-            return key, self._answer(endpoint, status, {}, f"{_MESSAGES[status]} (injected)")
-        model = request.match_info["model"]
-        if not self._known_model(model):
-            return key, self._answer(endpoint, 404, {"error": "model"}, f"unknown model {model!r}")
-        return key, None
-
-    def _key(self, request: web.Request) -> str | None:
-        """The fingerprint of the request's accepted Bearer token, or None."""
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            return None
-        expected = self.config.api_key
-        if expected is not None and not hmac.compare_digest(token.encode(), expected.encode()):
-            return None
-        return key_fingerprint(token)
-
-    @staticmethod
-    def _known_model(model: str) -> bool:
-        return model == STRICT_MODEL or model in LENIENT_MODELS
-
     # -- the two endpoints -------------------------------------------------------------
 
     async def _generate(self, request: web.Request) -> web.Response:
-        key, early = await self._gate(request, "generate")
+        key, early = await self._gate.check(request, "generate")
         if early is not None:
             return early
         model = request.match_info["model"]
@@ -302,9 +181,11 @@ class SimServer:
             sub = parse_submission(model, body)
         except orjson.JSONDecodeError:
             msg = "invalid parameters: the body must be a JSON object"
-            return self._answer("generate", 400, {"error": "body"}, msg)
+            return self._gate.answer("generate", 400, {"error": "body"}, msg)
         except InvalidRequest as exc:
-            return self._answer("generate", 400, {"error": exc.field}, f"invalid parameters: {exc}")
+            return self._gate.answer(
+                "generate", 400, {"error": exc.field}, f"invalid parameters: {exc}"
+            )
         cfg = self.config
         now_ms = time.time() * 1000
         live, foreign = self._limits.live(key, now_ms), self._foreign_live(now_ms)
@@ -315,12 +196,12 @@ class SimServer:
                 if live < cfg.concurrency:
                     self.stats.faults["foreign_live"] += 1
             msg += f", at most {cfg.concurrency}"
-            return self._too_many("generate", "concurrency_limit", msg)
+            return self._gate.too_many("generate", "concurrency_limit", msg)
         if cfg.credits is not None and sub.max_images > cfg.credits:
             msg = (
                 f"insufficient balance: {cfg.credits} credits left, max_images is {sub.max_images}"
             )
-            return self._answer("generate", 403, {"error": "balance"}, msg)
+            return self._gate.answer("generate", 403, {"error": "balance"}, msg)
         task_id = f"task_{self._rng.getrandbits(96):024x}"
         while task_id in self.tasks:  # a seeded server replays the ids of the folder's past
             task_id = f"task_{self._rng.getrandbits(96):024x}"
@@ -336,16 +217,16 @@ class SimServer:
         self._record(task)
         if cfg.p_reset_after and self._rng.random() < cfg.p_reset_after:
             self.stats.faults["reset_after"] += 1
-            return self._reset(request, "generate")
+            return self._gate.reset(request, "generate")
         if cfg.p_5xx_after_create and self._rng.random() < cfg.p_5xx_after_create:
             self.stats.faults["5xx_after_create"] += 1
-            status = self._rng.choice(_5XX)
-            msg = f"{_MESSAGES[status]} (injected after the task was created)"
-            return self._answer("generate", status, {}, msg)
+            status = self._rng.choice(FIVE_XX)
+            msg = f"{MESSAGES[status]} (injected after the task was created)"
+            return self._gate.answer("generate", status, {}, msg)
         if cfg.hostile in (None, "task_id") and self._hostile():
             self.stats.faults["hostile"] += 1
-            return self._answer("generate", 200, {"taskId": "../../../../etc/passwd"})
-        return self._answer("generate", 200, {"taskId": task.task_id})
+            return self._gate.answer("generate", 200, {"taskId": "../../../../etc/passwd"})
+        return self._gate.answer("generate", 200, {"taskId": task.task_id})
 
     def _hostile(self) -> bool:
         p = self.config.p_hostile
@@ -369,25 +250,25 @@ class SimServer:
         return f"{request.scheme}://{host}" if host else self.origin
 
     async def _status(self, request: web.Request) -> web.Response:
-        key, early = await self._gate(request, "status")
+        key, early = await self._gate.check(request, "status")
         if early is not None:
             return early
         model = request.match_info["model"]
         task_id = request.query.get("taskId", "")
         if not task_id:
             msg = "invalid parameters: the query parameter taskId is required"
-            return self._answer("status", 400, {"error": "taskId"}, msg)
+            return self._gate.answer("status", 400, {"error": "taskId"}, msg)
         task = self.tasks.get(task_id)
         if task is None or task.key != key or task.submission.model != model:
             msg = f"task {task_id!r} not found for model {model!r}"
-            return self._answer("status", 404, {"error": "taskId"}, msg)
+            return self._gate.answer("status", 404, {"error": "taskId"}, msg)
         now_ms = time.time() * 1000
         if task.gone_at(now_ms, self._retention_ms()):
             msg = (
                 f"task {task_id!r} not found: results are kept "
                 f"{self.config.retention_s:g} s after completion"
             )
-            return self._answer("status", 404, {"error": "taskId"}, msg)
+            return self._gate.answer("status", 404, {"error": "taskId"}, msg)
         task.status_requests += 1
         if task.status_requests <= self.config.bad_status_first:
             self.stats.faults["bad_status"] += 1
@@ -401,7 +282,7 @@ class SimServer:
             self.stats.requests["status", 200] += 1
             mode = self.config.hostile or self._rng.choice(HOSTILE_MODES[1:])
             return malformed_status(mode, data, origin)
-        return self._answer("status", 200, data)
+        return self._gate.answer("status", 200, data)
 
     def _retention_ms(self) -> float:
         return self.config.scaled(self.config.retention_s) * 1000

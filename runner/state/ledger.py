@@ -67,6 +67,11 @@ class Phase(enum.Enum):
     LOST = "lost"  # paid images gone for good: submitted again only after a reset
 
 
+#: phases of paid work not yet finished: a submission's answer unknown, a task on the API,
+#: a finished task's images not yet all on disk
+IN_FLIGHT = (Phase.SUBMITTING, Phase.LIVE, Phase.RESULT)
+
+
 @dataclass(slots=True)
 class JobRecord:
     """What the ledger knows of one job id."""

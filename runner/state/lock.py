@@ -33,7 +33,7 @@ import orjson
 
 from runner.errors import LockedError
 
-__all__ = ["LOCK_NAME", "FolderLock", "Holder"]
+__all__ = ["LOCK_NAME", "FolderLock", "Holder", "held_by"]
 
 log = logging.getLogger("runner")
 
@@ -258,3 +258,22 @@ class FolderLock:
         else:
             advice += "; a run killed on this host leaves a lock the next run takes over"
         return LockedError(f"another run holds the lock on {self.folder}: {who}; {advice}")
+
+
+def held_by(folder: Path) -> str | None:
+    """What the lock file says of the live run holding ``folder``, or None when no run
+    holds it. A shared, non-blocking ``flock`` probe, released at once: it writes
+    nothing, and only a run starting in that very folder at that instant could notice it
+    (and would exit 5)."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        said = os.read(fd, 200).decode(errors="replace").split()
+        return " ".join(said) or "a process"
+    finally:
+        os.close(fd)  # and with it the probe's lock
+    return None

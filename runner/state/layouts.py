@@ -1,0 +1,139 @@
+"""The layouts of one campaign, and the campaign as all their ledgers see it.
+
+A *layout* is one way of splitting a campaign: unsharded (``output.dir`` itself) or shard
+K of N (``<output.dir>/shards/<K>-of-<N>/``, :mod:`runner.manifest.shards`). Every
+layout's folder keeps what it did; this module finds the other layouts of a campaign
+(:func:`other_layouts`) and reads their ledgers, read-only and without taking their lock:
+
+- :class:`CampaignIndex`, for ``--status`` and ``--dry-run``, counts every job once, in
+  its furthest state over every layout that holds it (done, downloading, live, failed,
+  pending);
+- what a run adopts from the others before it sends anything is :mod:`runner.run.adopt`.
+
+Owns: which folders are layouts of a campaign and how far each got with a job. Must not
+know: how a run acts on that (adoption, refusals), or the network.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.manifest.campaign import Campaign
+from runner.manifest.shards import parse_shard_folder, shard_folder, shard_of
+
+from .ledger import JobRecord, LedgerIndex, read_index
+
+__all__ = ["CampaignIndex", "Layout", "other_layouts", "own_layout"]
+
+
+#: how far a job got, to pick one state for it over several layouts
+_RANK = {"pending": 0, "failed": 1, "lost": 1, "live": 2, "downloading": 3, "done": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """One way of splitting a campaign, and the folder it works in."""
+
+    shard: tuple[int, int] | None  # (K, N); None: unsharded
+    folder: Path
+
+    def owns(self, job_id: str) -> bool:
+        """The job is part of this layout's share of the campaign."""
+        return self.shard is None or shard_of(job_id, self.shard[1]) == self.shard[0]
+
+    def __str__(self) -> str:
+        return "unsharded" if self.shard is None else f"shard {self.shard[0]} of {self.shard[1]}"
+
+    def command(self, manifest: Path) -> str:
+        """The command that runs this layout."""
+        option = "" if self.shard is None else f" --shard {self.shard[0]}/{self.shard[1]}"
+        return f"python -m runner {shlex.quote(str(manifest))}{option}"
+
+
+def own_layout(campaign: Campaign) -> Layout:
+    return Layout(campaign.shard, campaign.output.dir)
+
+
+def other_layouts(campaign: Campaign) -> list[Layout]:
+    """Every other layout of the campaign with a folder on disk, unsharded first, then by
+    N and K; not the shards of the campaign's own N (they share no job with it). Costs a
+    ``listdir`` of ``shards/`` (and a stat of the unsharded folder, for a shard)."""
+    own = campaign.shard
+    root = campaign.output.dir.parent.parent if own is not None else campaign.output.dir
+    found = [Layout(None, root)] if own is not None else []
+    try:
+        names = os.listdir(root / "shards")
+    except (FileNotFoundError, NotADirectoryError):
+        names = []
+    split: list[tuple[int, int]] = []
+    for name in names:
+        found_shard = parse_shard_folder(name)
+        if found_shard is not None and (own is None or found_shard[1] != own[1]):
+            split.append(found_shard)
+    found += [Layout(s, shard_folder(root, *s)) for s in sorted(split, key=lambda s: s[::-1])]
+    return found
+
+
+class CampaignIndex(LedgerIndex):
+    """The campaign as every layout's ledger sees it, for ``--status`` and ``--dry-run``:
+    the campaign's own folder (a shard's, with ``--shard``) first, then every other layout
+    holding jobs of its share. A job counts once, in its furthest state over them all."""
+
+    def __init__(self, campaign: Campaign) -> None:
+        own, report = read_index(campaign.output.dir)
+        super().__init__(own.path)
+        self.records, self.done = own.records, own.done
+        self._packed_billed_extra = own._packed_billed_extra
+        self._packed_uncertain_images = own._packed_uncertain_images
+        self._whole_campaign = campaign.shard is None
+        self.lines = report.lines  # of every ledger read
+        self.others: list[tuple[Layout, LedgerIndex]] = []
+        for layout in other_layouts(campaign):
+            index, report = read_index(layout.folder)
+            if index:
+                self.others.append((layout, index))
+                self.lines += report.lines
+
+    def __len__(self) -> int:
+        return super().__len__() + sum(len(index) for _, index in self.others)
+
+    def __bool__(self) -> bool:
+        return super().__bool__() or bool(self.others)
+
+    def billed_images(self) -> int:
+        """What the API billed: this folder's, and for the whole campaign every layout's
+        (each folder counts what it paid; adopted jobs count where they were paid)."""
+        others = sum(i.billed_images() for _, i in self.others) if self._whole_campaign else 0
+        return super().billed_images() + others
+
+    def uncertain_images(self) -> int:
+        others = sum(i.uncertain_images() for _, i in self.others) if self._whole_campaign else 0
+        return super().uncertain_images() + others
+
+    def status(self, job: str, fp: str) -> tuple[str, JobRecord | None, int, int]:
+        best = super().status(job, fp)
+        for layout, index in self.others:
+            if best[0] == "done":
+                break
+            if layout.owns(job):
+                seen = index.status(job, fp)
+                if _RANK[seen[0]] > _RANK[best[0]]:
+                    best = seen
+        return best
+
+    def get(self, job: str) -> JobRecord | None:
+        rec = super().get(job)
+        for layout, index in self.others:
+            if rec is not None:
+                break
+            if layout.owns(job):
+                rec = index.get(job)
+        return rec
+
+    def close(self) -> None:
+        super().close()
+        for _, index in self.others:
+            index.close()
