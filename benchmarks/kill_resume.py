@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import read_jsonl, run_runner, sim_get, simulator, verify_images, write_campaign
 
 from runner.run.submit import MAX_ON_WIRE
-from runner.state.ledger import Phase, read_index
+from runner.state.ledger import read_index
+from runner.state.record import Phase
 
 
 def main() -> None:

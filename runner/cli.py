@@ -34,8 +34,9 @@ from runner.present.outputs import ledger_view
 from runner.present.plan import dry_run_picture, status_picture
 from runner.present.progress import install_console
 from runner.present.report import REPORT_NAME, write_report
+from runner.state.index import LedgerIndex
 from runner.state.layouts import CampaignIndex
-from runner.state.ledger import LedgerIndex, read_index
+from runner.state.ledger import read_index
 
 from .errors import ManifestError, RunnerError
 
@@ -257,7 +258,7 @@ def _work_needs_the_api(campaign: Campaign) -> bool:
     the key). A finished campaign runs without one: it checks the files and sends nothing."""
     index, _ = _index(campaign)
     states = ledger_view(campaign, index).states
-    return any(n for state, n in states.items() if state not in ("done", "failed", "lost"))
+    return any(n for state, n in states.items() if not state.ended)
 
 
 #: errors that running again fixes once space is freed: exit 4

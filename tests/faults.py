@@ -22,7 +22,8 @@ import orjson
 from runs import assert_images_match_server, out_dir
 
 from runner.sim import SimServer
-from runner.state.ledger import Phase, read_index
+from runner.state.ledger import read_index
+from runner.state.record import Phase
 
 
 def listing(root: Path) -> set[str]:

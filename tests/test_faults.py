@@ -23,7 +23,8 @@ from faults import assert_invariants, duplicates, listing, results, summary, tal
 from runs import TEST_KEY, out_dir, prompts, run_cli, run_engine, start_cli, wait_until
 
 from runner.sim import SimServer
-from runner.state.ledger import Phase, read_index
+from runner.state.ledger import read_index
+from runner.state.record import Phase
 
 pytestmark = pytest.mark.faults
 

@@ -27,7 +27,8 @@ from runner.api.outcome import Outcome, Request
 from runner.errors import ApiError, ManifestError
 from runner.manifest.campaign import load_campaign
 from runner.sim.config import HOSTILE_MODES
-from runner.state.ledger import Phase, read_index
+from runner.state.ledger import read_index
+from runner.state.record import Phase
 
 pytestmark = pytest.mark.faults
 

@@ -18,7 +18,8 @@ from runs import image_files, out_dir, prompts, run_cli, run_cli_sync, start_cli
 
 from runner.run.engine import SIM_STATE_DIR
 from runner.sim import SimServer, read_billing
-from runner.state.ledger import Phase, read_index
+from runner.state.ledger import read_index
+from runner.state.record import Phase
 
 
 def _summary(path: Path) -> dict[str, Any]:

@@ -39,7 +39,8 @@ from runner.errors import (
 from runner.manifest.campaign import load_campaign
 from runner.manifest.settings import Retry
 from runner.sim import SimServer
-from runner.state.ledger import Phase, read_index
+from runner.state.ledger import read_index
+from runner.state.record import Phase
 
 SUBMIT, STATUS, FILE, WEBHOOK = Request.SUBMIT, Request.STATUS, Request.FILE, Request.WEBHOOK
 RETRY, WAIT, UNCERTAIN = Outcome.RETRY, Outcome.WAIT_SLOT, Outcome.UNCERTAIN

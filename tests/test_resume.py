@@ -24,7 +24,8 @@ from runs import (
 )
 
 from runner.sim import SimServer
-from runner.state.ledger import Phase, read_index
+from runner.state.ledger import read_index
+from runner.state.record import Phase
 
 JOBS = 30
 

@@ -10,20 +10,23 @@ import orjson
 import pytest
 from runs import out_dir, prompts, run_cli
 
-from runner.state.ledger import Ledger, LedgerIndex, Phase, read_index
+from runner.state.events import Done, Failed, File, Result, Submit, Task, Timeout, Uncertain
+from runner.state.index import LedgerIndex
+from runner.state.ledger import Ledger, read_index
 from runner.state.packed import PackedDone
+from runner.state.record import Phase
 
 FP = "ab" * 32
 
 
 def _finish(ledger: Ledger, job: str, fp: str = FP, images: int = 2) -> None:
-    ledger.append("submit", job, fp=fp, imgs=images)
-    ledger.append("task", job, task=f"t-{job}")
-    urls = [f"https://x/{job}/{i}" for i in range(images)]
-    ledger.append("result", job, task=f"t-{job}", urls=urls, create_ms=1, complete_ms=5)
+    ledger.append(job, Submit(fp, images))
+    ledger.append(job, Task(f"t-{job}"))
+    urls = tuple(f"https://x/{job}/{i}" for i in range(images))
+    ledger.append(job, Result(f"t-{job}", urls, 1, 5, None))
     for i in range(images):
-        ledger.append("file", job, i=i, path=f"images/{job}/{i}.png", bytes=10, sha256="00")
-    ledger.append("done", job, task=f"t-{job}")
+        ledger.append(job, File(i, f"images/{job}/{i}.png", 10, "00"))
+    ledger.append(job, Done(ledger.index.records[job]))
 
 
 def test_done_jobs_are_packed_and_read_back_whole(tmp_path: Path) -> None:
@@ -31,9 +34,9 @@ def test_done_jobs_are_packed_and_read_back_whole(tmp_path: Path) -> None:
     ledger.open()
     _finish(ledger, "a")
     _finish(ledger, "b", images=1)
-    ledger.append("submit", "c", fp=FP, imgs=1)
+    ledger.append("c", Submit(FP, 1))
     ledger.close()
-    for index in (ledger.state, read_index(tmp_path)[0]):
+    for index in (ledger.index, read_index(tmp_path)[0]):
         assert len(index.done) == 2 and "a" in index.done and "b" in index.done
         assert "c" not in index.done and set(index.records) == {"c"}
         assert index.status("a", FP)[0::2] == ("done", 2)
@@ -53,13 +56,16 @@ def test_an_event_for_a_packed_job_revives_its_full_record(tmp_path: Path) -> No
     ledger.close()
     ledger = Ledger(tmp_path)
     ledger.open()
-    assert "a" in ledger.state.done
-    ledger.append("file", "a", i=0, path="images/a/0.png", bytes=11, sha256="11")
-    assert "a" not in ledger.state.done and ledger.index["a"].files[0]["bytes"] == 11
-    ledger.append("done", "a", task="t-a")
-    assert "a" in ledger.state.done
-    ledger.append("submit", "a", fp="cd" * 32, imgs=1)  # new content under the same id
-    assert ledger.index["a"].phase is Phase.SUBMITTING and ledger.index["a"].submits == 1
+    assert "a" in ledger.index.done
+    ledger.append("a", File(0, "images/a/0.png", 11, "11"))
+    assert "a" not in ledger.index.done and ledger.index.records["a"].files[0]["bytes"] == 11
+    ledger.append("a", Done(ledger.index.records["a"]))
+    assert "a" in ledger.index.done
+    ledger.append("a", Submit("cd" * 32, 1))  # new content under the same id
+    assert (
+        ledger.index.records["a"].phase is Phase.SUBMITTING
+        and ledger.index.records["a"].submits == 1
+    )
     ledger.close()
     index, _ = read_index(tmp_path)
     assert "a" in index.records and index.status("a", "cd" * 32)[0] == "pending"
@@ -93,16 +99,16 @@ def _grown_ledger(folder: Path) -> dict[str, tuple[str, int, int]]:
     ledger.open()
     for n in range(300):
         _finish(ledger, f"d{n}")
-    ledger.append("submit", "f", fp=FP, imgs=1)
-    ledger.append("failed", "f", code="CONTENT_VIOLATION", msg="no", retryable=False)
-    ledger.append("submit", "l", fp=FP, imgs=1)
-    ledger.append("task", "l", task="t-l")
+    ledger.append("f", Submit(FP, 1))
+    ledger.append("f", Failed("CONTENT_VIOLATION", "no", False))
+    ledger.append("l", Submit(FP, 1))
+    ledger.append("l", Task("t-l"))
     for _ in range(800):
-        ledger.append("timeout", "l", task="t-l")
-    ledger.append("submit", "u", fp=FP, imgs=1)
-    ledger.append("uncertain", "u", why="killed")
+        ledger.append("l", Timeout("t-l"))
+    ledger.append("u", Submit(FP, 1))
+    ledger.append("u", Uncertain("killed"))
     ledger.close()
-    index = ledger.state
+    index = ledger.index
     jobs = [*(f"d{n}" for n in range(300)), *index.records]
     assert len(index) == len(jobs)
     return {job: _status(index, job) for job in jobs}
@@ -121,14 +127,14 @@ def test_a_grown_ledger_is_compacted_to_one_line_a_job_with_the_same_state(
     assert lines > 2 * len(before) + 1000
     ledger = Ledger(tmp_path)
     ledger.open()
-    assert {job: _status(ledger.state, job) for job in before} == before
+    assert {job: _status(ledger.index, job) for job in before} == before
     assert len((tmp_path / "ledger.jsonl").read_bytes().splitlines()) == len(before)
-    rec = ledger.index["f"]
+    rec = ledger.index.records["f"]
     assert rec.phase is Phase.FAILED and rec.fail_code == "CONTENT_VIOLATION"
-    assert ledger.index["l"].task_id == "t-l" and ledger.index["u"].uncertain == 1
-    done = ledger.state.get("d7")
+    assert ledger.index.records["l"].task_id == "t-l" and ledger.index.records["u"].uncertain == 1
+    done = ledger.index.get("d7")
     assert done is not None and done.files[1]["path"] == "images/d7/1.png"
-    ledger.append("done", "l", task="t-l")  # appending after a compaction still works
+    ledger.append("l", Done(ledger.index.records["l"]))  # appending after a compaction still works
     ledger.close()
     again, _ = read_index(tmp_path)
     assert "l" in again and again.get("l") is not None
@@ -154,7 +160,7 @@ def test_a_kill_during_compaction_leaves_the_old_ledger_whole(tmp_path: Path, mo
     index.close()
     ledger = Ledger(tmp_path)
     ledger.open()  # the next run compacts over the stale temporary file
-    assert {job: _status(ledger.state, job) for job in before} == before
+    assert {job: _status(ledger.index, job) for job in before} == before
     ledger.close()
     assert len((tmp_path / "ledger.jsonl").read_bytes().splitlines()) == len(before)
 

@@ -18,8 +18,10 @@ from runner.errors import ManifestError
 from runner.manifest.campaign import load_campaign
 from runner.manifest.shards import resolve_shard, shard_of
 from runner.sim import SimServer
-from runner.state.ledger import IN_FLIGHT, Ledger, read_index
+from runner.state.events import Submit
+from runner.state.ledger import Ledger, read_index
 from runner.state.lock import FolderLock
+from runner.state.record import IN_FLIGHT
 
 
 def test_the_shard_comes_from_the_option_or_the_scheduler_environment() -> None:
@@ -293,7 +295,7 @@ async def test_a_submission_unanswered_here_is_counted_not_paid_again_when_done_
     k = shard_of(job.id, 2)
     ledger = Ledger(out_dir(path) / "shards" / f"{k}-of-2")
     ledger.open()  # as a run killed between writing its intent and the answer left it
-    ledger.append("submit", job.id, fp=job.fingerprint, imgs=1)
+    ledger.append(job.id, Submit(job.fingerprint, 1))
     ledger.close()
     code, err = await run_cli(path, sim.base_url, "--shard", f"{k}/2")
     assert code == 0, err

@@ -22,7 +22,8 @@ import orjson
 from runner.manifest.campaign import Campaign
 from runner.manifest.fields import aspect_ratio, resolution
 from runner.manifest.jobspec import Job
-from runner.state.ledger import JobRecord, LedgerIndex
+from runner.state.index import LedgerIndex
+from runner.state.record import JobRecord, JobState
 
 if TYPE_CHECKING:  # the client (and aiohttp) are not needed to read a ledger
     from runner.api.client import ClientStats
@@ -86,13 +87,13 @@ def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
 
 def job_states(
     campaign: Campaign, index: LedgerIndex
-) -> Iterator[tuple[Job, JobRecord | None, str]]:
+) -> Iterator[tuple[Job, JobRecord | None, JobState]]:
     """Every manifest job in order, with its ledger record (None when the ledger has none
-    for this content) and its state: pending, live, downloading, done or failed. A done
-    job's record is read from its ledger line (and not kept)."""
+    for this content) and its state. A done job's record is read from its ledger line
+    (and not kept)."""
     for job in campaign.jobs():
         state, rec, _, _ = index.status(job.id, job.fingerprint)
-        if state == "done" and rec is None:
+        if state is JobState.DONE and rec is None:
             rec = index.get(job.id)
         yield job, rec, state
 
@@ -104,7 +105,7 @@ def write_results(campaign: Campaign, index: LedgerIndex) -> None:
 
 def _result_lines(campaign: Campaign, index: LedgerIndex) -> Iterator[bytes]:
     for job, rec, state in job_states(campaign, index):
-        if rec is None or state not in ("done", "failed", "lost"):
+        if rec is None or not state.ended:
             continue
         entry: dict[str, Any] = {
             "id": job.id,
@@ -112,9 +113,9 @@ def _result_lines(campaign: Campaign, index: LedgerIndex) -> Iterator[bytes]:
             "input": job.input,
             "meta": job.meta,
             "task_id": rec.task_id,
-            "files": [rec.files[i] for i in sorted(rec.files)] if state == "done" else [],
-            "fail_code": rec.fail_code if state != "done" else None,
-            "fail_message": rec.fail_msg if state != "done" else None,
+            "files": [rec.files[i] for i in sorted(rec.files)] if state is JobState.DONE else [],
+            "fail_code": rec.fail_code if state is not JobState.DONE else None,
+            "fail_message": rec.fail_msg if state is not JobState.DONE else None,
             "submissions": rec.submits,
             "timings": {
                 "submitted_at": rec.submitted_t,
@@ -133,7 +134,7 @@ class LedgerView:
 
     jobs: int = 0
     images_planned: int = 0  # worst case: sum of max_images
-    states: Counter[str] = field(default_factory=Counter)
+    states: Counter[JobState] = field(default_factory=Counter)
     images_done: int = 0
     uncertain: int = 0
     failures: Counter[str] = field(default_factory=Counter)  # by fail code
@@ -153,6 +154,10 @@ class LedgerView:
     lost_images: int = 0  # worst case of paying again
     #: up to EXAMPLE_IDS ids of each: "changed", "lost"
     ids: dict[str, list[str]] = field(default_factory=dict)
+
+    def state_counts(self) -> dict[str, int]:
+        """Jobs per state, keyed by the states' words (for JSON)."""
+        return {state.value: n for state, n in self.states.items()}
 
 
 def _cut(text: str, limit: int = EXAMPLE_PROMPT_CHARS) -> str:
@@ -179,7 +184,7 @@ def ledger_view(campaign: Campaign, index: LedgerIndex) -> LedgerView:
         view.jobs, view.images_planned = campaign.job_count, campaign.image_count
         view.images_pending = campaign.image_count
         view.resolutions, view.aspect_ratios = mix
-        view.states["pending"] = campaign.job_count
+        view.states[JobState.PENDING] = campaign.job_count
         return view
     for job in campaign.jobs():
         state, rec, images, uncertain = index.status(job.id, job.fingerprint)
@@ -189,19 +194,19 @@ def ledger_view(campaign: Campaign, index: LedgerIndex) -> LedgerView:
         view.resolutions[resolution(inp)] += 1
         view.aspect_ratios[aspect_ratio(inp)] += 1
         view.states[state] += 1
-        if state not in ("done", "failed", "lost"):
+        if not state.ended:
             view.images_pending += job.max_images
-        if state == "pending" and index.changed_since_done(job.id, job.fingerprint):
+        if state is JobState.PENDING and index.changed_since_done(job.id, job.fingerprint):
             view.changed += 1
             view.changed_images += job.max_images
             _note(view.ids, "changed", job.id)
-        elif state == "lost":
+        elif state is JobState.LOST:
             view.lost_images += job.max_images
             _note(view.ids, "lost", job.id)
         view.uncertain += uncertain
-        if state == "done":
+        if state is JobState.DONE:
             view.images_done += images
-        elif state == "failed" and rec is not None:
+        elif state is JobState.FAILED and rec is not None:
             code = rec.fail_code or "FAILED"
             view.failures[code] += 1
             examples = view.examples.setdefault(code, [])
@@ -228,7 +233,7 @@ def write_summary(
     summary: dict[str, Any] = {
         "name": campaign.name,
         "exit_code": exit_code,
-        "jobs": {"total": view.jobs, **dict(view.states)},
+        "jobs": {"total": view.jobs, **view.state_counts()},
         "images": view.images_done,
         # money, counted from the API's side: every image of every task it reported
         # successful, whether or not it reached the disk

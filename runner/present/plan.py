@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runner.manifest.campaign import Campaign
+from runner.state.record import JobState
 
 from .outputs import LedgerView
 
@@ -33,7 +34,7 @@ def status_picture(
     data, lines = _picture(campaign, view)
     data.update(
         {
-            "states": dict(view.states),
+            "states": view.state_counts(),
             "images_on_disk": view.images_done,
             "uncertain_submissions": view.uncertain,
             "failures": dict(view.failures),
@@ -61,7 +62,7 @@ def _picture(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list
     states = view.states
     b = campaign.budget
     price = b.price_per_image
-    done, failed, lost = states.get("done", 0), states.get("failed", 0), states.get("lost", 0)
+    done, failed, lost = (states[s] for s in (JobState.DONE, JobState.FAILED, JobState.LOST))
     pending = view.jobs - done - failed - lost
     data: dict[str, Any] = {
         "name": campaign.name,
@@ -84,7 +85,7 @@ def _picture(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list
         "changed": view.changed,
         "changed_images": view.changed_images,
         "changed_cost_usd": round(view.changed_images * price, 2),
-        "lost": view.states.get("lost", 0),
+        "lost": lost,
         "lost_images": view.lost_images,
         "lost_cost_usd": round(view.lost_images * price, 2),
         "ids": view.ids,

@@ -42,7 +42,8 @@ import orjson
 
 from runner.manifest.campaign import Campaign
 from runner.manifest.jobspec import Job
-from runner.state.ledger import JobRecord, LedgerIndex
+from runner.state.index import LedgerIndex
+from runner.state.record import JobRecord
 
 from .charts import completion_histogram, throughput_chart
 from .outputs import job_states, write_atomic

@@ -38,22 +38,19 @@ from pathlib import Path
 from runner.errors import ManifestError
 from runner.manifest.campaign import Campaign
 from runner.manifest.jobspec import Job
-from runner.state.compaction import snap_fields
+from runner.state.events import Done, Snap, Uncertain
+from runner.state.index import LedgerIndex
 from runner.state.layouts import Layout, other_layouts, own_layout
-from runner.state.ledger import (
-    IN_FLIGHT,
-    JobRecord,
-    Ledger,
-    LedgerIndex,
-    Phase,
-    full_done,
-    read_index,
-)
+from runner.state.ledger import Ledger, read_index
 from runner.state.lock import held_by
+from runner.state.record import IN_FLIGHT, JobRecord, JobState, Phase
 
 __all__ = ["adopt_other_layouts"]
 
 log = logging.getLogger("runner")
+
+#: states in which this run finishes its own work on a job and submits nothing
+_WORK_IN_HAND = (JobState.DONE, JobState.LIVE, JobState.DOWNLOADING)
 
 
 def adopt_other_layouts(campaign: Campaign, ledger: Ledger, retry_failed: bool = False) -> int:
@@ -87,7 +84,7 @@ def adopt_other_layouts(campaign: Campaign, ledger: Ledger, retry_failed: bool =
                 index.close()
         if not indexes:
             return 0
-        _refuse_in_flight(campaign, ledger.state, indexes, retry_failed)
+        _refuse_in_flight(campaign, ledger.index, indexes, retry_failed)
         return _adopt(campaign, ledger, indexes)
     finally:
         for _, index in indexes:
@@ -112,11 +109,9 @@ def _refuse_in_flight(
         for job_id, rec in index.items():
             if rec.phase in IN_FLIGHT and own.owns(job_id) and job_id not in suspects:
                 here, mine, _, _ = state.status(job_id, rec.fp)
-                if here in ("done", "live", "downloading") or (
-                    mine is not None and mine.phase is Phase.SUBMITTING
-                ):
+                if here in _WORK_IN_HAND or (mine is not None and mine.phase is Phase.SUBMITTING):
                     continue  # this run finishes its own work on the job, submits nothing
-                if here == "failed" and not retry_failed:
+                if here is JobState.FAILED and not retry_failed:
                     continue
                 suspects[job_id] = (rec.fp, layout)
     if not suspects:
@@ -156,7 +151,7 @@ def _ended_elsewhere(
         if not layout.owns(job.id):
             continue
         state, rec, _, _ = index.status(job.id, job.fingerprint)
-        if state == "done":
+        if state is JobState.DONE:
             rec = index.get(job.id)
             if rec is None:
                 continue
@@ -167,7 +162,7 @@ def _ended_elsewhere(
                 return layout, moved
             if moved.urls and (best is None or best[1].phase is Phase.FAILED):
                 best = layout, dataclasses.replace(moved, phase=Phase.RESULT)
-        elif state == "failed" and rec is not None and best is None:
+        elif state is JobState.FAILED and rec is not None and best is None:
             best = layout, rec
     return best
 
@@ -193,27 +188,29 @@ def _adopt(campaign: Campaign, ledger: Ledger, indexes: list[tuple[Layout, Ledge
     if not any(index.done or _ended(index) for _, index in indexes):
         return 0
     adopted: Counter[Layout] = Counter()
-    for job, mine, (layout, rec) in _adoptable(campaign, ledger.state, own, indexes):
-        fields = full_done(job.id, rec, 0.0)
+    for job, mine, (layout, rec) in _adoptable(campaign, ledger.index, own, indexes):
         # Money stays where it was paid: this folder bills only what it paid itself.
-        fields["billed"] = mine.billed if mine is not None else 0
-        fields["bt"] = mine.billed_task if mine is not None else None
-        fields["unc_imgs"] = mine.uncertain_images if mine is not None else 0
+        whole = dataclasses.replace(
+            rec,
+            billed=mine.billed if mine is not None else 0,
+            billed_task=mine.billed_task if mine is not None else None,
+            uncertain_images=mine.uncertain_images if mine is not None else 0,
+        )
         if mine is not None and mine.fp == job.fingerprint:
             if mine.phase is Phase.SUBMITTING:  # an answer never seen: abandoned, counted
-                ledger.append("uncertain", job.id, why=f"ended in {layout.folder}")
-            fields["submits"] += mine.submits
-            fields["unc"] += mine.uncertain
-            fields["ft"] += mine.failed_tasks
-        fields["from"] = _relative(layout.folder, own.folder)
+                ledger.append(job.id, Uncertain(f"ended in {layout.folder}"))
+            whole.submits += mine.submits
+            whole.uncertain += mine.uncertain
+            whole.failed_tasks += mine.failed_tasks
+        origin = _relative(layout.folder, own.folder)
         if rec.phase is not Phase.DONE:  # failed, or images to fetch again: a full record
-            ledger.append("snap", job.id, **fields, **snap_fields(rec))
-        elif job.id in ledger.state:
+            ledger.append(job.id, Snap(whole, origin))
+        elif job.id in ledger.index:
             # The ledger's ``done`` would carry this folder's record: replace it first.
-            ledger.append("snap", job.id, **fields, **snap_fields(rec))
-            ledger.append("done", job.id, **_when(rec), **{"from": fields["from"]})
+            ledger.append(job.id, Snap(whole, origin))
+            ledger.append(job.id, Done(ledger.index.records[job.id], origin), rec.done_t)
         else:
-            ledger.append("done", job.id, **_when(rec), **fields)
+            ledger.append(job.id, Done(whole, origin), rec.done_t)
         adopted[layout] += 1
     for layout, count in adopted.items():
         log.info(
@@ -230,11 +227,6 @@ def _ended(index: LedgerIndex) -> bool:
     return any(rec.phase in (Phase.DONE, Phase.FAILED) for rec in index.values())
 
 
-def _when(rec: JobRecord) -> dict[str, float]:
-    """A ``done`` line's time: when the job ended there (as compaction keeps it)."""
-    return {"t": rec.done_t} if rec.done_t is not None else {}
-
-
 def _adoptable(
     campaign: Campaign, state: LedgerIndex, own: Layout, indexes: list[tuple[Layout, LedgerIndex]]
 ) -> Iterator[tuple[Job, JobRecord | None, tuple[Layout, JobRecord]]]:
@@ -243,10 +235,10 @@ def _adoptable(
     done or work in hand here; failed there counts only for a job never tried here."""
     for job in campaign.jobs():
         here, mine, _, _ = state.status(job.id, job.fingerprint)
-        if here in ("done", "live", "downloading"):
+        if here in _WORK_IN_HAND:
             continue
         found = _ended_elsewhere(job, own, indexes)
         if found is None:
             continue
-        if found[1].phase is not Phase.FAILED or (here == "pending" and mine is None):
+        if found[1].phase is not Phase.FAILED or (here is JobState.PENDING and mine is None):
             yield job, mine, found

@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable
 
 from runner.manifest.settings import Budget
-from runner.state.ledger import JobRecord, Phase
+from runner.state.record import JobRecord, Phase
 
 __all__ = ["ImageBudget"]
 

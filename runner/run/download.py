@@ -42,7 +42,9 @@ from runner.manifest.campaign import Campaign
 from runner.manifest.jobspec import Job
 from runner.manifest.naming import image_path
 from runner.present.outputs import RunCounters
-from runner.state.ledger import JobRecord, Ledger
+from runner.state.events import Done, File, Lost, Result
+from runner.state.ledger import Ledger
+from runner.state.record import JobRecord
 
 log = logging.getLogger("runner")
 
@@ -277,13 +279,13 @@ class Downloader:
             return
         finally:
             self.counters.downloading -= 1
-        self.ledger.append("done", job.id, task=self.ledger.index[job.id].task_id)
+        self.ledger.append(job.id, Done(self.ledger.index.records[job.id]))
         self.counters.done += 1
 
     def lost(self, job: Job, code: str, message: str) -> None:
         """Record that the job's paid images are gone for good (``code`` URL_EXPIRED or
         TASK_GONE). Not a failure: the run goes on; ``--retry-failed`` pays again."""
-        self.ledger.append("lost", job.id, code=code, msg=message[:500])
+        self.ledger.append(job.id, Lost(code, message[:500]))
         self.counters.lost += 1
         log.warning("job %s lost: %s %s", job.id, code, message)
 
@@ -292,7 +294,7 @@ class Downloader:
         refreshes = 0
         index = 0
         while True:
-            rec = self.ledger.index[job.id]
+            rec = self.ledger.index.records[job.id]
             if index >= len(rec.urls):
                 return
             have = rec.files.get(index)
@@ -308,14 +310,8 @@ class Downloader:
                 refreshes += 1
                 await self._refresh(job, rec)
                 continue  # the same index, from the fresh URLs
-            self.ledger.append(
-                "file",
-                job.id,
-                i=index,
-                path=record.path.relative_to(self.out).as_posix(),
-                bytes=record.bytes,
-                sha256=record.sha256,
-            )
+            path = record.path.relative_to(self.out).as_posix()
+            self.ledger.append(job.id, File(index, path, record.bytes, record.sha256))
             self.counters.images += 1
             index += 1
 
@@ -348,13 +344,14 @@ class Downloader:
             )
         log.info("job %s: result URLs refreshed from task %s", job.id, task_id)
         self.ledger.append(
-            "result",
             job.id,
-            task=task_id,
-            urls=list(status.result_urls),
-            create_ms=status.create_ms if status.create_ms is not None else rec.create_ms,
-            complete_ms=status.complete_ms if status.complete_ms is not None else rec.complete_ms,
-            cost_ms=status.cost_ms if status.cost_ms is not None else rec.cost_ms,
+            Result(
+                task_id,
+                status.result_urls,
+                status.create_ms if status.create_ms is not None else rec.create_ms,
+                status.complete_ms if status.complete_ms is not None else rec.complete_ms,
+                status.cost_ms if status.cost_ms is not None else rec.cost_ms,
+            ),
         )
 
     async def _fetch(self, job: Job, task_id: str, index: int, url: str) -> FileRecord:

@@ -51,8 +51,10 @@ from runner.present.outputs import (
 )
 from runner.present.progress import ProgressReporter, Snapshot
 from runner.present.report import write_report
-from runner.state.ledger import JobRecord, Ledger, Phase
+from runner.state.events import Delivered, Failed, Reset, Result, TaskFailed, Timeout
+from runner.state.ledger import Ledger
 from runner.state.lock import FolderLock
+from runner.state.record import JobRecord, JobState, Phase
 
 from .adopt import adopt_other_layouts
 from .budget import ImageBudget
@@ -162,7 +164,7 @@ class Engine:
                 )
                 self._submitter.recover_uncertain()
                 await self._run_jobs(client)
-            view = ledger_view(self.campaign, self.ledger.state)
+            view = ledger_view(self.campaign, self.ledger.index)
             code = self._exit_code(view)
             self._report_failures()
             if self.counters.remaining and code == 4:
@@ -172,9 +174,9 @@ class Engine:
                     self.stop_reason or "tasks outlived polling.timeout; they stay live",
                 )
             self.counters.wall_time_s = time.monotonic() - started
-            write_results(self.campaign, self.ledger.state)
+            write_results(self.campaign, self.ledger.index)
             summary = write_summary(self.campaign, view, self.counters, client.stats, code)
-            write_report(self.campaign, self.ledger.state, summary)
+            write_report(self.campaign, self.ledger.index, summary)
             return code
         finally:
             self.ledger.close()
@@ -250,7 +252,7 @@ class Engine:
             request_burst=client.budget.burst,
             workers=min(64, self.campaign.limits.concurrency),
         )
-        state = self.ledger.state
+        state = self.ledger.index
         self.budget = ImageBudget(
             self.campaign.budget,
             self.ledger.index.values(),
@@ -350,7 +352,7 @@ class Engine:
         """Start every job's work in manifest order (work already paid for first). Once
         submissions end (a stop, the budget), the feed goes on for paid work only: tasks
         alive on the API are polled and finished images downloaded by every run."""
-        state = self.ledger.state
+        state = self.ledger.index
         submitting = True
         for job in self._passes():
             # A done job's record is read from its ledger line only to check its files.
@@ -390,9 +392,9 @@ class Engine:
                 self.budget.release(job.max_images)
                 continue
             if action == "retry":
-                self.ledger.append("reset", job.id)  # --retry-failed: afresh
+                self.ledger.append(job.id, Reset())  # --retry-failed: afresh
             if action == "poll":
-                rec = self.ledger.index[job.id]
+                rec = self.ledger.index.records[job.id]
                 ago = max(0.0, time.time() - (rec.submitted_t or time.time()))
                 jobs.create_task(self._guard(job, self._task_job(job, rec.task_id, ago)))
             else:
@@ -407,7 +409,7 @@ class Engine:
             if self._downloader.files_present(rec):
                 self.counters.skipped_done += 1
                 return None
-            self.ledger.state.revive(job.id)  # the downloader works on the full record
+            self.ledger.index.revive(job.id)  # the downloader works on the full record
             return "download" if rec.urls else "submit"
         if rec.phase in (Phase.FAILED, Phase.LOST):
             if self.options.retry_failed and rec.retryable:
@@ -459,15 +461,16 @@ class Engine:
         if job_id is None:
             return False
         self.ledger.append(
-            "delivered",
             job_id,
-            task=status.task_id,
-            state=status.state.value,
-            urls=list(status.result_urls),
-            code=status.fail_code,
-            create_ms=status.create_ms,
-            complete_ms=status.complete_ms,
-            cost_ms=status.cost_ms,
+            Delivered(
+                status.task_id,
+                status.state.value,
+                status.result_urls,
+                status.fail_code,
+                status.create_ms,
+                status.complete_ms,
+                status.cost_ms,
+            ),
         )
         return self._poller.deliver(status)
 
@@ -505,7 +508,7 @@ class Engine:
         try:
             return await future
         except PollTimeout:
-            self.ledger.append("timeout", job.id, task=task_id)
+            self.ledger.append(job.id, Timeout(task_id))
             self.counters.timed_out += 1
             return None
         except asyncio.CancelledError:
@@ -516,31 +519,28 @@ class Engine:
         """Record a terminal status. True: go on (download, or resubmit a failure)."""
         if status.state is TaskState.SUCCESS:
             self.ledger.append(
-                "result",
                 job.id,
-                task=status.task_id,
-                urls=list(status.result_urls),
-                create_ms=status.create_ms,
-                complete_ms=status.complete_ms,
-                cost_ms=status.cost_ms,
+                Result(
+                    status.task_id,
+                    status.result_urls,
+                    status.create_ms,
+                    status.complete_ms,
+                    status.cost_ms,
+                ),
             )
             self.budget.produced(len(status.result_urls))
             return True
         fail_class = classify_fail_code(status.fail_code)
         self.ledger.append(
-            "task_failed",
             job.id,
-            task=status.task_id,
-            code=status.fail_code,
-            msg=status.fail_msg,
-            **{"class": fail_class.value},
+            TaskFailed(status.task_id, status.fail_code, status.fail_msg, fail_class.value),
         )
         if fail_class is FailClass.FATAL:
             self._fatal(
                 FatalApiError(f"the API stopped the account: {status.fail_code}", 0, "CREDITS")
             )
             return False
-        rec = self.ledger.index[job.id]
+        rec = self.ledger.index.records[job.id]
         if fail_class is FailClass.PERMANENT:
             self._fail(job, status.fail_code or "FAILED", status.fail_msg or "", retryable=False)
             return False
@@ -552,7 +552,7 @@ class Engine:
         return True
 
     def _fail(self, job: Job, code: str, message: str, retryable: bool) -> None:
-        self.ledger.append("failed", job.id, code=code, msg=message[:500], retryable=retryable)
+        self.ledger.append(job.id, Failed(code, message[:500], retryable))
         self.counters.failed += 1
         self._failures[code] += 1
         if self._failures[code] == 1:  # one line a code; the rest are counted
@@ -580,11 +580,11 @@ class Engine:
     # -- the end -------------------------------------------------------------------------
 
     def _exit_code(self, view: LedgerView) -> int:
-        ended = sum(view.states.get(state, 0) for state in ("done", "failed", "lost"))
+        ended = sum(n for state, n in view.states.items() if state.ended)
         self.counters.remaining = view.jobs - ended
         if self.fatal is not None:
             return 3
-        failed = view.states.get("failed", 0) + view.states.get("lost", 0)
+        failed = view.states[JobState.FAILED] + view.states[JobState.LOST]
         if self.counters.remaining:
             stopped = self.stop_reason is not None or self.counters.timed_out
             return 6 if self.counters.budget_stopped and not stopped else 4

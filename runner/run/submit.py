@@ -44,7 +44,9 @@ from runner.errors import ApiError, FatalApiError
 from runner.manifest.jobspec import Job
 from runner.manifest.settings import Retry
 from runner.present.outputs import RunCounters
-from runner.state.ledger import Ledger, Phase
+from runner.state.events import Submit, Task, Uncertain, Unsent
+from runner.state.ledger import Ledger
+from runner.state.record import Phase
 
 __all__ = ["MAX_ON_WIRE", "Submitter"]
 
@@ -96,9 +98,11 @@ class Submitter:
     def recover_uncertain(self) -> int:
         """Count as uncertain every submission an earlier run wrote but never saw
         answered (it was killed meanwhile); those jobs will be submitted again."""
-        lost = [job_id for job_id, rec in self.ledger.records() if rec.phase is Phase.SUBMITTING]
+        lost = [
+            job_id for job_id, rec in self.ledger.index.items() if rec.phase is Phase.SUBMITTING
+        ]
         for job_id in lost:
-            self.ledger.append("uncertain", job_id, why="killed before the answer")
+            self.ledger.append(job_id, Uncertain("killed before the answer"))
         self.counters.uncertain += len(lost)
         if lost:
             log.warning(
@@ -210,7 +214,7 @@ class Submitter:
     async def _send(self, job: Job) -> str | ApiError:
         """One submission, its intent and outcome written to the ledger: the taskId, or
         the error (already recorded) the caller acts on. Raises FatalApiError."""
-        self.ledger.append("submit", job.id, fp=job.fingerprint, imgs=job.max_images)
+        self.ledger.append(job.id, Submit(job.fingerprint, job.max_images))
         self.on_wire += 1
         self.counters.submitted += 1
         try:
@@ -219,18 +223,18 @@ class Submitter:
             if exc.outcome is Outcome.UNCERTAIN:
                 self._uncertain(job, str(exc))
             else:
-                self.ledger.append("unsent", job.id, status=exc.status)
+                self.ledger.append(job.id, Unsent(exc.status))
             return exc
         except FatalApiError as exc:
-            self.ledger.append("unsent", job.id, status=exc.status)
+            self.ledger.append(job.id, Unsent(exc.status))
             raise
         finally:
             self.on_wire -= 1
             if not self.on_wire:
                 self._idle.set()
-        self.ledger.append("task", job.id, task=task_id)
+        self.ledger.append(job.id, Task(task_id))
         return task_id
 
     def _uncertain(self, job: Job, why: str) -> None:
-        self.ledger.append("uncertain", job.id, why=why)
+        self.ledger.append(job.id, Uncertain(why))
         self.counters.uncertain += 1

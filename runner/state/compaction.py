@@ -9,22 +9,21 @@ per job: a done job's own full ``done`` line, copied as it is, and for any other
 The rewrite goes to ``.ledger.jsonl.compact`` beside it, is fsynced, and is renamed over
 the ledger (then the folder is fsynced): a kill at any moment leaves either the old file
 or the new one whole. A stale temporary file from a killed compaction is overwritten.
+
+Owns: when to compact, and the rewrite. Must not know: what events mean.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import orjson
+from .events import Done, Snap, encode
+from .index import LedgerIndex
+from .record import Phase
 
-if TYPE_CHECKING:
-    from .ledger import JobRecord, LedgerIndex
-
-__all__ = ["compact", "snap_fields", "worth_compacting"]
+__all__ = ["compact", "worth_compacting"]
 
 #: lines beyond twice the jobs before a rewrite pays for itself
 SLACK_LINES = 1000
@@ -34,36 +33,21 @@ def worth_compacting(lines: int, jobs: int) -> bool:
     return lines > 2 * jobs + SLACK_LINES
 
 
-def snap_fields(rec: JobRecord) -> dict[str, Any]:
-    """What a ``snap`` line adds to a job's full state: its phase and last failure."""
-    return {
-        "phase": rec.phase.value,
-        "code": rec.fail_code,
-        "msg": rec.fail_msg,
-        "retryable": rec.retryable,
-        "done_t": rec.done_t,
-    }
-
-
-def _lines(index: LedgerIndex) -> Iterator[bytes]:
-    from .ledger import Phase, full_done
-
-    now = round(time.time(), 3)
+def _lines(index: LedgerIndex, now: float) -> Iterator[bytes]:
     yield from index.done_lines()
     for job, rec in index.records.items():
-        ev: dict[str, Any] = {"job": job, **full_done(job, rec, now)}
         if rec.phase is Phase.DONE and rec.files:
-            ev.update(e="done", t=rec.done_t or now)
+            yield encode(job, Done(rec), rec.done_t or now)
         else:
-            ev.update(e="snap", t=now, **snap_fields(rec))
-        yield orjson.dumps(ev) + b"\n"
+            yield encode(job, Snap(rec), now)
 
 
-def compact(path: Path, index: LedgerIndex) -> None:
-    """Rewrite the ledger at ``path`` as one line per job of ``index`` (its replay)."""
+def compact(path: Path, index: LedgerIndex, now: float) -> None:
+    """Rewrite the ledger at ``path`` as one line per job of ``index`` (its replay);
+    ``now``: wall seconds, the time of the lines that have none of their own."""
     tmp = path.with_name(f".{path.name}.compact")
     with tmp.open("wb") as f:
-        f.writelines(_lines(index))
+        f.writelines(_lines(index, round(now, 3)))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -24,13 +24,11 @@ from pathlib import Path
 from runner.manifest.campaign import Campaign
 from runner.manifest.shards import parse_shard_folder, shard_folder, shard_of
 
-from .ledger import JobRecord, LedgerIndex, read_index
+from .index import JobStatus, LedgerIndex
+from .ledger import read_index
+from .record import JobRecord, JobState
 
 __all__ = ["CampaignIndex", "Layout", "other_layouts", "own_layout"]
-
-
-#: how far a job got, to pick one state for it over several layouts
-_RANK = {"pending": 0, "failed": 1, "lost": 1, "live": 2, "downloading": 3, "done": 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +111,14 @@ class CampaignIndex(LedgerIndex):
         others = sum(i.uncertain_images() for _, i in self.others) if self._whole_campaign else 0
         return super().uncertain_images() + others
 
-    def status(self, job: str, fp: str) -> tuple[str, JobRecord | None, int, int]:
+    def status(self, job: str, fp: str) -> JobStatus:
         best = super().status(job, fp)
         for layout, index in self.others:
-            if best[0] == "done":
+            if best.state is JobState.DONE:
                 break
             if layout.owns(job):
                 seen = index.status(job, fp)
-                if _RANK[seen[0]] > _RANK[best[0]]:
+                if seen.state.rank > best.state.rank:
                     best = seen
         return best
 
