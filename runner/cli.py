@@ -30,10 +30,12 @@ import orjson
 from runner.manifest.campaign import Campaign, load_campaign
 from runner.manifest.durations import parse_duration
 from runner.manifest.shards import resolve_shard
+from runner.present.closing import log_closing
 from runner.present.outputs import ledger_view
 from runner.present.plan import dry_run_picture, status_picture
 from runner.present.progress import install_console
 from runner.present.report import REPORT_NAME, write_report
+from runner.run.exits import ExitCode, advice
 from runner.state.index import LedgerIndex
 from runner.state.layouts import CampaignIndex
 from runner.state.ledger import read_index
@@ -46,8 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 log = logging.getLogger("runner")
-#: the closing line: shown even with --quiet (install_console keeps it at INFO)
-final_log = logging.getLogger("runner.final")
 
 #: without a terminal, one progress line this often (a cron log stays readable)
 PROGRESS_LINE_EVERY_S = 30.0
@@ -177,49 +177,16 @@ def _report(campaign: Campaign) -> int:
     return 0
 
 
-def _finished(campaign: Campaign, code: int) -> None:
-    """The closing summary (a line, or a JSON record carrying the summary)."""
-    out = campaign.output.dir
-    try:
-        summary = orjson.loads((out / "summary.json").read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        final_log.info("finished with exit code %d", code)
-        return
-    jobs, run = summary.get("jobs", {}), summary.get("run", {})
-    api = sum(n for kind, n in summary.get("requests", {}).items() if kind != "file")
-    remaining = run.get("remaining", 0)
-    uncertain = summary.get("uncertain_submissions", {})
-    final_log.info(
-        "finished with exit code %d: %d done, %d failed, %d lost, %d remaining of %d jobs; "
-        "%d images on disk; paid %d images, $%.2f; %d uncertain submissions this run; "
-        "%d API requests, %d answered 429; %.1f s; summary.json, %s in %s",
-        code,
-        jobs.get("done", 0),
-        jobs.get("failed", 0),
-        jobs.get("lost", 0),
-        remaining,
-        jobs.get("total", 0),
-        summary.get("images", 0),
-        summary.get("images_paid", 0),
-        summary.get("estimated_spend_usd", 0.0),
-        uncertain.get("this_run", 0),
-        api,
-        summary.get("throttled_429", 0),
-        summary.get("wall_time_s", 0.0),
-        REPORT_NAME,
-        out,
-        extra={"summary": summary},
-    )
-    if code == 6:
-        log.warning(
-            "the budget cap is reached: %d jobs remain unsubmitted, and running again "
-            "changes nothing until budget.max_images or budget.max_cost is raised in the "
-            "manifest",
-            remaining,
-        )
+def _finished(campaign: Campaign, summary: dict[str, Any] | None, code: int) -> None:
+    """The closing line, and the advice its code calls for."""
+    log_closing(summary, code, campaign.output.dir)
+    note = advice(code, summary.get("run", {}).get("remaining", 0) if summary else 0)
+    if note is not None:
+        log.warning("%s", note)
 
 
-async def _run(engine: Engine) -> int:
+async def _run(engine: Engine) -> dict[str, Any] | None:
+    """The run under the CLI's signal handling: its summary, None once cancelled."""
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     signals_seen = 0
@@ -238,7 +205,7 @@ async def _run(engine: Engine) -> int:
     try:
         return await engine.run()
     except asyncio.CancelledError:
-        return 4
+        return None
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -273,21 +240,21 @@ def _os_error(exc: OSError) -> int:
     reason = exc.strerror or str(exc)
     if exc.errno in _SPACE_ERRNOS:
         log.error("cannot write the output%s: %s; free some space and run again", where, reason)
-        return 4
+        return ExitCode.STOPPED
     if exc.errno == errno.EADDRINUSE:
         log.error(
             "cannot listen for webhooks: %s; another program holds the address of "
             "api.callback.listen: stop it or choose another port, then run again",
             reason,
         )
-        return 2
+        return ExitCode.CONFIG
     log.error(
         "cannot write the output%s: %s; make the folder writable by this user or set "
         "output.dir in the manifest to one that is, then run again",
         where,
         reason,
     )
-    return 2
+    return ExitCode.CONFIG
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -342,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         )
         try:
-            code = asyncio.run(_run(engine))
+            summary = asyncio.run(_run(engine))
         except BaseExceptionGroup as group:
             # A job's task hit a full disk; the task groups wrap it with its siblings.
             raise _disk_error(group) from None
@@ -351,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except OSError as exc:
         return _os_error(exc)
-    _finished(campaign, code)
+    code = int(summary["exit_code"]) if summary is not None else ExitCode.STOPPED
+    _finished(campaign, summary, code)
     return code
 
 

@@ -32,7 +32,8 @@ async def run_engine(
     """Run the engine in this process against ``base_url``; return (exit code, engine)."""
     campaign = load_campaign(path, {"base_url": base_url})
     engine = Engine(campaign, RunOptions(api_key=key, **options))
-    return await engine.run(), engine
+    summary = await engine.run()
+    return summary["exit_code"], engine
 
 
 def out_dir(path: Path) -> Path:

@@ -22,7 +22,7 @@ from runs import FAST_POLLING, out_dir, prompts, run_cli, run_engine
 
 from runner.api.answers import TaskStatus, parse_status
 from runner.api.client import ApiClient
-from runner.api.limits import RequestBudget
+from runner.api.limits import RequestGate
 from runner.api.outcome import Outcome, Request
 from runner.errors import ApiError, ManifestError
 from runner.manifest.campaign import load_campaign
@@ -213,7 +213,7 @@ def test_any_status_answer_parses_or_is_a_bad_answer(data: dict[str, Any], webho
         assert url.startswith(("http://", "https://")) and len(url) <= 4096
 
 
-_CLIENT = ApiClient("http://127.0.0.1:9/api/v1", "key", "seedream-4-5", RequestBudget(10, 1))
+_CLIENT = ApiClient("http://127.0.0.1:9/api/v1", "key", "seedream-4-5", RequestGate(10, 1))
 
 
 @SETTINGS

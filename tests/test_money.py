@@ -16,7 +16,7 @@ import orjson
 import pytest
 from runs import image_files, out_dir, prompts, run_cli, run_cli_sync, start_cli, wait_until
 
-from runner.run.engine import SIM_STATE_DIR
+from runner.run.connect import SIM_STATE_DIR
 from runner.sim import SimServer, read_billing
 from runner.state.ledger import read_index
 from runner.state.record import Phase

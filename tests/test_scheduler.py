@@ -8,7 +8,8 @@ import time
 
 from runner.api.limits import limiter_shape
 from runner.run.completion import CompletionModel, Sample
-from runner.run.poller import Poller, _Watch
+from runner.run.poller import Poller
+from runner.run.schedule import Schedule, Watch
 from runner.run.slots import Slots
 
 
@@ -27,7 +28,7 @@ def _poller(rate: float, *, callbacks: bool = False) -> Poller:
 def _learn(poller: Poller, kind: object, lo: float, hi: float, n: int = 200) -> None:
     rng = random.Random(3)
     for _ in range(n):
-        poller.model.observe(kind, rng.uniform(lo, hi))
+        poller.schedule.model.observe(kind, rng.uniform(lo, hi))
 
 
 def test_completion_model_needs_enough_samples_before_it_answers():
@@ -54,7 +55,7 @@ def test_running_tasks_keep_the_estimate_from_being_biased_short():
     assert model.quantile("2K", 0.5) is None, "half are not known to be done"
 
 
-def _watch(poller: Poller, kind: str, age: float, last_poll_age: float | None = None) -> _Watch:
+def _watch(poller: Poller, kind: str, age: float, last_poll_age: float | None = None) -> Watch:
     poller.watch("t", kind, submitted_ago_s=age)
     w = poller._watches.pop("t")
     if last_poll_age is not None:
@@ -68,33 +69,35 @@ async def test_a_poll_is_worth_the_chance_the_task_finished_since_the_last_one()
     _learn(poller, "2K", 26.0, 38.0)
     now = time.monotonic()
     early = _watch(poller, "2K", 20.0)
-    assert poller.gain(early, now) == 0.0, "nothing finishes before 26 s"
+    assert poller.schedule.gain(early, now) == 0.0, "nothing finishes before 26 s"
     mid = _watch(poller, "2K", 32.0)
     fresh = _watch(poller, "2K", 32.0, last_poll_age=31.0)
-    assert poller.gain(mid, now) > 0.4, "half of such tasks are done by 32 s"
-    assert poller.gain(fresh, now) < poller.gain(mid, now), "polled a second ago: worth less"
+    assert poller.schedule.gain(mid, now) > 0.4, "half of such tasks are done by 32 s"
+    assert poller.schedule.gain(fresh, now) < poller.schedule.gain(mid, now), (
+        "polled a second ago: worth less"
+    )
 
 
 async def test_recipe_until_completion_times_are_known():
     poller = _poller(rate=100.0)
     now = time.monotonic()
     w = _watch(poller, "4K", 19.0)
-    w.next_at = w.submitted + poller._first_age("4K")
-    assert poller.gain(w, now) == 0.0, "the recipe waits initial_delay (20 s)"
-    assert poller.gain(w, now + 2.0) >= 1.0, "then polls"
+    w.next_at = w.submitted + poller.schedule.first_age("4K")
+    assert poller.schedule.gain(w, now) == 0.0, "the recipe waits initial_delay (20 s)"
+    assert poller.schedule.gain(w, now + 2.0) >= 1.0, "then polls"
 
 
 async def test_callback_mode_polls_late_once_and_then_when_the_webhook_is_overdue():
     poller = _poller(rate=100.0, callbacks=True)
-    assert poller._first_age("2K") == 20.0 * Poller.CALLBACK_FALLBACK_FACTOR
+    assert poller.schedule.first_age("2K") == 20.0 * Schedule.CALLBACK_FALLBACK_FACTOR
     _learn(poller, "2K", 26.0, 38.0)
-    early = poller._first_age("2K")
+    early = poller.schedule.first_age("2K")
     assert 26.0 + 0.85 * 12 < early < 38.0, "one early look where ~90 % are done"
     w = _watch(poller, "2K", early)
-    overdue = poller._next_at(w, w.submitted + early) - w.submitted
+    overdue = poller.schedule.next_at(w, w.submitted + early) - w.submitted
     assert overdue >= 38.0 * 0.99, "then not before nearly every task is done"
-    poller.lags.extend([5.0] * 50)  # webhooks arrive 5 s after completion
-    assert poller._overdue_age("2K") >= overdue + 5.0, "slow webhooks widen the margin"
+    poller.schedule.lags.extend([5.0] * 50)  # webhooks arrive 5 s after completion
+    assert poller.schedule.overdue_age("2K") >= overdue + 5.0, "slow webhooks widen the margin"
 
 
 def test_limiter_shape_keeps_every_window_within_the_rate():

@@ -29,13 +29,11 @@ Neither ever logs the secret: URLs are shown with ``<secret>`` in its place.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import os
 import re
 import secrets
-import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -44,6 +42,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from runner.clock import SYSTEM_CLOCK, Clock
 from runner.errors import ApiError, ManifestError
 
 from .answers import TaskStatus, parse_status
@@ -109,7 +108,9 @@ class CallbackReceiver:
         *,
         known: Callable[[str], bool],
         accept: Callable[[TaskStatus], bool],
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.host, self.port = _split_listen(listen)
         self._public_url = public_url
         self._secret = secret
@@ -122,7 +123,7 @@ class CallbackReceiver:
         #: webhooks that came through the secret path with a task id (whatever became of
         #: them): proof that the path from the API works
         self.deliveries = 0
-        self._last_delivery = time.monotonic()
+        self._last_delivery = self.clock.monotonic()
         self._silence_warned = False
         self._probes: dict[str, bool] = {}  # nonce -> arrived
 
@@ -148,7 +149,7 @@ class CallbackReceiver:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
-        self._last_delivery = time.monotonic()
+        self._last_delivery = self.clock.monotonic()
         # Never log the secret: it is the only thing that keeps forged posts out.
         shown = urlsplit(self.callback_url)
         log.info("callback receiver on %s:%d (public %s://%s/...)", self.host, self.port,
@@ -246,7 +247,7 @@ class CallbackReceiver:
         """Warn, in one line, when no webhook has arrived for ``silence_s`` seconds while
         ``overdue`` tasks are past the time their webhook was expected. Once per silent
         spell: the next webhook re-arms it. True when it warned now."""
-        now = time.monotonic() if now is None else now
+        now = self.clock.monotonic() if now is None else now
         quiet = now - self._last_delivery
         if self._silence_warned or overdue <= 0 or quiet < silence_s:
             return False
@@ -273,12 +274,12 @@ class CallbackReceiver:
         """Until cancelled: every ``every_s`` seconds, :meth:`check_silence` with the count
         ``overdue()`` gives (the poller's tasks whose webhook is late)."""
         while True:
-            await asyncio.sleep(every_s)
+            await self.clock.sleep(every_s)
             self.check_silence(overdue(), silence_s)
 
     def _delivered(self) -> None:
         self.deliveries += 1
-        self._last_delivery = time.monotonic()
+        self._last_delivery = self.clock.monotonic()
         if self._silence_warned:
             self._silence_warned = False
             log.info("webhooks arrive again")

@@ -2,10 +2,11 @@
 
 Layers, each with one concern:
 
-* :meth:`ApiClient._send` sends one request through the shared :class:`RequestBudget`
-  and translates every foreign exception (aiohttp, sockets, timeouts, bad JSON) into the
-  tree of :mod:`runner.errors`, as the error of the outcome :func:`runner.outcome.classify`
-  gives it. Nothing above this module catches ``aiohttp.*`` or looks at a status number.
+* :meth:`ApiClient._send` sends one request through the shared
+  :class:`~runner.api.limits.RequestGate` and translates every foreign exception
+  (aiohttp, sockets, timeouts, bad JSON) into the tree of :mod:`runner.errors`, as the
+  error of the outcome :func:`runner.api.outcome.classify` gives it. Nothing above this
+  module catches ``aiohttp.*`` or looks at a status number.
 * :meth:`ApiClient._with_retries` retries what the policy calls RETRY, bounded by
   attempts *and* total time, with exponential backoff and jitter, honouring
   ``Retry-After`` (:class:`runner.outcome.Backoff`); any other outcome is raised at once.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -45,7 +45,7 @@ from .answers import (
     policy_error,
     unreadable,
 )
-from .limits import RequestBudget
+from .limits import RequestGate
 from .outcome import RETRY_WINDOW_S, Backoff, Request
 
 __all__ = ["ApiClient", "ClientStats", "FileStream"]
@@ -96,7 +96,7 @@ class ApiClient:
         base_url: str,
         api_key: str,
         model: str,
-        budget: RequestBudget,
+        gate: RequestGate,
         *,
         attempts: int = 8,
         backoff_s: float = 0.5,
@@ -107,7 +107,8 @@ class ApiClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.budget = budget
+        self.gate = gate
+        self.clock = gate.clock
         #: how RETRY outcomes are retried: ``attempts`` tries per request
         self.backoff = Backoff(attempts, backoff_s, backoff_max_s, retry_window_s)
         self.stats = ClientStats()
@@ -143,7 +144,7 @@ class ApiClient:
         """Send one API request and return the ``data`` of a 200 envelope."""
         kind = request.value
         submit = request is Request.SUBMIT
-        await self.budget.acquire(urgent=submit)
+        await self.gate.acquire(urgent=submit)
         if submit and self.halt is not None and self.halt.is_set():
             raise policy_error(request, Fault.NOT_SENT, "submit: not sent, the run is stopping")
         self.stats.requests[kind] += 1
@@ -176,14 +177,14 @@ class ApiClient:
         if status != 200:
             self.stats.errors[str(status)] += 1
             message, code = self._envelope_error(raw)
-            retry_after = parse_retry_after(headers, time.time()) if status == 429 else None
+            retry_after = parse_retry_after(headers, self.clock.wall()) if status == 429 else None
             if status == 429:
                 self.stats.throttled += 1
                 if request is not Request.SUBMIT:
                     # A 429 to a submission may be the live-task limit, which slowing the
                     # polls (that free slots) would only prolong; the submission waits
                     # with its own backoff instead.
-                    self.budget.throttle(retry_after)
+                    self.gate.throttle(retry_after)
                 text = f"{kind}: rate or concurrency limit (429)"
             elif status in (401, 403):
                 text = (
@@ -229,7 +230,7 @@ class ApiClient:
     async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` until it returns; an error whose outcome is RETRY is tried again
         while the backoff allows (and the run is not stopping), any other is raised."""
-        started = time.monotonic()
+        started = self.clock.monotonic()
         attempt = 0
         while True:
             attempt += 1
@@ -239,10 +240,10 @@ class ApiClient:
                 if exc.outcome is not Outcome.RETRY:
                     raise
                 halted = self.halt is not None and self.halt.is_set()
-                if halted or not self.backoff.allows(attempt, time.monotonic() - started):
+                if halted or not self.backoff.allows(attempt, self.clock.monotonic() - started):
                     raise
                 self.stats.retries += 1
-                await asyncio.sleep(self.backoff.delay(attempt, exc.retry_after))
+                await self.clock.sleep(self.backoff.delay(attempt, exc.retry_after))
 
     # -- layer 3: the task API ---------------------------------------------------------
 
@@ -304,7 +305,7 @@ class ApiClient:
                     gone = status in (403, 404, 410)
                     code = "URL_EXPIRED" if gone else "DOWNLOAD_FAILED"
                     text = f"result URL answered {status}" + (" (expired?)" if gone else "")
-                    retry_after = parse_retry_after(resp.headers, time.time())
+                    retry_after = parse_retry_after(resp.headers, self.clock.wall())
                     raise policy_error(file, Fault.STATUS, text, status, code, retry_after)
                 start, total = 0, resp.content_length
                 if status == 206:

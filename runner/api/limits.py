@@ -1,6 +1,6 @@
-"""Request-rate limiting shared by every API request of a run.
+"""Request-rate limiting: the one gate every API request of a run passes.
 
-Two layers, both awaited by :meth:`RequestBudget.acquire` before a request is sent:
+Two layers, both awaited by :meth:`RequestGate.acquire` before a request is sent:
 
 * a hard cap, an :class:`aiolimiter.AsyncLimiter`, sized so that **no window** of
   ``period_s`` seconds ever holds more than ``rate`` requests. A leaky bucket of capacity
@@ -11,16 +11,21 @@ Two layers, both awaited by :meth:`RequestBudget.acquire` before a request is se
 * a soft pacer that backs off on 429 (multiplicative decrease, honouring ``Retry-After``
   with a global pause) and recovers additively on success, so a provider that is stricter
   than configured is slowed down to, not hammered.
+
+Owns: when the next request may leave. Must not know: what the requests are for (beyond
+"a submission goes first"), the ledger, the manifest. The pacer's time is the clock it
+is given; the hard cap keeps the event loop's time (aiolimiter's).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 from aiolimiter import AsyncLimiter
 
-__all__ = ["RequestBudget", "limiter_shape"]
+from runner.clock import SYSTEM_CLOCK, Clock
+
+__all__ = ["RequestGate", "limiter_shape"]
 
 
 def limiter_shape(rate: int, period_s: float, burst: int) -> tuple[float, float]:
@@ -34,7 +39,7 @@ def limiter_shape(rate: int, period_s: float, burst: int) -> tuple[float, float]
     return capacity, capacity / drain_per_s
 
 
-class RequestBudget:
+class RequestGate:
     """The one gate every API request passes (submissions and polls share it)."""
 
     #: rate factor floor under repeated 429s
@@ -43,7 +48,10 @@ class RequestBudget:
     #: fraction of the configured rate regained per second without a 429
     INCREASE_PER_S = 0.05
 
-    def __init__(self, rate: int, period_s: float, burst: int = 1) -> None:
+    def __init__(
+        self, rate: int, period_s: float, burst: int = 1, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self.clock = clock
         self.rate = rate
         self.period_s = period_s
         capacity, seconds = limiter_shape(rate, period_s, burst)
@@ -56,7 +64,7 @@ class RequestBudget:
         self._no_submits_waiting = asyncio.Event()
         self._no_submits_waiting.set()
         self._factor = 1.0
-        self._factor_at = time.monotonic()
+        self._factor_at = self.clock.monotonic()
         self._paused_until = 0.0
         self._next_slot = 0.0
         self._last_decrease = -1e9
@@ -70,7 +78,7 @@ class RequestBudget:
     @property
     def factor(self) -> float:
         """Current fraction of the configured rate the pacer allows (1.0 = unthrottled)."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self._factor < 1.0:
             self._factor = min(1.0, self._factor + (now - self._factor_at) * self.INCREASE_PER_S)
         self._factor_at = now
@@ -96,9 +104,9 @@ class RequestBudget:
 
     async def _pace(self) -> None:
         while True:
-            now = time.monotonic()
+            now = self.clock.monotonic()
             if now < self._paused_until:
-                await asyncio.sleep(self._paused_until - now)
+                await self.clock.sleep(self._paused_until - now)
                 continue
             factor = self.factor
             if factor < 1.0:
@@ -108,14 +116,14 @@ class RequestBudget:
                 slot = max(now, self._next_slot)
                 self._next_slot = slot + spacing
                 if slot > now:
-                    await asyncio.sleep(slot - now)
+                    await self.clock.sleep(slot - now)
             return
 
     def throttle(self, retry_after_s: float | None) -> None:
         """Record a 429: slow down and pause every request for ``retry_after_s`` (or a
         short default) so the provider is not hammered."""
         self.throttled += 1
-        now = time.monotonic()
+        now = self.clock.monotonic()
         # A burst of 429s answers one overshoot: decrease once per second, not per answer.
         if now - self._last_decrease >= 1.0:
             self._factor = max(self.MIN_FACTOR, self.factor * self.DECREASE)

@@ -201,13 +201,14 @@ class Backoff:
         ``Retry-After``. A thousand submissions waiting for slots then ask about once
         every half minute each, not every second."""
         base = retry_after if retry_after else self.initial_s
-        return max(retry_after or 0.0, _full_jitter(base, attempt, SLOT_BACKOFF_MAX_S))
+        return max(retry_after or 0.0, _equal_jitter(base, attempt, SLOT_BACKOFF_MAX_S))
 
     def _jittered(self, base: float, attempt: int) -> float:
-        return _full_jitter(base, attempt, self.max_s)
+        return _equal_jitter(base, attempt, self.max_s)
 
 
-def _full_jitter(base: float, attempt: int, cap: float) -> float:
-    """Between half and all of ``base * 2**(attempt-1)``, capped at ``cap``."""
+def _equal_jitter(base: float, attempt: int, cap: float) -> float:
+    """Equal jitter: between half and all of ``base * 2**(attempt-1)``, capped at ``cap``
+    (never near zero, so a crowd of retries still spreads out without hammering)."""
     top = min(cap, base * 2 ** min(attempt - 1, 30))
     return random.uniform(top / 2, top)

@@ -54,6 +54,13 @@ class ApiSettings:
         """True when the built-in simulator stands in for the API."""
         return self.base_url == "embedded"
 
+    @property
+    def time_scale(self) -> float:
+        """How fast the API's clock runs against real time: the embedded simulator's
+        ``time_scale``, else 1. What the runner times to the API (the polling recipe,
+        pauses before a download is tried again, webhook silence) is scaled by it."""
+        return self.sim_time_scale if self.embedded else 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:

@@ -14,9 +14,10 @@ clock it is given.
 from __future__ import annotations
 
 import bisect
-import time
 from collections import deque
 from collections.abc import Hashable
+
+from runner.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["CompletionModel", "Sample"]
 
@@ -41,8 +42,7 @@ class CompletionModel:
 
     Tasks still running count as *censored*: "at least this old" (the age at which a poll
     last found them running, or their age now where a webhook would tell). Without them the
-    early
-    estimate is biased short, since the first tasks to finish are the fast ones: a model
+    early estimate is biased short, since the first tasks to finish are the fast ones: a model
     that had seen only the first 2 % of a wave finish would place its 90th percentile
     where barely 5 % are done. With them, a quantile that the data cannot support yet is
     simply unknown (None), and callers fall back to the configured recipe.
@@ -52,7 +52,8 @@ class CompletionModel:
     WINDOW = 2000  # recent submissions per kind (a minute of a full-speed run)
     REFRESH_S = 0.5  # a kind's estimate is recomputed at most this often
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self._samples: dict[Hashable, deque[Sample]] = {}
         self._tables: dict[Hashable, tuple[float, list[float], list[float]]] = {}
         self._done: dict[Hashable, int] = {}
@@ -66,7 +67,7 @@ class CompletionModel:
 
     def observe(self, kind: Hashable, seconds: float) -> None:
         """A completion of a task that was not followed from its start."""
-        sample = Sample(time.monotonic() - seconds)
+        sample = Sample(self.clock.monotonic() - seconds)
         self.started(kind, sample)
         self.finished(kind, sample, seconds)
 
@@ -75,7 +76,7 @@ class CompletionModel:
         known yet."""
         if self._done.get(kind, 0) < self.MIN_SAMPLES:
             return None
-        now = time.monotonic()
+        now = self.clock.monotonic()
         cached = self._tables.get(kind)
         if cached is not None and now - cached[0] < self.REFRESH_S:
             return cached[1], cached[2]

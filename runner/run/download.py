@@ -25,7 +25,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import aiofiles
 from runner.api.answers import TaskState
 from runner.api.client import ApiClient
 from runner.api.outcome import Backoff, Fault, Outcome, Request, classify, exhausted
+from runner.clock import SYSTEM_CLOCK, Clock
 from runner.errors import ApiError, FatalApiError, LostError, api_error
 from runner.manifest.campaign import Campaign
 from runner.manifest.jobspec import Job
@@ -182,6 +182,7 @@ async def fetch_image(
     attempts: int = 5,
     max_bytes: int = MAX_IMAGE_BYTES,
     backoff_s: float = 0.5,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> FileRecord:
     """Download ``url`` into ``part``, verify it, and rename it to ``dest_for(ext)``.
 
@@ -191,7 +192,7 @@ async def fetch_image(
     is raised at once (LOST: a dead URL; PERMANENT: an unusable body)."""
     part.parent.mkdir(parents=True, exist_ok=True)
     backoff = Backoff(attempts, initial_s=backoff_s)
-    started = time.monotonic()
+    started = clock.monotonic()
     attempt = 0
     while True:
         attempt += 1
@@ -204,7 +205,7 @@ async def fetch_image(
                 part.unlink(missing_ok=True)  # start over, never from bad bytes
             if exc.outcome is not Outcome.RETRY:
                 raise
-            if not backoff.allows(attempt, time.monotonic() - started):
+            if not backoff.allows(attempt, clock.monotonic() - started):
                 outcome = exhausted(Request.FILE, exc.fault)
                 if outcome is Outcome.RETRY:
                     raise
@@ -212,7 +213,7 @@ async def fetch_image(
                 code = "URL_EXPIRED" if outcome is Outcome.LOST else exc.code
                 message = f"{exc} ({attempt} tries)"
                 raise api_error(outcome, message, exc.status, code, fault=exc.fault) from None
-            await asyncio.sleep(backoff.delay(attempt, exc.retry_after))
+            await clock.sleep(backoff.delay(attempt, exc.retry_after))
     dest = dest_for(ext)
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, dest)
@@ -369,4 +370,5 @@ class Downloader:
             dest_for,
             attempts=self.campaign.retry.attempts,
             backoff_s=self._backoff_s,
+            clock=self.client.clock,
         )

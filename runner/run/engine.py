@@ -1,15 +1,20 @@
-"""The engine: wires manifest, ledger, client, scheduler and downloads into one run.
+"""The engine: one run over one campaign, wired together. Wiring only: the job state
+machine is :mod:`runner.run.jobs`, the order and admission of jobs :mod:`runner.run.feed`,
+the exit code :mod:`runner.run.exits`.
 
-One job's life, each step written to the ledger as it happens::
+A run, in order: take the folder's lock; open (replay) the ledger; adopt what other
+layouts of the campaign did (:mod:`runner.run.adopt`); connect to the API
+(:mod:`runner.run.connect`) and, in callback mode, start the webhook receiver and prove
+its public URL; count the submissions a killed run left without an answer as
+uncertain; run the jobs; then write ``results.jsonl``, ``summary.json`` and
+``report.html`` from the ledger, and return the summary.
 
-    take a slot -> write ``submit`` -> POST -> write ``task`` -> poll until terminal
-    -> release the slot -> write ``result`` -> download each image -> write ``done``
+Structure: one TaskGroup owns the poller, the ledger syncer, the progress display and
+the webhook watch; a second owns the jobs, started by the feed, which takes a job's
+places (pipeline, budget, task slot) *before* it creates its task, so memory follows the
+limits, not the manifest's length.
 
-Structure: one TaskGroup owns the poller, the ledger syncer and the job feeder; the
-feeder takes a task slot (and a pipeline place) *before* it creates a job's task, so
-memory follows the concurrency limit, not the manifest's length.
-
-Stopping (first SIGINT/SIGTERM, ``--deadline``, a fatal answer): no new submission
+Stopping (first SIGINT/SIGTERM, ``--deadline``, a refused account): no new submission
 starts, every submission already on the wire is allowed to land in the ledger, then the
 work already paid for (tasks alive on the API, images to download) goes on for up to
 ``--drain`` seconds; what is left is then cancelled. Tasks alive on the API stay in the
@@ -17,6 +22,9 @@ ledger as ``live`` and are polled again by the next run, however old; partial do
 are resumed. So a graceful stop leaves zero uncertain submissions, and parks only what
 could not finish within the drain. The budget cap stops submissions only: everything in
 flight finishes.
+
+Owns: the run's shape (what starts, in what order, what stops it). Must not know: HTTP,
+the ledger's format, what a job does next.
 """
 
 from __future__ import annotations
@@ -24,51 +32,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from runner.api.answers import TaskState, TaskStatus
 from runner.api.callback import SILENCE_S, CallbackReceiver, load_secret
 from runner.api.client import ApiClient
-from runner.api.limits import RequestBudget
-from runner.api.outcome import FailClass, classify_fail_code
-from runner.errors import (
-    FatalApiError,
-    LostError,
-    PermanentApiError,
-)
+from runner.clock import SYSTEM_CLOCK, Clock
+from runner.errors import FatalApiError
 from runner.manifest.campaign import Campaign
-from runner.manifest.jobspec import Job
-from runner.present.outputs import (
-    LedgerView,
-    RunCounters,
-    ledger_view,
-    write_results,
-    write_summary,
-)
+from runner.present.outputs import RunCounters, ledger_view, write_results, write_summary
 from runner.present.progress import ProgressReporter, Snapshot
 from runner.present.report import write_report
-from runner.state.events import Delivered, Failed, Reset, Result, TaskFailed, Timeout
 from runner.state.ledger import Ledger
 from runner.state.lock import FolderLock
-from runner.state.record import JobRecord, JobState, Phase
+from runner.state.record import JobState
 
 from .adopt import adopt_other_layouts
 from .budget import ImageBudget
+from .connect import connect
 from .download import Downloader
-from .poller import Poller, PollTimeout
+from .exits import ExitCode, RunEnd, exit_code
+from .feed import Feeder
+from .jobs import Failures, JobFlow
+from .poller import Poller
 from .slots import Slots
 from .submit import Submitter
 
 __all__ = ["Engine", "RunOptions"]
 
 log = logging.getLogger("runner")
-
-#: where the embedded simulator keeps its tasks, inside the output folder
-SIM_STATE_DIR = ".simulator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +79,16 @@ class _Stop(Exception):
 
 
 class Engine:
-    """One run over one campaign. Not reusable."""
+    """One run over one campaign. Not reusable. ``clock``: the run's one clock."""
 
-    def __init__(self, campaign: Campaign, options: RunOptions) -> None:
+    def __init__(
+        self, campaign: Campaign, options: RunOptions, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.campaign = campaign
         self.options = options
+        self.clock = clock
         self.out = campaign.output.dir
-        self.ledger = Ledger(self.out)
+        self.ledger = Ledger(self.out, clock)
         self.counters = RunCounters()
         self.stop_reason: str | None = None
         self.fatal: FatalApiError | None = None
@@ -100,17 +96,11 @@ class Engine:
         limits = campaign.limits
         self.slots = Slots(limits.concurrency)
         self._pipeline = Slots(limits.concurrency + max(64, 4 * limits.downloads))
-        self._downloads = asyncio.Semaphore(limits.downloads)
         self.budget = ImageBudget(campaign.budget)  # replaced once the ledger is read
         self._client: ApiClient | None = None
-        self._submitter: Submitter | None = None
-        self._downloader: Downloader
         self._receiver: CallbackReceiver | None = None
         self._poller: Poller | None = None
-        self._failures: Counter[str] = Counter()  # this run's, by code
-        self._retryable_failures = 0
-
-    # -- public --------------------------------------------------------------------------
+        self._flow: JobFlow | None = None
 
     def request_stop(self, reason: str) -> None:
         """Stop submitting; let submissions on the wire land; then park everything."""
@@ -120,199 +110,169 @@ class Engine:
         self._stopping.set()
         self.budget.wake()
         # Waiters for a slot would submit: let them go. Paid work found later in the
-        # feed takes its slot without waiting (see _feed).
+        # feed takes its slot without waiting (see runner.run.feed).
         self.slots.close()
         self._pipeline.close()
 
-    async def run(self) -> int:
-        """Run to completion or to a stop; return the exit code."""
-        started = time.monotonic()
+    def _refuse(self, exc: FatalApiError) -> None:
+        """The API refused the account: stop the run (exit 3)."""
+        if self.fatal is None:
+            self.fatal = exc
+            log.error("%s", exc)
+        self.request_stop("the API refused the account")
+
+    async def run(self) -> dict[str, Any]:
+        """Run to completion or to a stop; return the summary written to
+        ``summary.json`` (its ``exit_code`` is the run's)."""
+        started = self.clock.monotonic()
         lock = FolderLock(self.out)
         lock.acquire()
         try:
-            self.ledger.open()
-            adopt_other_layouts(self.campaign, self.ledger, self.options.retry_failed)
-            report = self.ledger.report
-            if report.torn_tail:
-                log.info("ledger: the last line was cut short by a kill; it is ignored")
-            if report.corrupt:
-                log.warning(
-                    "ledger: %d unreadable lines skipped (not written by runner, or the "
-                    "disk damaged them); the jobs they described may run again",
-                    report.corrupt,
-                )
-            async with self._api() as client:
+            self._open_ledger()
+            async with connect(self.campaign, self.options.api_key, self.clock) as client:
                 self._client = client
-                self._downloader = Downloader(
-                    client,
-                    self.ledger,
-                    self.campaign,
-                    self.counters,
-                    fail=self._fail,
-                    backoff_s=0.5 * self._time_scale,
-                )
-                self._submitter = Submitter(
-                    client,
-                    self.ledger,
-                    self.counters,
-                    provider=self.campaign.api.provider,
-                    callback_url=self._receiver.callback_url if self._receiver else None,
-                    fail=self._fail,
-                    stopping=self._stopping,
-                    retry=self.campaign.retry,
-                    maybe_paid=lambda images: self.budget.maybe_paid(images),
-                )
-                self._submitter.recover_uncertain()
-                await self._run_jobs(client)
-            view = ledger_view(self.campaign, self.ledger.index)
-            code = self._exit_code(view)
-            self._report_failures()
-            if self.counters.remaining and code == 4:
-                log.warning(
-                    "%d jobs remain (%s); run the same command again to continue",
-                    self.counters.remaining,
-                    self.stop_reason or "tasks outlived polling.timeout; they stay live",
-                )
-            self.counters.wall_time_s = time.monotonic() - started
-            write_results(self.campaign, self.ledger.index)
-            summary = write_summary(self.campaign, view, self.counters, client.stats, code)
-            write_report(self.campaign, self.ledger.index, summary)
-            return code
+                client.halt = self._stopping
+                async with self._webhooks():
+                    await self._run_jobs(client)
+            return self._finish(client, started)
         finally:
             self.ledger.close()
             lock.release()
 
-    # -- set-up --------------------------------------------------------------------------
+    def _open_ledger(self) -> None:
+        self.ledger.open()
+        adopt_other_layouts(self.campaign, self.ledger, self.options.retry_failed)
+        report = self.ledger.report
+        if report.torn_tail:
+            log.info("ledger: the last line was cut short by a kill; it is ignored")
+        if report.corrupt:
+            log.warning(
+                "ledger: %d unreadable lines skipped (not written by runner, or the "
+                "disk damaged them); the jobs they described may run again",
+                report.corrupt,
+            )
 
     @contextlib.asynccontextmanager
-    async def _api(self) -> AsyncIterator[ApiClient]:
-        api, limits = self.campaign.api, self.campaign.limits
-        # A burst as large as the slots lets a fresh run fill them all at once.
-        budget = RequestBudget(limits.rate, limits.rate_period_s, burst=limits.concurrency)
-        async with contextlib.AsyncExitStack() as stack:
-            base_url, key = api.base_url, self.options.api_key
-            if api.embedded:
-                from runner.sim import SimConfig, SimServer
-
-                # Its tasks, timings and files outlive this process (kept in the output
-                # folder), so a kill, a deleted image or a deadline resume as on the API.
-                sim = SimServer(
-                    SimConfig(
-                        time_scale=api.sim_time_scale,
-                        rate=limits.rate,
-                        rate_period_s=limits.rate_period_s,
-                    ),
-                    host="127.0.0.1",
-                    port=0,
-                    state_dir=self.out / SIM_STATE_DIR,
-                )
-                await stack.enter_async_context(sim)
-                base_url, key = sim.base_url, "embedded"
-            client = ApiClient(
-                base_url,
-                key,
-                api.model,
-                budget,
-                attempts=self.campaign.retry.attempts,
-                request_timeout_s=self.campaign.retry.request_timeout_s,
-                connections=limits.concurrency + limits.downloads + 16,
-            )
-            client.halt = self._stopping
-            await stack.enter_async_context(client)
-            if api.mode == "callback":
-                self._receiver = CallbackReceiver(
-                    api.callback_listen,
-                    api.callback_public_url,
-                    load_secret(self.out),
-                    known=lambda task_id: self._poller is not None and self._poller.knows(task_id),
-                    accept=self._accept_delivery,
-                )
-                await stack.enter_async_context(self._receiver)
-                await self._receiver.prove_public_url()  # exit 2 before any submission
-            yield client
-
-    @property
-    def _time_scale(self) -> float:
+    async def _webhooks(self) -> AsyncIterator[None]:
+        """Callback mode: the receiver, its public URL proven before anything is sent."""
         api = self.campaign.api
-        return api.sim_time_scale if api.embedded else 1.0
-
-    # -- the run -------------------------------------------------------------------------
+        if api.mode != "callback":
+            yield
+            return
+        self._receiver = CallbackReceiver(
+            api.callback_listen,
+            api.callback_public_url,
+            load_secret(self.out),
+            known=lambda task_id: self._poller is not None and self._poller.knows(task_id),
+            accept=lambda status: self._flow is not None and self._flow.accept_delivery(status),
+            clock=self.clock,
+        )
+        async with self._receiver:
+            await self._receiver.prove_public_url()  # exit 2 before any submission
+            yield
 
     async def _run_jobs(self, client: ApiClient) -> None:
-        p = self.campaign.polling
-        scale = self._time_scale
-        self._poller = poller = Poller(
+        campaign, ledger, receiver = self.campaign, self.ledger, self._receiver
+        scale = campaign.api.time_scale
+        failures = Failures(ledger, self.counters)
+        downloader = Downloader(
+            client, ledger, campaign, self.counters, fail=failures.fail, backoff_s=0.5 * scale
+        )
+        submitter = Submitter(
             client,
-            initial_delay_s=p.initial_delay_s * scale,
-            interval_s=p.interval_s * scale,
-            jitter=p.jitter,
-            timeout_s=p.timeout_s * scale,
-            callbacks=self._receiver is not None,
-            request_rate=client.budget.sustained_per_s,
-            request_burst=client.budget.burst,
-            workers=min(64, self.campaign.limits.concurrency),
+            ledger,
+            self.counters,
+            provider=campaign.api.provider,
+            callback_url=receiver.callback_url if receiver is not None else None,
+            fail=failures.fail,
+            stopping=self._stopping,
+            retry=campaign.retry,
+            maybe_paid=lambda images: self.budget.maybe_paid(images),
         )
-        state = self.ledger.index
+        submitter.recover_uncertain()
+        index = ledger.index
         self.budget = ImageBudget(
-            self.campaign.budget,
-            self.ledger.index.values(),
-            paid=state.billed_images(),
-            uncertain=state.uncertain_images(),
+            campaign.budget,
+            index.values(),
+            paid=index.billed_images(),
+            uncertain=index.uncertain_images(),
         )
-        loop = asyncio.get_running_loop()
+        self._poller = poller = Poller.for_campaign(
+            client,
+            campaign.polling,
+            time_scale=scale,
+            callbacks=receiver is not None,
+            workers=min(64, campaign.limits.concurrency),
+        )
+        self._flow = flow = JobFlow(
+            ledger=ledger,
+            counters=self.counters,
+            failures=failures,
+            submitter=submitter,
+            poller=poller,
+            downloader=downloader,
+            slots=self.slots,
+            budget=self.budget,
+            stopping=self._stopping,
+            refuse=self._refuse,
+            retry_failed=self.options.retry_failed,
+            failed_tasks=campaign.retry.failed_tasks,
+            callbacks=receiver is not None,
+        )
+        feeder = Feeder(
+            campaign, ledger, flow, self._pipeline, self._stopping, self.counters, self.clock
+        )
         deadline = None
         if self.options.deadline_s == 0:
             self.request_stop("deadline")  # submit nothing; still collect paid work
         elif self.options.deadline_s is not None:
+            loop = asyncio.get_running_loop()
             deadline = loop.call_later(self.options.deadline_s, self.request_stop, "deadline")
         try:
             async with asyncio.TaskGroup() as background:
-                poll_task = background.create_task(poller.run())
-                sync_task = background.create_task(self._sync_ledger())
-                progress = background.create_task(self._progress())
-                extra = []
-                if self._receiver is not None:  # one warning if webhooks stop arriving
-                    silence = self._receiver.watch_silence(poller.overdue, SILENCE_S * scale)
-                    extra.append(background.create_task(silence))
+                helpers = [
+                    background.create_task(poller.run()),
+                    background.create_task(self._sync_ledger()),
+                    background.create_task(self._progress()),
+                ]
+                if receiver is not None:  # one warning if webhooks stop arriving
+                    silence = receiver.watch_silence(poller.overdue, SILENCE_S * scale)
+                    helpers.append(background.create_task(silence))
                 try:
                     async with asyncio.TaskGroup() as jobs:
-                        watcher = jobs.create_task(self._stop_when_settled())
-                        await self._feed(jobs)
+                        watcher = jobs.create_task(self._stop_when_settled(submitter))
+                        await feeder.feed(jobs)
                         await self._pipeline.wait_idle()
                         watcher.cancel()
                 except* _Stop:
                     pass
-                for task in (poll_task, sync_task, progress, *extra):
+                for task in helpers:
                     task.cancel()
-            c = self.counters
-            c.polled_results, c.webhook_results = (
-                poller.resolved_by_poll,
-                poller.resolved_by_webhook,
-            )
-            if self._receiver is not None:
-                c.webhook_duplicates = self._receiver.duplicates
-                c.webhook_rejected = self._receiver.rejected
         finally:
             if deadline is not None:
                 deadline.cancel()
+        failures.report()
+        c = self.counters
+        c.polled_results, c.webhook_results = poller.resolved_by_poll, poller.resolved_by_webhook
+        if receiver is not None:
+            c.webhook_duplicates, c.webhook_rejected = receiver.duplicates, receiver.rejected
 
-    async def _stop_when_settled(self) -> None:
+    async def _stop_when_settled(self, submitter: Submitter) -> None:
         """After a stop request, once no submission is on the wire, drain the work already
         paid for for up to ``drain_s``, then cancel what is left (it stays in the ledger)."""
         await self._stopping.wait()
-        if self._submitter is not None:
-            await self._submitter.settled()
+        await submitter.settled()
         if self.options.drain_s > 0:
             log.info(
                 "draining: collecting tasks already paid for, for up to %.0f s (--drain)",
                 self.options.drain_s,
             )
-            await asyncio.sleep(self.options.drain_s)
+            await self.clock.sleep(self.options.drain_s)
         raise _Stop
 
     async def _sync_ledger(self) -> None:
         while True:
-            await asyncio.sleep(self.ledger.FSYNC_EVERY_S)
+            await self.clock.sleep(self.ledger.FSYNC_EVERY_S)
             await asyncio.to_thread(self.ledger.sync)
 
     async def _progress(self) -> None:
@@ -331,261 +291,29 @@ class Engine:
             first_poll_in_s=self._poller.first_poll_in() if self._poller else None,
         )
 
-    # -- feeding jobs --------------------------------------------------------------------
-
-    def _passes(self) -> Iterator[Job]:
-        """Jobs with work already alive on the API first (their tasks hold slots on the
-        API right now), then the rest in manifest order."""
-        index = self.ledger.index
-        resumable = {
-            job_id for job_id, rec in index.items() if rec.phase in (Phase.LIVE, Phase.RESULT)
-        }
-        if resumable:
-            for job in self.campaign.jobs():
-                if job.id in resumable:
-                    yield job
-        for job in self.campaign.jobs():
-            if job.id not in resumable:
-                yield job
-
-    async def _feed(self, jobs: asyncio.TaskGroup) -> None:
-        """Start every job's work in manifest order (work already paid for first). Once
-        submissions end (a stop, the budget), the feed goes on for paid work only: tasks
-        alive on the API are polled and finished images downloaded by every run."""
-        state = self.ledger.index
-        submitting = True
-        for job in self._passes():
-            # A done job's record is read from its ledger line only to check its files.
-            rec = state.get(job.id)
-            if rec is not None and rec.fp != job.fingerprint:
-                rec = None  # the content changed under this id: it runs again
-            action = self._action(job, rec)
-            if action is None:
-                continue
-            paid = action in ("poll", "download")
-            if not paid and (self._stopping.is_set() or not submitting):
-                continue  # no new spending; keep looking for paid work
-            # After a stop the slots are closed to submissions; paid work takes its place
-            # without waiting (a task alive on the API holds a slot there already).
-            if (paid and self._stopping.is_set()) or not await self._pipeline.acquire():
-                if not paid:
-                    continue
-                self._pipeline.take()
-            if action == "download":
-                jobs.create_task(self._guard(job, self._downloader.job(job)))
-                continue
-            if action != "poll" and not await self.budget.admit(job.max_images, self._stopping):
-                self._pipeline.release()
-                if self.budget.exhausted:
-                    self.counters.budget_stopped = True
-                    submitting = False
-                    log.warning(
-                        "budget reached: %d images paid or reserved; submitting no more",
-                        self.budget.spent + self.budget.reserved,
-                    )
-                continue
-            if action == "poll":
-                if self._stopping.is_set() or not await self.slots.acquire():
-                    self.slots.take()
-            elif not await self.slots.acquire():
-                self._pipeline.release()
-                self.budget.release(job.max_images)
-                continue
-            if action == "retry":
-                self.ledger.append(job.id, Reset())  # --retry-failed: afresh
-            if action == "poll":
-                rec = self.ledger.index.records[job.id]
-                ago = max(0.0, time.time() - (rec.submitted_t or time.time()))
-                jobs.create_task(self._guard(job, self._task_job(job, rec.task_id, ago)))
-            else:
-                jobs.create_task(self._guard(job, self._task_job(job)))
-
-    def _action(self, job: Job, rec: JobRecord | None) -> str | None:
-        """What a job needs: submit, retry (a failed job, --retry-failed), poll (its task
-        is alive), download (paid images not on disk), or None."""
-        if rec is None:
-            return "submit"
-        if rec.phase is Phase.DONE:
-            if self._downloader.files_present(rec):
-                self.counters.skipped_done += 1
-                return None
-            self.ledger.index.revive(job.id)  # the downloader works on the full record
-            return "download" if rec.urls else "submit"
-        if rec.phase in (Phase.FAILED, Phase.LOST):
-            if self.options.retry_failed and rec.retryable:
-                # The last task succeeded and only its download failed: its images are
-                # paid for; fetch them again rather than pay twice. A lost job's images
-                # are gone: paying again is what --retry-failed asks for.
-                billed = rec.task_id is not None and rec.billed_task == rec.task_id
-                fetch = billed and rec.urls and rec.phase is Phase.FAILED
-                return "download" if fetch else "retry"
-            self.counters.skipped_failed += 1
-            return None
-        if rec.phase is Phase.LIVE:
-            return "poll"
-        if rec.phase is Phase.RESULT:
-            return "download"
-        if rec.failed_tasks > self.campaign.retry.failed_tasks:
-            self._fail(job, rec.fail_code or "FAILED", rec.fail_msg or "", retryable=True)
-            return None
-        return "submit"
-
-    async def _guard(self, job: Job, work: Any) -> None:
-        """Run one job's coroutine; release its pipeline place whatever happens."""
-        try:
-            await work
-        except FatalApiError as exc:
-            self._fatal(exc)
-        except LostError as exc:  # the API no longer has the task
-            self._downloader.lost(job, exc.code, str(exc))
-        except PermanentApiError as exc:
-            self._fail(job, exc.code or f"HTTP_{exc.status}", str(exc), retryable=True)
-        finally:
-            self._pipeline.release()
-
-    def _fatal(self, exc: FatalApiError) -> None:
-        if self.fatal is None:
-            self.fatal = exc
-            log.error("%s", exc)
-        self.request_stop("the API refused the account")
-
-    # -- one job ---------------------------------------------------------------------------
-
-    # -- webhooks --------------------------------------------------------------------------
-
-    def _accept_delivery(self, status: TaskStatus) -> bool:
-        """A valid webhook for a task being waited on: record it, then resolve the task.
-        False for a duplicate (the task has already ended)."""
-        assert self._poller is not None
-        job_id = self._poller.job_of(status.task_id)
-        if job_id is None:
-            return False
-        self.ledger.append(
-            job_id,
-            Delivered(
-                status.task_id,
-                status.state.value,
-                status.result_urls,
-                status.fail_code,
-                status.create_ms,
-                status.complete_ms,
-                status.cost_ms,
-            ),
-        )
-        return self._poller.deliver(status)
-
-    async def _task_job(self, job: Job, task_id: str | None = None, ago: float = 0.0) -> None:
-        """Holding a slot: submit (or resume ``task_id``), poll to the end, resubmit while
-        retryable failures allow; release the slot; then download."""
-        # The job's images were reserved against the budget when it was admitted (or,
-        # resumed, when the ledger was read); the reservation ends with this coroutine.
-        try:
-            while True:
-                if task_id is None:
-                    assert self._submitter is not None
-                    task_id = await self._submitter.submit(job)
-                    if task_id is None:
-                        return
-                    ago = 0.0
-                status = await self._wait(job, task_id, ago)
-                if status is None or not self._settle(job, status):
-                    return
-                if status.state is TaskState.SUCCESS:
-                    break
-                task_id = None
-        finally:
-            self.slots.release()
-            self.budget.release(job.max_images)
-        await self._downloader.job(job)
-
-    async def _wait(self, job: Job, task_id: str, ago: float) -> TaskStatus | None:
-        """Wait for the task's terminal status. None: it stays live (timeout or stop)."""
-        assert self._poller is not None
-        # A task left by an earlier run may have finished while nobody listened for its
-        # webhook: in callback mode ask about it at once.
-        resumed = ago > 0 and self._receiver is not None
-        future = self._poller.watch(task_id, job.timing_kind, ago, poll_now=resumed, job_id=job.id)
-        try:
-            return await future
-        except PollTimeout:
-            self.ledger.append(job.id, Timeout(task_id))
-            self.counters.timed_out += 1
-            return None
-        except asyncio.CancelledError:
-            self._poller.forget(task_id)
-            raise
-
-    def _settle(self, job: Job, status: TaskStatus) -> bool:
-        """Record a terminal status. True: go on (download, or resubmit a failure)."""
-        if status.state is TaskState.SUCCESS:
-            self.ledger.append(
-                job.id,
-                Result(
-                    status.task_id,
-                    status.result_urls,
-                    status.create_ms,
-                    status.complete_ms,
-                    status.cost_ms,
-                ),
-            )
-            self.budget.produced(len(status.result_urls))
-            return True
-        fail_class = classify_fail_code(status.fail_code)
-        self.ledger.append(
-            job.id,
-            TaskFailed(status.task_id, status.fail_code, status.fail_msg, fail_class.value),
-        )
-        if fail_class is FailClass.FATAL:
-            self._fatal(
-                FatalApiError(f"the API stopped the account: {status.fail_code}", 0, "CREDITS")
-            )
-            return False
-        rec = self.ledger.index.records[job.id]
-        if fail_class is FailClass.PERMANENT:
-            self._fail(job, status.fail_code or "FAILED", status.fail_msg or "", retryable=False)
-            return False
-        if rec.failed_tasks > self.campaign.retry.failed_tasks or self._stopping.is_set():
-            if not self._stopping.is_set():
-                self._fail(job, status.fail_code or "FAILED", status.fail_msg or "", True)
-            return False
-        self.counters.resubmitted += 1
-        return True
-
-    def _fail(self, job: Job, code: str, message: str, retryable: bool) -> None:
-        self.ledger.append(job.id, Failed(code, message[:500], retryable))
-        self.counters.failed += 1
-        self._failures[code] += 1
-        if self._failures[code] == 1:  # one line a code; the rest are counted
-            log.warning(
-                "job %s failed: %s %s (further %s failures are counted, not listed)",
-                job.id,
-                code,
-                message,
-                code,
-            )
-        if retryable:
-            self._retryable_failures += 1
-
-    def _report_failures(self) -> None:
-        """The run's failures, one line a code, and what to do about the retryable."""
-        for code, n in self._failures.most_common():
-            log.warning("%d job%s failed with %s this run", n, "s" if n != 1 else "", code)
-        if self._retryable_failures:
-            log.warning(
-                "%d of them may succeed if tried again: run the same command with "
-                "--retry-failed (--status lists failures by code)",
-                self._retryable_failures,
-            )
-
-    # -- the end -------------------------------------------------------------------------
-
-    def _exit_code(self, view: LedgerView) -> int:
+    def _finish(self, client: ApiClient, started: float) -> dict[str, Any]:
+        """The run's end: its exit code, and what it leaves beside the images."""
+        view = ledger_view(self.campaign, self.ledger.index)
         ended = sum(n for state, n in view.states.items() if state.ended)
-        self.counters.remaining = view.jobs - ended
-        if self.fatal is not None:
-            return 3
         failed = view.states[JobState.FAILED] + view.states[JobState.LOST]
-        if self.counters.remaining:
-            stopped = self.stop_reason is not None or self.counters.timed_out
-            return 6 if self.counters.budget_stopped and not stopped else 4
-        return 1 if failed else 0
+        end = RunEnd(
+            jobs=view.jobs,
+            ended=ended,
+            failed=failed,
+            refused=self.fatal is not None,
+            stopped=self.stop_reason is not None or bool(self.counters.timed_out),
+            budget_reached=self.counters.budget_stopped,
+        )
+        code = exit_code(end)
+        self.counters.remaining = end.remaining
+        if end.remaining and code is ExitCode.STOPPED:
+            log.warning(
+                "%d jobs remain (%s); run the same command again to continue",
+                end.remaining,
+                self.stop_reason or "tasks outlived polling.timeout; they stay live",
+            )
+        self.counters.wall_time_s = self.clock.monotonic() - started
+        write_results(self.campaign, self.ledger.index)
+        summary = write_summary(self.campaign, view, self.counters, client.stats, int(code))
+        write_report(self.campaign, self.ledger.index, summary)
+        return summary

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -133,7 +132,7 @@ class Submitter:
         it failed, or it stays pending for a later run). Raises FatalApiError."""
         backoff = self.client.backoff
         uncertain = slot_tries = 0
-        started = time.monotonic()
+        started = self.client.clock.monotonic()
         slot_wait_since: float | None = None
         while True:
             if self._stopping.is_set():
@@ -153,14 +152,14 @@ class Submitter:
                         job.id,
                     )
                     return None
-                resending_s = time.monotonic() - started
+                resending_s = self.client.clock.monotonic() - started
                 if uncertain > self._max_uncertain or resending_s > backoff.window_s:
                     message = f"{uncertain} submissions with an unknown outcome; last: {answer}"
                     self._fail(job, "UNCERTAIN", message, True)
                     return None
                 delay = backoff.delay(uncertain, answer.retry_after)
             elif outcome is Outcome.WAIT_SLOT:
-                now = time.monotonic()
+                now = self.client.clock.monotonic()
                 slot_wait_since = now if slot_wait_since is None else slot_wait_since
                 left = self._slot_wait_s - (now - slot_wait_since)
                 if left <= 0:

@@ -1,0 +1,128 @@
+"""The feed: the order jobs start in, and the places each takes before it starts.
+
+Jobs with work already alive on the API go first (their tasks hold slots there right
+now), then the rest in manifest order. Before a job's coroutine is created it takes, in
+this order: a place in the pipeline (tasks and downloads, bounded, so memory follows
+the limits and not the manifest's length), its images' room under the budget cap (new
+spending only), and a task slot (``limits.concurrency``; not for a download). A job that
+cannot have them waits, or, once the run stops spending, is left for the next run.
+
+Once submissions end (a stop, the budget), the feed goes on for paid work only: tasks
+alive on the API are polled and finished images downloaded by every run.
+
+Owns: order and admission. Must not know: what happens to a job once started
+(:mod:`runner.run.jobs`), HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+from runner.clock import Clock
+from runner.manifest.campaign import Campaign
+from runner.manifest.jobspec import Job
+from runner.present.outputs import RunCounters
+from runner.state.events import Reset
+from runner.state.ledger import Ledger
+from runner.state.record import Phase
+
+from .jobs import JobFlow, Step
+from .slots import Slots
+
+__all__ = ["Feeder"]
+
+log = logging.getLogger("runner")
+
+
+class Feeder:
+    """Starts every job that needs something, in the :class:`asyncio.TaskGroup` given to
+    :meth:`feed`. ``stopping`` is set once the run stops spending."""
+
+    def __init__(
+        self,
+        campaign: Campaign,
+        ledger: Ledger,
+        flow: JobFlow,
+        pipeline: Slots,
+        stopping: asyncio.Event,
+        counters: RunCounters,
+        clock: Clock,
+    ) -> None:
+        self.campaign = campaign
+        self.ledger = ledger
+        self.flow = flow
+        self.pipeline = pipeline
+        self._stopping = stopping
+        self.counters = counters
+        self.clock = clock
+
+    def passes(self) -> Iterator[Job]:
+        """Jobs with work already alive on the API first, then the rest in manifest order."""
+        resumable = {
+            job_id
+            for job_id, rec in self.ledger.index.items()
+            if rec.phase in (Phase.LIVE, Phase.RESULT)
+        }
+        if resumable:
+            for job in self.campaign.jobs():
+                if job.id in resumable:
+                    yield job
+        for job in self.campaign.jobs():
+            if job.id not in resumable:
+                yield job
+
+    async def feed(self, jobs: asyncio.TaskGroup) -> None:
+        """Start every job's work (work already paid for first)."""
+        flow, index = self.flow, self.ledger.index
+        submitting = True
+        for job in self.passes():
+            # A done job's record is read from its ledger line only to check its files.
+            rec = index.get(job.id)
+            if rec is not None and rec.fp != job.fingerprint:
+                rec = None  # the content changed under this id: it runs again
+            step = flow.next_step(job, rec)
+            if step is None:
+                continue
+            stopping = self._stopping.is_set()
+            if not step.paid and (stopping or not submitting):
+                continue  # no new spending; keep looking for paid work
+            # After a stop the slots are closed to submissions; paid work takes its place
+            # without waiting (a task alive on the API holds a slot there already).
+            if (step.paid and stopping) or not await self.pipeline.acquire():
+                if not step.paid:
+                    continue
+                self.pipeline.take()
+            if step is Step.DOWNLOAD:
+                jobs.create_task(flow.guard(job, flow.downloader.job(job), self.pipeline.release))
+                continue
+            if step is not Step.POLL and not await flow.budget.admit(
+                job.max_images, self._stopping
+            ):
+                self.pipeline.release()
+                if flow.budget.exhausted:
+                    self.counters.budget_stopped = True
+                    submitting = False
+                    log.warning(
+                        "budget reached: %d images paid or reserved; submitting no more",
+                        flow.budget.spent + flow.budget.reserved,
+                    )
+                continue
+            if step is Step.POLL:
+                if self._stopping.is_set() or not await flow.slots.acquire():
+                    flow.slots.take()
+            elif not await flow.slots.acquire():
+                self.pipeline.release()
+                flow.budget.release(job.max_images)
+                continue
+            if step is Step.RETRY:
+                self.ledger.append(job.id, Reset())  # --retry-failed: afresh
+            if step is Step.POLL:
+                live = index.records[job.id]
+                now = self.clock.wall()
+                ago_s = max(0.0, now - (live.submitted_t or now))
+                work = flow.task_job(job, live.task_id, ago_s)
+            else:
+                work = flow.task_job(job)
+            jobs.create_task(flow.guard(job, work, self.pipeline.release))
