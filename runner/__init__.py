@@ -4,7 +4,13 @@ The command line is ``python -m runner MANIFEST``; a library user needs only the
 
     from runner import load_campaign, Engine, RunOptions
     campaign = load_campaign("manifests/campaign.yaml")
-    exit_code = await Engine(campaign, RunOptions(api_key=...)).run()
+    summary = await Engine(campaign, RunOptions(api_key=...)).run()
+    summary["exit_code"]  # what the command line would exit with
+
+The rest is layered, each package below the ones that import it: ``manifest``
+(what to do), ``api`` (talking to the API) and ``state`` (what was done), ``present``
+(what a run shows and leaves), ``run`` (doing it); ``sim`` is the simulated API. See
+``docs/ARCHITECTURE.md``.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -36,8 +42,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # The engine (and aiohttp with it) loads on first use, so `--dry-run` and `--status`
-    # start fast.
+    # Lazy import, for start-up time: the engine (and aiohttp with it) loads on first use,
+    # so `--dry-run` and `--status` start fast.
     if name in ("Engine", "RunOptions"):
         from runner.run import engine
 

@@ -1,8 +1,9 @@
 """``python -m runner MANIFEST [options]``: the command line, which owns signals and exit codes.
 
-Exit codes (the contract): 0 all done, 1 some jobs failed permanently, 2 manifest, option
-or configuration error (nothing sent), 3 the API refused the account, 4 stopped early with
-work remaining, 5 another run holds the output folder.
+Exit codes (the contract) are :class:`runner.run.exits.ExitCode`: 0 all done, 1 some jobs
+failed or were lost, 2 manifest, option or configuration error (nothing sent), 3 the API
+refused the account, 4 stopped early with work remaining, 5 another run holds the output
+folder, 6 the budget cap is reached with work remaining.
 
 Signals: the first SIGINT/SIGTERM asks the engine to stop gracefully (no new submission,
 submissions on the wire land in the ledger, exit 4); a second one cancels at once.
@@ -11,6 +12,9 @@ Without a network: ``--dry-run`` (the plan: jobs, worst-case images and cost, th
 resolutions and aspect ratios, the budget, done / pending / failed in the ledger),
 ``--status`` (the same picture plus failures by code with example prompts) and
 ``--report`` (rewrite ``report.html``).
+
+Owns: options, signals, what is printed and the exit status. Must not know: how a run
+works inside (it starts an :class:`~runner.run.engine.Engine` and reads its summary).
 """
 
 from __future__ import annotations
@@ -274,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in campaign.warnings:
             log.warning("%s", warning)
         if args.check_images:
-            from runner.api.refcheck import check_images  # aiohttp: only when asked
+            # Lazy import, for start-up time: aiohttp loads only when the check is asked for.
+            from runner.api.refcheck import check_images
 
             log.info(
                 "reference images: %d checked, all usable", asyncio.run(check_images(campaign))
@@ -296,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "--base-url embedded",
                     "environment",
                 )
-        from runner.run.engine import Engine, RunOptions  # aiohttp and the rest: only to run
+        # Lazy import, for start-up time: the engine (and aiohttp) load only to run.
+        from runner.run.engine import Engine, RunOptions
 
         engine = Engine(
             campaign,

@@ -2,10 +2,11 @@
 
 Everything the runner raises on purpose derives from :class:`RunnerError`. Foreign
 exceptions (aiohttp, OSError from sockets, orjson) are translated into this tree in
-exactly one place, :mod:`runner.client`; nothing above the client catches ``aiohttp.*``.
+exactly one place, :mod:`runner.api.client`; nothing above the client catches
+``aiohttp.*``.
 
-An API error is raised as the class of its :class:`~runner.outcome.Outcome`, decided by
-the outcome policy (:func:`runner.outcome.classify`) and built by :func:`api_error`; each
+An API error is raised as the class of its :class:`Outcome`, decided by the outcome
+policy (:func:`runner.api.outcome.classify`) and built by :func:`api_error`; each
 carries ``outcome`` (what to do) and ``fault`` (what happened), so callers act on those,
 never on status numbers or code strings. ``code`` is what the ledger records.
 
@@ -28,7 +29,12 @@ never on status numbers or code strings. ``code`` is what the ledger records.
                                TASK_GONE)
 
 Task failures reported by the API (``failCode``) are not exceptions: they are data
-(:class:`runner.client.TaskStatus`), classified by :func:`runner.outcome.classify_fail_code`.
+(:class:`runner.api.answers.TaskStatus`), classified by
+:func:`runner.api.outcome.classify_fail_code`.
+
+Owns: the tree, the vocabulary its API errors carry (:class:`Outcome`, :class:`Fault`)
+and each error's exit code. Must not know: which answer gives which outcome (the
+policy's table), anything above it.
 """
 
 from __future__ import annotations

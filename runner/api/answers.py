@@ -5,6 +5,8 @@ Nothing here sends a request or knows aiohttp: :mod:`runner.api.client` speaks H
 hands what came back to these functions; :mod:`runner.api.callback` hands them a webhook.
 A hostile or broken answer becomes an :class:`~runner.errors.ApiError` for that one
 request (code ``BAD_ANSWER``), never a crash.
+
+Owns: the shape of a good answer. Must not know: HTTP, retries, jobs.
 """
 
 from __future__ import annotations

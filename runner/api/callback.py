@@ -25,6 +25,9 @@ Two checks make a broken path from the API to the receiver visible instead of si
   are overdue (their webhooks are late; polling catches them meanwhile).
 
 Neither ever logs the secret: URLs are shown with ``<secret>`` in its place.
+
+Owns: the receiver, its secret and its checks. Must not know: the ledger and the jobs
+(``accept`` and ``known`` are handed in), polling.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The APIXO client: the only module that speaks HTTP.
+"""The APIXO client: the one way requests reach the API and its result hosts.
 
 Layers, each with one concern:
 
@@ -9,7 +9,7 @@ Layers, each with one concern:
   module catches ``aiohttp.*`` or looks at a status number.
 * :meth:`ApiClient._with_retries` retries what the policy calls RETRY, bounded by
   attempts *and* total time, with exponential backoff and jitter, honouring
-  ``Retry-After`` (:class:`runner.outcome.Backoff`); any other outcome is raised at once.
+  ``Retry-After`` (:class:`runner.api.outcome.Backoff`); any other outcome is raised at once.
 * :meth:`ApiClient.submit` / :meth:`ApiClient.status` speak the task API and validate
   its answers: a hostile or broken answer becomes an :class:`~runner.errors.ApiError`
   for that one request, never a crash.
@@ -18,6 +18,9 @@ Layers, each with one concern:
 
 The key is only ever placed in the ``Authorization`` header of API requests; it is never
 part of a message, a log record or an exception.
+
+Owns: requests to the API and to result hosts, their retries and their statistics.
+Must not know: jobs, the ledger, what an outcome leads to for a job.
 """
 
 from __future__ import annotations

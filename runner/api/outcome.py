@@ -35,6 +35,9 @@ status cannot be read stays live and is polled again later, a result host that c
 reached means a dead URL (LOST, which the downloader answers by polling the task for
 fresh URLs), a body that keeps arriving damaged fails the job; anything else waits for the
 next run.
+
+Owns: the table and the backoff. Must not know: jobs, the ledger, HTTP libraries (the
+client reports what it saw as a :class:`Request` and a :class:`Fault`).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ At most :data:`CONCURRENCY` URLs are asked at once. Every problem is listed in o
 uses the URL: ``campaign.yaml:14: jobs[3] (id hero) image_urls[0]``. This module makes
 its own requests to hosts that are not the API, so it translates aiohttp's exceptions
 itself, into that one message.
+
+Owns: the check. Must not know: the API and its key, the ledger.
 """
 
 from __future__ import annotations

@@ -10,15 +10,19 @@ Contract (the user-facing rules are in ``design/interface.md``, "Manifest"):
   names the file and the line (JSONL) or key path (YAML, with its line) and whose message
   says what is allowed. No input value, anywhere, produces any other exception.
 - ``overrides`` (CLI options) win over the manifest and are checked the same way; their
-  errors name the option (``--concurrency``). The settings rules are :mod:`runner.settings`.
+  errors name the option (``--concurrency``). The settings rules are
+  :mod:`runner.manifest.settings`.
 - Jobs (``jobs:`` first, then ``jobs_file`` lines) are expanded and checked by
-  :class:`runner.jobspec.JobSpec` and streamed by :class:`runner.joblist.JobList`.
+  :class:`runner.manifest.jobspec.JobSpec` and streamed by
+  :class:`runner.manifest.joblist.JobList`.
   Identical jobs (same id, same fingerprint) collapse into the first with a warning;
   different jobs under one id are an error naming both places.
 - Loading streams the job file and keeps only a compact id -> (fingerprint, place) map;
   :meth:`Campaign.jobs` streams it again and yields exactly the jobs validation counted,
   refusing to go on if the file changed in between.
 - Output file names are :mod:`runner.manifest.naming`.
+
+Owns: :class:`Campaign` and loading. Must not know: the API, the ledger, the run.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class Campaign:
 
     def jobs(self) -> Iterator[Job]:
         """Yield the final, de-duplicated jobs in manifest order, re-reading the job file
-        (of one shard's, when ``shard`` is set: see :mod:`runner.shard`)."""
+        (of one shard's, when ``shard`` is set: see :mod:`runner.manifest.shards`)."""
         if self.shard is None:
             return self._jobs.unique()
         k, n = self.shard

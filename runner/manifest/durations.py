@@ -5,6 +5,8 @@ A duration is either a number of seconds (``20``, ``1.5``) or a string made of o
 (``"250ms"``, ``"1.5s"``, ``"3m"``, ``"1h30m"``). A bare numeric string (``"20"``) is seconds.
 Durations are never negative and never longer than :data:`MAX_DURATION_S`. Anything else
 raises :class:`~runner.errors.ManifestError` naming ``where`` and the allowed forms.
+
+Owns: the duration syntax. Must not know: what the durations are for.
 """
 
 from __future__ import annotations

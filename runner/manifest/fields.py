@@ -6,8 +6,8 @@ image-to-image when ``image_urls`` is given (image-to-image needs them, text-to-
 not have them); ``image_urls`` 1-14 http(s) URLs, each naming a JPG, PNG or WebP file by
 the extension of its path's last segment (``.jpg``/``.jpeg``/``.png``/``.webp``, any case)
 or having no extension there (a dynamic URL such as ``/render?id=7``: the API takes those,
-and only fetching can tell; see :mod:`runner.refcheck`); ``max_images`` an integer 1-10, filled in
-as 1 (the API requires it); ``resolution`` 2K | 4K; ``aspect_ratio`` one of
+and only fetching can tell; see :mod:`runner.api.refcheck`); ``max_images`` an integer
+1-10, filled in as 1 (the API requires it); ``resolution`` 2K | 4K; ``aspect_ratio`` one of
 :data:`ASPECT_RATIOS`; ``sequential_image_generation`` disabled | auto. Unknown fields are
 an error. Any other model takes any field and passes it through unchanged, provided it is
 plain JSON; ``prompt`` (a non-empty string) is still required, and ``max_images``, when
@@ -15,6 +15,10 @@ given, must be a positive integer because image counts and budgets are computed 
 
 Problems raise :class:`FieldError` with a path relative to the job; the caller turns it
 into a :class:`~runner.errors.ManifestError` at the place the field was written.
+
+Owns: everything the runner knows of the model's fields, including what the rest of
+the runner reads from a final input (:func:`resolution`, :func:`timing_kind`, ...).
+Must not know: where a field was written (the caller names the place), the network.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Each pass re-reads the job file, so memory follows the number of distinct ids, n
 file's length. Identical jobs (same id, same fingerprint) collapse into the first with a
 warning; two different jobs under one id are a :class:`~runner.errors.ManifestError`
 naming both places. A later pass refuses to go on if the file changed since validation.
+
+Owns: streaming and de-duplicating jobs. Must not know: the settings, the run.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Job expansion: how one raw job entry becomes final :class:`Job` objects.
 
 :class:`JobSpec` merges ``defaults`` under an entry, expands it over its matrix and checks
-every field with :mod:`runner.fields`. The id is explicit (suffixed per matrix value, e.g.
+every field with :mod:`runner.manifest.fields`. The id is explicit (suffixed per matrix value, e.g.
 ``hero.16-9``) or derived from the fingerprint of the final input (``j`` + 16 hex digits),
 so it survives edits of other lines.
 
@@ -13,7 +13,9 @@ more than 10,000.
 
 Every problem raises :class:`~runner.errors.ManifestError` at the place it was written,
 given by the caller's ``where`` function (key path -> ``"campaign.yaml:14: jobs[3].prompt"``).
-Streaming a whole manifest's jobs and collapsing duplicates is :mod:`runner.joblist`.
+Streaming a whole manifest's jobs and collapsing duplicates is :mod:`runner.manifest.joblist`.
+
+Owns: expansion, ids and fingerprints. Must not know: files, settings, the run.
 """
 
 from __future__ import annotations

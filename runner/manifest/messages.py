@@ -4,6 +4,8 @@ Every :class:`~runner.errors.ManifestError` names a place (``where``) and says w
 allowed. These helpers keep that wording the same in every module that checks a manifest:
 a value is shown short (:func:`show`), a key path reads like the manifest
 (:func:`format_path`), and a misspelt key gets a suggestion (:func:`unknown_message`).
+
+Owns: the wording. Must not know: which keys exist.
 """
 
 from __future__ import annotations

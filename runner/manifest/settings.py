@@ -5,7 +5,10 @@ Every settings key is optional; a missing or null key keeps the dataclass defaul
 keys, wrong types and out-of-range values raise :class:`~runner.errors.ManifestError`
 naming the key path (with its line) and saying what is allowed. CLI overrides are checked
 the same way and their errors name the option (``--concurrency``). Durations are parsed by
-:mod:`runner.durations`.
+:mod:`runner.manifest.durations`.
+
+Owns: every settings key, its default and its check. Must not know: how a run uses
+them, output file names (:mod:`runner.manifest.naming`).
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class Polling:
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """What may be tried again, and how often (the outcome policy, ``runner.outcome``,
+    """What may be tried again, and how often (the outcome policy, ``runner.api.outcome``,
     says what is worth trying again)."""
 
     #: tries per HTTP request (a poll, a download, a submission that certainly never left)

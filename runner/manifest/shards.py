@@ -7,9 +7,9 @@ process), and independent of the job's place in the manifest. Shard K of N works
 ``<output.dir>/shards/<K>-of-<N>/`` with its own ledger, lock, images, ``results.jsonl``
 and ``summary.json`` (:meth:`runner.manifest.campaign.Campaign.sharded`).
 
-This module knows job ids and folder names only: what the other layouts of a campaign
-hold is :mod:`runner.state.layouts`, and what a run adopts from them is
-:mod:`runner.run.adopt`.
+Owns: which shard a job is in, and the shard's folder. Must not know: what the other
+layouts of a campaign hold (:mod:`runner.state.layouts`), or what a run adopts from them
+(:mod:`runner.run.adopt`).
 """
 
 from __future__ import annotations

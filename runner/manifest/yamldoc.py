@@ -10,6 +10,8 @@ A key given twice in one mapping (two ``jobs:`` lists, a job with two ``prompt:`
 is an error at the second one, naming its key path and the first one's line: YAML
 loaders otherwise keep the last silently. Keys brought in by a merge key (``<<: *base``)
 may be overridden; that is what merging is for.
+
+Owns: reading YAML and placing keys. Must not know: which keys are allowed.
 """
 
 from __future__ import annotations

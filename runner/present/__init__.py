@@ -1,1 +1,11 @@
-"""present"""
+"""What a run shows and leaves: the ledger's picture, for people and for programs.
+
+``outputs.py`` writes ``results.jsonl`` and ``summary.json`` from the ledger views it
+computes (and holds the run's counters); ``report.py``, with ``charts.py``, writes
+``report.html``; ``plan.py`` is what ``--dry-run`` and ``--status`` print;
+``progress.py`` is the live panel, the progress lines and the console log handler;
+``closing.py`` is a run's closing line.
+
+Imports the state and the manifest (and the type of the client's statistics). Must not
+know: how a run works.
+"""

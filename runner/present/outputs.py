@@ -6,6 +6,9 @@ renamed), from the ledger: they always describe the campaign as it stands, acros
 run that worked on it, never half of it. Both are written as the manifest streams by,
 reading a done job's details from its ledger line one at a time, so memory does not grow
 with the number of jobs.
+
+Owns: both files, the ledger views and :class:`RunCounters`. Must not know: the API,
+the run's machinery (it is handed counters and statistics).
 """
 
 from __future__ import annotations

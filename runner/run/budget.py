@@ -8,6 +8,9 @@ whose outcome could not be known may have been billed, up to its ``max_images``)
 A job is admitted only if paid + uncertain + reserved + its ``max_images`` fits; while
 tasks in flight hold reservations, admission waits for them, since a task that makes
 fewer images than it might (``sequential_image_generation: auto``) frees room.
+
+Owns: the count and admission. Must not know: the API, the ledger's format (it is
+given the records and totals once, then told what happens).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ renames it into place under ``images/``. An interrupted download keeps its ``.pa
 and continues with a ``Range`` request where the server allows it (206), or starts over.
 Downloads have their own concurrency limit and never hold a task slot.
 
-What a failed download means is the outcome policy's word (:mod:`runner.outcome`):
+What a failed download means is the outcome policy's word (:mod:`runner.api.outcome`):
 
 * RETRY (a broken transfer, a short, damaged or foreign body, a 5xx): tried again, from
   where it stopped or from the start, within ``retry.attempts``; then the job is parked
@@ -17,6 +17,9 @@ What a failed download means is the outcome policy's word (:mod:`runner.outcome`
   (TASK_GONE), or its URLs are the same or dead again (URL_EXPIRED), the job is ``lost``
   (a ledger event, not a failure): the run goes on;
 * PERMANENT (a body over the size cap): the job fails (retryable).
+
+Owns: files on disk and the ``file``, ``done`` and ``lost`` events. Must not know: how
+a file is named (:mod:`runner.manifest.naming`), what an answer means (the policy).
 """
 
 from __future__ import annotations
@@ -188,7 +191,7 @@ async def fetch_image(
 
     What the outcome policy calls RETRY (broken connection, short or damaged body, 5xx)
     is tried again within ``attempts`` and the retry window, resuming where the server
-    allows; then it becomes what :func:`runner.outcome.exhausted` says. Any other outcome
+    allows; then it becomes what :func:`runner.api.outcome.exhausted` says. Any other outcome
     is raised at once (LOST: a dead URL; PERMANENT: an unusable body)."""
     part.parent.mkdir(parents=True, exist_ok=True)
     backoff = Backoff(attempts, initial_s=backoff_s)

@@ -6,7 +6,7 @@ kill at any moment the ledger tells exactly which submissions may have created a
 nobody knows about: those with an intent and no outcome.
 
 What a refused or unanswered try leads to is the outcome policy's word
-(:mod:`runner.outcome`), acted on here:
+(:mod:`runner.api.outcome`), acted on here:
 
 * UNCERTAIN (a 5xx, a timeout or a reset after sending, an unreadable 200): recorded as
   ``uncertain`` (and counted) before anything is sent again; sent again after a backoff
@@ -28,6 +28,9 @@ Three guards keep payment frugal:
 * **a cap on submissions on the wire** (:data:`MAX_ON_WIRE`), the bound on what a SIGKILL
   at the worst moment can leave uncertain;
 * **a cap on blind resubmission**: ``retry.uncertain``.
+
+Owns: the ``submit``, ``task``, ``unsent`` and ``uncertain`` events, and when to send
+again. Must not know: polling, downloads, the order jobs come in.
 """
 
 from __future__ import annotations

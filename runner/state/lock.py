@@ -13,6 +13,8 @@ or ENOSYS). There the lock is the existence of ``.runner.lock.excl``, created wi
 so a file naming a process of this host that is no longer alive is taken over, with a
 warning; one naming another host is not (that process cannot be checked from here): the
 message says to delete the file once sure no run uses the folder.
+
+Owns: the lock files. Must not know: the ledger, the run.
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ Entries live in sorted ``array('Q')`` triples (id hash, fingerprint prefix, meta
 into 4,096 buckets by the top bits of a 64-bit blake2b hash of the id, so an insert or
 delete moves a few hundred numbers at most. Ids are not kept: two ids with the same
 64-bit hash would share an entry (about one chance in 10**7 for a million ids, and then
-only the done-ness of one of them is mistaken: it is downloaded or submitted again)."""
+only the done-ness of one of them is mistaken: it is downloaded or submitted again).
+
+Owns: the packing. Must not know: what the numbers mean (:mod:`runner.state.index`).
+"""
 
 from __future__ import annotations
 
