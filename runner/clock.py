@@ -9,8 +9,11 @@ Two readings, for two purposes:
   own timestamps (ledger lines, a task's ``completeTime``, an HTTP-date ``Retry-After``).
 
 and one wait, :meth:`Clock.sleep`, for the loops that pace themselves by it (the poll
-allocator, the request pacer, retry backoff). A fake clock advances its readings when
-slept on (``tests/clocks.py``).
+allocator, the request pacer, retry backoff, the drain). A fake clock advances its
+readings when slept on (``tests/clocks.py``). Two waits stay on the event loop's own
+timer, because an event must be able to cut them short: ``--deadline`` and a
+submission's pause before it is sent again (a stop ends it). What the display and the
+report show (:mod:`runner.present`) reads the system's time directly.
 
 Owns: nothing but time. Must not know: anything else.
 """

@@ -63,7 +63,7 @@ def _allowed(tmp_path: Path, section: tuple[str, ...]) -> set[str]:
 
 
 def manifest_keys(tmp_path: Path) -> list[str]:
-    """Every settings key as a dotted path, from runner.settings' tables and from what
+    """Every settings key as a dotted path, from runner.manifest.settings' tables and from what
     the loader accepts in each section (top level, api, api.callback, api.simulator, ...),
     plus the job fields."""
     tables = {
