@@ -240,8 +240,12 @@ class Downloader:
         *,
         fail: Callable[[Job, str, str, bool], None],
         backoff_s: float,
+        still_kept: Callable[[JobRecord], bool] = lambda rec: False,
     ) -> None:
         self.client = client
+        #: the API should still have the job's task (younger than its retention): a 404
+        #: then means another key or account, not images gone
+        self._still_kept = still_kept
         self.ledger = ledger
         self.campaign = campaign
         self.counters = counters
@@ -326,6 +330,14 @@ class Downloader:
         try:
             status = await self.client.status(task_id)
         except LostError as exc:
+            if self._still_kept(rec):
+                raise api_error(
+                    Outcome.RETRY,
+                    f"the API does not know task {task_id} (404) though it keeps tasks "
+                    "longer than this one has existed: another key or account? The "
+                    "images are fetched by a later run",
+                    exc.status,
+                ) from None
             raise LostError(
                 f"the result URLs are dead and the API no longer has task {task_id}: {exc}",
                 exc.status,

@@ -68,6 +68,10 @@ class RunOptions:
     progress_every_s: float = 10.0
 
 
+def _days(seconds: float) -> str:
+    return f"{seconds / 86400:g} days" if seconds >= 86400 else f"{seconds:g} s"
+
+
 class _Stop(Exception):
     """Raised inside the job TaskGroup to cancel what is left once a stop has settled."""
 
@@ -137,6 +141,7 @@ class Engine:
                     self.counters,
                     fail=self._fail,
                     backoff_s=0.5 * self._time_scale,
+                    still_kept=self._still_kept,
                 )
                 self._submitter = Submitter(
                     client,
@@ -501,9 +506,36 @@ class Engine:
             self.ledger.append("timeout", job.id, task=task_id)
             self.counters.timed_out += 1
             return None
+        except LostError:
+            rec = self.ledger.index.get(job.id)
+            if rec is None or not self._still_kept(rec):
+                raise  # older than the API keeps tasks: gone for good
+            # The API keeps tasks longer than this one has existed: a 404 now means
+            # another key or account (a rotated key), not a lost task. It stays live.
+            self.ledger.append("timeout", job.id, task=task_id)
+            self.counters.unknown_tasks += 1
+            if self.counters.unknown_tasks == 1:
+                log.warning(
+                    "the API does not know task %s of job %s (404), though it keeps tasks "
+                    "for %s: is %s the key that submitted it? The task stays live in the "
+                    "ledger and is polled again by the next run",
+                    task_id,
+                    job.id,
+                    _days(self.campaign.api.retention_s),
+                    self.campaign.api.key_env,
+                )
+            return None
         except asyncio.CancelledError:
             self._poller.forget(task_id)
             raise
+
+    def _still_kept(self, rec: JobRecord) -> bool:
+        """The job's task is younger than the API keeps tasks: a 404 for it is not the
+        end of it (the API's retention is scaled with the embedded simulator's time)."""
+        if rec.submitted_t is None:
+            return False
+        kept_s = self.campaign.api.retention_s * self._time_scale
+        return time.time() - rec.submitted_t < kept_s
 
     def _settle(self, job: Job, status: TaskStatus) -> bool:
         """Record a terminal status. True: go on (download, or resubmit a failure)."""

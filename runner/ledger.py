@@ -386,6 +386,9 @@ def _apply(index: dict[str, JobRecord], ev: dict[str, Any]) -> None:
         rec.fail_code, rec.fail_msg = ev.get("code"), ev.get("msg")
         rec.retryable = bool(ev.get("retryable"))
     elif kind == "lost":
+        if rec.task_id is not None and rec.billed_task != rec.task_id:
+            # the task's end was never seen: it may have been billed, up to its images
+            rec.uncertain_images += rec.max_images
         rec.phase = Phase.LOST
         rec.fail_code, rec.fail_msg = ev.get("code"), ev.get("msg")
         rec.retryable = True

@@ -60,6 +60,7 @@ class RunCounters:
     webhook_duplicates: int = 0
     webhook_rejected: int = 0  # forged, malformed or for unknown tasks
     timed_out: int = 0  # tasks that outlived polling.timeout (polled again next run)
+    unknown_tasks: int = 0  # tasks the API answered 404 for while it should keep them
     #: submissions that waited retry.slot_wait for a task slot in vain (left pending)
     slot_waits_expired: int = 0
     lost: int = 0  # jobs whose paid images are gone for good (URL_EXPIRED, TASK_GONE)

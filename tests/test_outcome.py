@@ -154,6 +154,10 @@ def _job(path: Path, n: int = 0) -> Any:
     return list(load_campaign(path, {}).jobs())[n]
 
 
+#: a submission older than the API keeps tasks (15 days): a 404 for it means gone
+_OLD = time.time() - 16 * 86400
+
+
 def _append(path: Path, *events: dict[str, Any]) -> None:
     ledger = out_dir(path) / "ledger.jsonl"
     ledger.parent.mkdir(parents=True, exist_ok=True)
@@ -310,7 +314,8 @@ async def test_task_the_api_no_longer_has_is_lost_not_failed_and_paid_again_only
     job = _job(path)
     _append(
         path,
-        {"e": "submit", "job": job.id, "fp": job.fingerprint, "imgs": 1},
+        # submitted longer ago than the API keeps tasks (15 days)
+        {"e": "submit", "job": job.id, "fp": job.fingerprint, "imgs": 1, "t": _OLD},
         {"e": "task", "job": job.id, "task": "task_forgotten_by_the_api"},
     )
     await run_engine(path, sim.base_url)
@@ -359,7 +364,7 @@ async def test_dead_url_of_a_task_the_api_no_longer_has_is_lost_and_the_run_goes
     url = f"{sim.base_url.split('/api')[0]}/files/task_gone/0.png?exp=1&sig=x"
     _append(
         path,
-        {"e": "submit", "job": job.id, "fp": job.fingerprint, "imgs": 1},
+        {"e": "submit", "job": job.id, "fp": job.fingerprint, "imgs": 1, "t": _OLD},
         {"e": "task", "job": job.id, "task": "task_gone"},
         {"e": "result", "job": job.id, "task": "task_gone", "urls": [url]},
     )
