@@ -149,7 +149,8 @@ def _plan(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list[st
     b = campaign.budget
     price = b.price_per_image
     done, failed, lost = states.get("done", 0), states.get("failed", 0), states.get("lost", 0)
-    pending = view.jobs - done - failed - lost
+    in_flight = states.get("live", 0) + states.get("downloading", 0)
+    pending = view.jobs - done - failed - lost - in_flight
     data: dict[str, Any] = {
         "name": campaign.name,
         "jobs": view.jobs,
@@ -163,6 +164,7 @@ def _plan(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list[st
         "done": done,
         "failed": failed,
         "pending": pending,
+        "in_flight": in_flight,
         "pending_images": view.images_pending,
         "pending_cost_usd": round(view.images_pending * price, 2),
         "images_paid": view.images_paid,
@@ -188,8 +190,9 @@ def _plan(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list[st
         f"  budget: {', '.join(caps) if caps else 'no cap'}",
         f"  resolutions: {_mix(view.resolutions)}",
         f"  aspect ratios: {_mix(view.aspect_ratios)}",
-        f"ledger: {done:,} done, {failed:,} failed, {lost:,} lost, {pending:,} pending "
-        f"({view.images_pending:,} images, ${view.images_pending * price:,.2f} at most)",
+        f"ledger: {done:,} done, {failed:,} failed, {lost:,} lost, {in_flight:,} in flight "
+        f"(paid), {pending:,} pending ({view.images_pending:,} images, "
+        f"${view.images_pending * price:,.2f} at most)",
         f"  paid so far: {view.images_paid:,} images, ${view.images_paid * price:,.2f}"
         + (
             f" (+ up to {view.images_uncertain:,} images of uncertain submissions)"
@@ -204,12 +207,20 @@ def _plan(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list[st
             + _ids(view.ids.get("changed", []), view.changed)
         )
     if lost:
+        why = ", ".join(f"{_LOST_WHY.get(c, c)} {n:,}" for c, n in view.lost_codes.most_common())
         lines.append(
-            f"  lost: {lost:,} jobs were paid but their images are gone (result URLs "
-            f"expired); --retry-failed pays for them again ({view.lost_images:,} images, "
+            f"  lost: {lost:,} jobs were paid but their images are gone ({why}); "
+            f"--retry-failed pays for them again ({view.lost_images:,} images, "
             f"${view.lost_images * price:,.2f} at most): " + _ids(view.ids.get("lost", []), lost)
         )
     return data, lines
+
+
+#: why a job is lost, in words (its code)
+_LOST_WHY = {
+    "URL_EXPIRED": "result URLs expired",
+    "TASK_GONE": "the API no longer has the task",
+}
 
 
 def _ids(ids: Sequence[str], total: int) -> str:
@@ -246,7 +257,7 @@ def _status(campaign: Campaign, fmt: str) -> int:
             "ledger_lines": ledger_lines,
         }
     )
-    lines.append(f"  images on disk: {view.images_done:,}")
+    lines.append(f"  images downloaded (as the ledger records them): {view.images_done:,}")
     lines += [f"  {state:<12} {count:,}" for state, count in sorted(view.states.items())]
     if view.uncertain:
         lines.append(f"  uncertain submissions so far: {view.uncertain:,}")
@@ -275,18 +286,28 @@ def _report(campaign: Campaign) -> int:
     return 0
 
 
-def _finished(campaign: Campaign, code: int) -> None:
-    """The closing summary (a line, or a JSON record carrying the summary)."""
+def _finished(campaign: Campaign, code: int, summary: Mapping[str, Any] | None) -> None:
+    """The closing line (or a JSON record carrying the summary), always the last one:
+    from the summary this run wrote, never from an older one on disk."""
     out = campaign.output.dir
-    try:
-        summary = orjson.loads((out / "summary.json").read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        final_log.info("finished with exit code %d", code)
+    if summary is None:  # stopped at once (a second signal): no summary was written
+        final_log.info(
+            "finished with exit code %d: stopped at once, summary.json not rewritten; "
+            "--status shows where the ledger stands; run again to continue",
+            code,
+        )
         return
     jobs, run = summary.get("jobs", {}), summary.get("run", {})
     api = sum(n for kind, n in summary.get("requests", {}).items() if kind != "file")
     remaining = run.get("remaining", 0)
     uncertain = summary.get("uncertain_submissions", {})
+    if code == 6:
+        log.warning(
+            "the budget cap is reached: %d jobs remain unsubmitted, and running again "
+            "changes nothing until budget.max_images or budget.max_cost is raised in the "
+            "manifest",
+            run.get("budget_refused", remaining),
+        )
     final_log.info(
         "finished with exit code %d: %d done, %d failed, %d lost, %d remaining of %d jobs; "
         "%d images on disk; paid %d images, $%.2f; %d uncertain submissions this run; "
@@ -308,13 +329,6 @@ def _finished(campaign: Campaign, code: int) -> None:
         out,
         extra={"summary": summary},
     )
-    if code == 6:
-        log.warning(
-            "the budget cap is reached: %d jobs remain unsubmitted, and running again "
-            "changes nothing until budget.max_images or budget.max_cost is raised in the "
-            "manifest",
-            remaining,
-        )
 
 
 async def _run(engine: Engine) -> int:
@@ -423,8 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ManifestError(
                     f"no API key, and there is paid work to do: set the environment "
                     f"variable {campaign.api.key_env} (or api.key_env to the name of "
-                    "another; under cron, in an env file only you can read), or use "
-                    "--base-url embedded",
+                    "another; under cron, in an env file only you can read)",
                     "environment",
                 )
         from .engine import Engine, RunOptions  # aiohttp and the rest: only to run
@@ -446,11 +459,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise _disk_error(group) from None
     except RunnerError as exc:
         log.error("%s", exc)
-        return exc.exit_code
+        code = exc.exit_code
     except OSError as exc:
-        return _os_error(exc)
-    _finished(campaign, code)
+        code = _os_error(exc)
+    else:
+        _finished(campaign, code, engine.summary)
+        return code
+    # The closing line, here too: a cron log always ends with how the run ended.
+    final_log.info("finished with exit code %d: %s", code, _ENDED_EARLY.get(code, "see above"))
     return code
+
+
+_ENDED_EARLY = {
+    2: "nothing was sent; fix what the message above says",
+    4: "everything done so far is in the ledger; run again to continue",
+    5: "nothing was sent",
+}
 
 
 if __name__ == "__main__":  # pragma: no cover

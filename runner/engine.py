@@ -34,11 +34,7 @@ from .budget import ImageBudget
 from .callback import SILENCE_S, CallbackReceiver, load_secret
 from .client import ApiClient, FailClass, TaskState, TaskStatus, classify_fail_code
 from .download import Downloader
-from .errors import (
-    FatalApiError,
-    LostError,
-    PermanentApiError,
-)
+from .errors import FatalApiError, LostError, ManifestError, PermanentApiError
 from .ledger import JobRecord, Ledger, Phase
 from .limits import RequestBudget, Slots
 from .lock import FolderLock
@@ -56,6 +52,8 @@ log = logging.getLogger("runner")
 
 #: where the embedded simulator keeps its tasks, inside the output folder
 SIM_STATE_DIR = ".simulator"
+#: which kind of API the folder's work was done on: "embedded" or "api"
+API_KIND_FILE = ".api-kind"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +85,9 @@ class Engine:
         self.counters = RunCounters()
         self.stop_reason: str | None = None
         self.fatal: FatalApiError | None = None
+        self.config_error: ManifestError | None = None
+        #: what the run wrote to summary.json (None until it has)
+        self.summary: dict[str, Any] | None = None
         self._stopping = asyncio.Event()
         limits = campaign.limits
         self.slots = Slots(limits.concurrency)
@@ -122,6 +123,7 @@ class Engine:
         lock.acquire()
         try:
             self.ledger.open()
+            self._check_api_kind()
             adopt_other_layouts(self.campaign, self.ledger, self.options.retry_failed)
             report = self.ledger.report
             if report.torn_tail:
@@ -159,15 +161,17 @@ class Engine:
             view = ledger_view(self.campaign, self.ledger.state)
             code = self._exit_code(view)
             self._report_failures()
+            self._report_uncertain()
             if self.counters.remaining and code == 4:
                 log.warning(
                     "%d jobs remain (%s); run the same command again to continue",
                     self.counters.remaining,
-                    self.stop_reason or "tasks outlived polling.timeout; they stay live",
+                    "; ".join(self._why_remaining()),
                 )
             self.counters.wall_time_s = time.monotonic() - started
             write_results(self.campaign, self.ledger.state)
             summary = write_summary(self.campaign, view, self.counters, client.stats, code)
+            self.summary = summary
             write_report(self.campaign, self.ledger.state, summary)
             return code
         finally:
@@ -175,6 +179,28 @@ class Engine:
             lock.release()
 
     # -- set-up --------------------------------------------------------------------------
+
+    def _check_api_kind(self) -> None:
+        """One output folder, one kind of API: images of the built-in simulator must never
+        count as paid work of the real API (or the reverse). The first run records which
+        it used; a later run with the other kind is exit 2."""
+        marker = self.out / API_KIND_FILE
+        kind = "embedded" if self.campaign.api.embedded else "api"
+        try:
+            recorded = marker.read_text().strip()
+        except FileNotFoundError:
+            if self.ledger.state:  # a folder from before the marker: take it as it is
+                return
+            marker.write_text(kind + "\n")
+            return
+        if recorded in ("embedded", "api") and recorded != kind:
+            what = {"embedded": "the built-in simulator", "api": "a real API"}
+            raise ManifestError(
+                f"this output folder holds work done on {what[recorded]}, and this run "
+                f"would use {what[kind]}: its images would count as the other's. Use "
+                "another output.dir for this run (or delete the folder to start over)",
+                str(self.out),
+            )
 
     @contextlib.asynccontextmanager
     async def _api(self) -> AsyncIterator[ApiClient]:
@@ -350,12 +376,19 @@ class Engine:
             # A done job's record is read from its ledger line only to check its files.
             rec = state.get(job.id)
             if rec is not None and rec.fp != job.fingerprint:
-                rec = None  # the content changed under this id: it runs again
+                # The content changed under this id: it runs again, but a task of the
+                # earlier content alive on the API is paid work: it is finished first
+                # (polled, its images downloaded) and the new content goes next run.
+                if rec.phase not in (Phase.LIVE, Phase.RESULT):
+                    rec = None
+                else:
+                    self.counters.changed_in_flight += 1
             action = self._action(job, rec)
             if action is None:
                 continue
             paid = action in ("poll", "download")
             if not paid and (self._stopping.is_set() or not submitting):
+                self.counters.budget_refused += not submitting
                 continue  # no new spending; keep looking for paid work
             # After a stop the slots are closed to submissions; paid work takes its place
             # without waiting (a task alive on the API holds a slot there already).
@@ -370,6 +403,7 @@ class Engine:
                 self._pipeline.release()
                 if self.budget.exhausted:
                     self.counters.budget_stopped = True
+                    self.counters.budget_refused += 1
                     submitting = False
                     log.warning(
                         "budget reached: %d images paid or reserved; submitting no more",
@@ -428,6 +462,11 @@ class Engine:
             await work
         except FatalApiError as exc:
             self._fatal(exc)
+        except ManifestError as exc:  # the API says the configuration is wrong
+            if self.config_error is None:
+                self.config_error = exc
+                log.error("%s", exc)
+            self.request_stop("the configuration must be fixed")
         except LostError as exc:  # the API no longer has the task
             self._downloader.lost(job, exc.code, str(exc))
         except PermanentApiError as exc:
@@ -591,6 +630,34 @@ class Engine:
         if retryable:
             self._retryable_failures += 1
 
+    def _why_remaining(self) -> list[str]:
+        """Why jobs are left for the next run, in the operator's words."""
+        c = self.counters
+        reasons = [self.stop_reason] if self.stop_reason else []
+        for n, why in (
+            (c.timed_out, "tasks outlived polling.timeout; they stay live"),
+            (c.unknown_tasks, "tasks the API does not know under this key; they stay live"),
+            (c.slot_waits_expired, "jobs found no free task slot within retry.slot_wait"),
+            (c.not_sent, "submissions could not reach the API"),
+            (c.uncertain_gave_up, "jobs stopped at retry.uncertain unanswered submissions"),
+            (c.download_parked, "downloads failed for now"),
+            (c.changed_in_flight, "edited jobs finished their earlier content first"),
+        ):
+            if n:
+                reasons.append(f"{n} {why}")
+        return reasons or ["work left for the next run"]
+
+    def _report_uncertain(self) -> None:
+        n = self.counters.uncertain
+        if n:
+            log.warning(
+                "%d submissions this run had an unknown outcome (the connection broke, a "
+                "5xx or a timeout answered them): each may have been billed, and its job "
+                "was sent again or left for the next run; summary.json counts them under "
+                "uncertain_submissions",
+                n,
+            )
+
     def _report_failures(self) -> None:
         """The run's failures, one line a code, and what to do about the retryable."""
         for code, n in self._failures.most_common():
@@ -607,10 +674,15 @@ class Engine:
     def _exit_code(self, view: LedgerView) -> int:
         ended = sum(view.states.get(state, 0) for state in ("done", "failed", "lost"))
         self.counters.remaining = view.jobs - ended
+        if self.config_error is not None:
+            return 2
         if self.fatal is not None:
             return 3
         failed = view.states.get("failed", 0) + view.states.get("lost", 0)
-        if self.counters.remaining:
-            stopped = self.stop_reason is not None or self.counters.timed_out
-            return 6 if self.counters.budget_stopped and not stopped else 4
+        c = self.counters
+        stopped = self.stop_reason is not None or c.timed_out
+        if c.budget_refused and not stopped:
+            return 6  # the cap refused work (a new job, or a retry): raise it to go on
+        if c.remaining:
+            return 4
         return 1 if failed else 0

@@ -241,7 +241,8 @@ class LedgerIndex:
         if packed is not None:
             return packed[0] != _fp64(fp)
         rec = self.records.get(job)
-        return rec is not None and rec.fp != fp and rec.phase is Phase.DONE
+        paid = (Phase.DONE, Phase.LIVE, Phase.RESULT)  # or paid for and still in flight
+        return rec is not None and rec.fp != fp and rec.phase in paid
 
     def get(self, job: str) -> JobRecord | None:
         """The full record of ``job`` (a done one is read from its line, not kept)."""

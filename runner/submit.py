@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .client import ApiClient
-from .errors import ApiError, FatalApiError
+from .errors import ApiError, FatalApiError, ManifestError
 from .ledger import Ledger, Phase
 from .manifest import Job
 from .outcome import Outcome
@@ -150,9 +150,11 @@ class Submitter:
                     )
                     return None
                 resending_s = time.monotonic() - started
-                if uncertain > self._max_uncertain or resending_s > backoff.window_s:
-                    message = f"{uncertain} submissions with an unknown outcome; last: {answer}"
-                    self._fail(job, "UNCERTAIN", message, True)
+                if uncertain >= self._max_uncertain or resending_s > backoff.window_s:
+                    # Each resend may pay again: stop for this run. Not a failure: the API
+                    # is in trouble, not the job; a later run submits it again.
+                    self.counters.uncertain_gave_up += 1
+                    log.debug("job %s: %d submissions of unknown outcome", job.id, uncertain)
                     return None
                 delay = backoff.delay(uncertain, answer.retry_after)
             elif outcome is Outcome.WAIT_SLOT:
@@ -161,12 +163,13 @@ class Submitter:
                 left = self._slot_wait_s - (now - slot_wait_since)
                 if left <= 0:
                     self.counters.slot_waits_expired += 1
-                    log.warning(
-                        "job %s: no task slot within retry.slot_wait (%gs); it stays pending "
-                        "for the next run",
-                        job.id,
-                        self._slot_wait_s,
-                    )
+                    if self.counters.slot_waits_expired == 1:
+                        log.warning(
+                            "job %s: no task slot within retry.slot_wait (%gs); it stays "
+                            "pending for the next run (later ones are counted, not listed)",
+                            job.id,
+                            self._slot_wait_s,
+                        )
                     return None
                 slot_tries += 1
                 delay = min(left, backoff.slot_delay(slot_tries, answer.retry_after))
@@ -174,8 +177,24 @@ class Submitter:
                 # The API could not be reached (or the run is stopping), but certainly no
                 # task was created.
                 if not self._stopping.is_set():
-                    log.warning("job %s: not submitted (%s); it stays pending", job.id, answer)
+                    self.counters.not_sent += 1
+                    if self.counters.not_sent == 1:
+                        log.warning(
+                            "job %s: not submitted (%s); it stays pending (later ones are "
+                            "counted, not listed)",
+                            job.id,
+                            answer,
+                        )
                 return None
+            elif answer.status == 404:
+                # Not this job's fault: the API knows no such model or path. Every job
+                # would fail alike; stop the run (exit 2), the jobs stay pending.
+                raise ManifestError(
+                    f"the API answered 404 Not Found to a submission ({self.client.base_url}"
+                    f"/generateTask/{self.client.model}): check api.base_url and api.model; "
+                    "no task was created and the jobs stay pending",
+                    "api",
+                )
             else:  # PERMANENT (LOST does not answer a submission)
                 self._fail(job, answer.code or f"HTTP_{answer.status}", str(answer), False)
                 return None

@@ -63,7 +63,10 @@ def test_dry_run_text_names_the_mix_and_the_cap(manifest, capsys):
     assert "budget: max_images 6" in text
     assert "resolutions: 2K 2, 4K 2" in text
     assert "aspect ratios: 1:1 2, 16:9 2" in text
-    assert "ledger: 0 done, 0 failed, 0 lost, 4 pending (8 images, $0.32 at most)" in text
+    assert (
+        "ledger: 0 done, 0 failed, 0 lost, 0 in flight (paid), 4 pending "
+        "(8 images, $0.32 at most)" in text
+    )
 
 
 async def test_dry_run_counts_done_failed_and_pending_from_the_ledger(sim, manifest, capsys):

@@ -44,7 +44,7 @@ API_FAULTS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
         0,
     ),
     "5xx_burst": ({"p_5xx": 0.2}, {"retry": MANY_UNCERTAIN}, 0),
-    "reset_before_request_sent": ({"p_reset": 0.2}, {}, 0),
+    "reset_before_request_sent": ({"p_reset": 0.2}, {"retry": MANY_UNCERTAIN}, 0),
     "reset_after_task_created": ({"p_reset_after": 0.3}, {"retry": MANY_UNCERTAIN}, 0),
     "answers_slower_than_the_timeout": (
         {"p_slow": 0.2, "slow_s": 1.0},
