@@ -187,7 +187,7 @@ def _plan(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list[st
     lines = [
         f"{campaign.name}: {view.jobs:,} jobs, {view.images_planned:,} images at most, "
         f"estimated ${view.images_planned * price:,.2f} (at ${price}/image)",
-        f"  budget: {', '.join(caps) if caps else 'no cap'}",
+        f"  budget: {', '.join(caps) if caps else 'no cap'}" + _room(campaign, view),
         f"  resolutions: {_mix(view.resolutions)}",
         f"  aspect ratios: {_mix(view.aspect_ratios)}",
         f"ledger: {done:,} done, {failed:,} failed, {lost:,} lost, {in_flight:,} in flight "
@@ -214,6 +214,18 @@ def _plan(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list[st
             f"${view.lost_images * price:,.2f} at most): " + _ids(view.ids.get("lost", []), lost)
         )
     return data, lines
+
+
+def _room(campaign: Campaign, view: LedgerView) -> str:
+    """What the cap leaves, against what was paid and may have been."""
+    b = campaign.budget
+    caps = [] if b.max_images is None else [b.max_images]
+    if b.max_cost is not None:
+        caps.append(int(b.max_cost / b.price_per_image + 1e-9))
+    if not caps:
+        return ""
+    used = view.images_paid + view.images_uncertain
+    return f" ({used:,} images paid or uncertain; room for {max(0, min(caps) - used):,} more)"
 
 
 #: why a job is lost, in words (its code)
