@@ -88,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retry-failed",
         action="store_true",
-        help="submit again jobs whose last attempt failed with a retryable code",
+        help="submit again jobs whose last attempt failed with a retryable code, and lost "
+        "jobs (paid, images gone): the only way to pay twice; a paid job whose download "
+        "failed is downloaded again, free",
     )
     p.add_argument(
         "--shard",
@@ -111,11 +113,14 @@ def _parser() -> argparse.ArgumentParser:
         "(HEAD): unreachable, not JPG/PNG/WebP or over 10 MB is exit 2",
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
-    p.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument(
+        "--quiet", action="store_true", help="only warnings, errors and the closing line"
+    )
     p.add_argument(
         "--no-progress",
         action="store_true",
-        help="no progress display or progress lines (shown only when stderr is a terminal)",
+        help="no progress at all (by default: a live panel when stderr is a terminal, "
+        "else one progress line every 30 s)",
     )
     return p
 

@@ -43,7 +43,7 @@ from .outputs import LedgerView, RunCounters, ledger_view, write_results, write_
 from .progress import ProgressReporter, Snapshot
 from .report import write_report
 from .scheduler import Poller, PollTimeout
-from .shard import adopt_other_layouts
+from .shard import adopt_other_layouts, paid_elsewhere
 from .submit import Submitter
 
 __all__ = ["Engine", "RunOptions"]
@@ -271,11 +271,15 @@ class Engine:
             workers=min(64, self.campaign.limits.concurrency),
         )
         state = self.ledger.state
+        paid, uncertain = state.billed_images(), state.uncertain_images()
+        b = self.campaign.budget
+        if b.max_images is not None or b.max_cost is not None:
+            # A cap is the campaign's: what other layouts paid counts too (each shard of
+            # the run's own split is its own, running beside it: give each 1/N of the cap).
+            elsewhere = paid_elsewhere(self.campaign)
+            paid, uncertain = paid + elsewhere[0], uncertain + elsewhere[1]
         self.budget = ImageBudget(
-            self.campaign.budget,
-            self.ledger.index.values(),
-            paid=state.billed_images(),
-            uncertain=state.uncertain_images(),
+            self.campaign.budget, self.ledger.index.values(), paid=paid, uncertain=uncertain
         )
         loop = asyncio.get_running_loop()
         deadline = None

@@ -183,6 +183,21 @@ def other_layouts(campaign: Campaign) -> list[Layout]:
     return found
 
 
+def paid_elsewhere(campaign: Campaign) -> tuple[int, int]:
+    """Images billed, and images uncertain submissions may have cost, in the campaign's
+    other layout folders (each counts what it paid itself): what a budget cap must add.
+    Reads each other ledger once; a listdir when there is none."""
+    billed = uncertain = 0
+    for layout in other_layouts(campaign):
+        index, _ = read_index(layout.folder)
+        try:
+            billed += index.billed_images()
+            uncertain += index.uncertain_images()
+        finally:
+            index.close()
+    return billed, uncertain
+
+
 def _lock_holder(folder: Path) -> str | None:
     """What the lock file says of the live run holding ``folder``, or None when no run
     holds it. A shared, non-blocking ``flock`` probe, released at once: it writes

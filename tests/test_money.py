@@ -377,3 +377,18 @@ async def test_a_404_for_a_young_task_keeps_it_live_not_lost(sim, manifest):
     assert code == 0, err
     assert sim.stats.tasks_created == 5 and created <= 5
     assert _summary(path)["images_paid"] == _billed(sim) == 5
+
+
+async def test_the_cap_counts_what_other_layouts_paid(sim, manifest):
+    """Shards, then an unsharded run: the unsharded run's cap counts what the shard
+    folders paid, so it submits nothing more once the campaign reached the cap."""
+    path = manifest(prompts(30), budget={"max_images": 10})
+    for shard in ("0/2", "1/2"):
+        await run_cli(path, sim.base_url, "--shard", shard)
+    created = sim.stats.tasks_created
+    assert created > 10, "each shard folder spent up to the cap on its own"
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 6, err
+    assert sim.stats.tasks_created == created, "nothing more past the campaign's cap"
+    code, out, _ = run_cli_sync(path, "--dry-run")
+    assert f"({_billed(sim)} images paid or uncertain; room for 0 more)" in out
