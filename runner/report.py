@@ -244,7 +244,7 @@ def _stats(c: _Collected, price: float) -> str:
     if c.uncertain.count:
         cards.append(_stat("uncertain", f"{c.uncertain.count:,}", "#state=uncertain", bad=True))
     cards.append(_stat("images", f"{c.images:,}", "#state=done"))
-    cards.append(_stat(f"on disk at ${price}/image", f"${c.images * price:,.2f}", "#state=done"))
+    cards.append(_stat(f"images at ${price}", f"${c.images * price:,.2f}", "#state=done"))
     return f"<nav class='stats' aria-label='counts'>{''.join(cards)}</nav>"
 
 

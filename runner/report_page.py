@@ -91,11 +91,12 @@ body.lb-open{overflow:hidden}
 .lb{position:fixed;inset:0;z-index:10;background:#111d;display:flex;align-items:center;
  justify-content:center;padding:12px}
 .lb[hidden]{display:none}
-.lb-box{background:#fff;border-radius:8px;max-width:1400px;width:100%;max-height:100%;
- display:grid;grid-template-columns:minmax(0,1fr) 340px;overflow:hidden;position:relative}
+.lb-box{background:#fff;border-radius:8px;max-width:1400px;width:100%;
+ height:calc(100vh - 24px);display:grid;grid-template-columns:minmax(0,1fr) 340px;
+ overflow:hidden;position:relative}
 .lb-img{background:#222;display:flex;align-items:center;justify-content:center;
  min-height:200px}
-.lb-img img{max-width:100%;max-height:calc(100vh - 24px);display:block}
+.lb-img img{width:100%;height:100%;object-fit:contain;display:block}
 .lb-img .ph{width:auto;min-width:240px;min-height:200px}
 .lb-info{padding:14px;overflow:auto;max-height:calc(100vh - 24px);font-size:13px}
 .lb-info dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 10px;margin:8px 0}
@@ -107,8 +108,9 @@ body.lb-open{overflow:hidden}
  svg.wide{display:none}svg.narrow{display:block}
  .toolbar select{flex:1 1 40%}
  .lb{padding:0}
- .lb-box{grid-template-columns:1fr;border-radius:0;height:100%;overflow:auto}
- .lb-img img{max-height:70vh}.lb-info{max-height:none}
+ .lb-box{grid-template-columns:1fr;grid-template-rows:auto auto;border-radius:0;
+  height:100%;overflow:auto}
+ .lb-img img{height:auto;max-height:70vh}.lb-info{max-height:none}
  .problems tr{display:grid;grid-template-columns:1fr;border-top:1px solid #eee}
  .problems th{display:none}.problems td{border:0;padding:2px 4px}
 }
@@ -136,11 +138,13 @@ for (const j of jobs) {
 }
 const res = (j) => String(j.x.resolution == null ? '2K' : j.x.resolution);
 const ar = (j) => String(j.x.aspect_ratio == null ? 'unset' : j.x.aspect_ratio);
+// thumbnails fit a square of SIDE pixels: three variants side by side on a phone too
+const SIDE = matchMedia('(max-width: 700px)').matches ? 112 : 160;
 const box = (j) => {  // the thumbnail's box, from the aspect ratio: a stable layout
   const m = /^(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)$/.exec(ar(j));
   const r = m && +m[1] > 0 && +m[2] > 0 ? Math.max(0.1, Math.min(10, m[1] / m[2])) : 1;
   const side = (x) => Math.max(24, Math.round(x));
-  return r >= 1 ? [160, side(160 / r)] : [side(160 * r), 160];
+  return r >= 1 ? [SIDE, side(SIDE / r)] : [side(SIDE * r), SIDE];
 };
 
 // Per group: its label (the ids' common stem) and the input fields its variants vary.
