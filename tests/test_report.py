@@ -377,3 +377,53 @@ def test_ten_thousand_jobs_open_and_scroll_in_time(browser, tmp_path: Path, caps
         )
     assert opened_ms < OPEN_BOUND_S * 1000
     assert scroll_ms < SCROLL_BOUND_S * 1000
+
+
+def test_lost_and_uncertain_jobs_are_problems_with_their_own_filters(browser, tmp_path: Path):
+    """A job whose paid images are gone (lost) and one done after an uncertain
+    submission: both in the problems section, each card and link showing just them."""
+    import orjson
+    from PIL import Image
+
+    (tmp_path / "jobs.jsonl").write_text(
+        "".join(json.dumps({"id": i, "prompt": f"{i} photo"}) + "\n" for i in ("a", "b", "c"))
+    )
+    campaign = load_campaign(tmp_path / "jobs.jsonl")
+    out = campaign.output.dir
+    (out / "images" / "c").mkdir(parents=True)
+    Image.new("RGB", (40, 40)).save(out / "images" / "c" / "0.png")
+    fp = {job.id: job.fingerprint for job in campaign.jobs()}
+    events = [
+        {"e": "submit", "job": "b", "fp": fp["b"]},
+        {"e": "task", "job": "b", "task": "t-b"},
+        {"e": "result", "job": "b", "task": "t-b", "urls": ["https://x/b.png"]},
+        {"e": "lost", "job": "b", "code": "URL_EXPIRED", "msg": "the result URL expired"},
+        {"e": "submit", "job": "c", "fp": fp["c"]},
+        {"e": "uncertain", "job": "c"},
+        {"e": "submit", "job": "c", "fp": fp["c"]},
+        {"e": "task", "job": "c", "task": "t-c"},
+        {"e": "result", "job": "c", "task": "t-c", "urls": ["https://x/c.png"]},
+        {"e": "file", "job": "c", "i": 0, "path": "images/c/0.png", "bytes": 1, "sha256": ""},
+        {"e": "done", "job": "c"},
+    ]
+    (out / "ledger.jsonl").write_bytes(
+        b"".join(orjson.dumps({"t": 1.0, **e}) + b"\n" for e in events)
+    )
+    index, _ = read_index(out)
+    page = write_report(campaign, index)
+    open_report(browser, page)
+    problems = browser.find_element("css selector", ".problems").text
+    assert "URL_EXPIRED" in problems and "the result URL expired" in problems
+    assert "uncertain" in problems and "1 submission whose outcome could not be known" in problems
+    for card, expected in (("#state=lost", ["b"]), ("#state=uncertain", ["c"])):
+        link = browser.find_element("css selector", f'a.stat[href="{card}"]')
+        rendered(browser, link.click)
+        assert shown_jobs(browser) == expected, card
+    go(browser, "")
+    browser.find_element("css selector", ".problems a[href='#job=b']").click()
+    lightbox = "return document.getElementById('lb-text').innerText"
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 10).until(lambda d: "URL_EXPIRED" in d.execute_script(lightbox))
+    go(browser, "#state=pending")
+    assert shown_jobs(browser) == ["a"], "the job never submitted is pending"
