@@ -36,20 +36,17 @@ from __future__ import annotations
 
 import html
 import time
-from array import array
-from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from . import report_data
 from .charts import NARROW, WIDE, completion_histogram, throughput_chart
 from .dataset import MetadataWriter
-from .ledger import JobRecord, LedgerIndex
-from .manifest import Campaign, Job
+from .ledger import LedgerIndex
+from .manifest import Campaign
 from .outputs import write_atomic
+from .report_data import FAILURE_ROWS, GALLERY_JOBS, Collected, Problem, collect, data_json
 from .report_page import CSS, SCRIPT
 from .thumbs import make_thumbnails, thumb_path
 
@@ -63,14 +60,6 @@ __all__ = [
 ]
 
 REPORT_NAME = "report.html"
-#: jobs the gallery holds, in manifest order (the counts and charts cover every job)
-GALLERY_JOBS = 50_000
-#: failed, lost or uncertain jobs the gallery holds beyond GALLERY_JOBS
-FAILURE_ROWS = 10_000
-#: job links listed per failure code (the code's filter shows them all)
-JOB_LINKS = 8
-#: prompts are cut to this many characters in the page (results.jsonl has them whole)
-PROMPT_CHARS = 2000
 #: seconds one report may spend making thumbnails; the rest wait for the next one
 THUMB_BUDGET_S = 30.0
 
@@ -79,157 +68,12 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-class _Table:
-    """Values stored once in the page, referred to by index (variants share theirs)."""
-
-    def __init__(self) -> None:
-        self.index: dict[bytes, int] = {}
-        self.values: list[Any] = []
-
-    def __call__(self, value: Any) -> int:
-        key = orjson.dumps(value, default=str)
-        at = self.index.get(key)
-        if at is None:
-            at = self.index[key] = len(self.values)
-            self.values.append(value)
-        return at
-
-
-@dataclass(slots=True)
-class _Problem:
-    """Jobs of one failure (or loss) code: how many, one message, the first ids."""
-
-    count: int = 0
-    message: str = ""
-    ids: list[str] = field(default_factory=list)
-
-    def add(self, job_id: str, message: str | None) -> None:
-        self.count += 1
-        if not self.message and message:
-            self.message = message
-        if len(self.ids) < JOB_LINKS:
-            self.ids.append(job_id)
-
-
-@dataclass(slots=True)
-class _Collected:
-    states: Counter[str] = field(default_factory=Counter)
-    images: int = 0
-    failures: dict[str, _Problem] = field(default_factory=dict)
-    lost: dict[str, _Problem] = field(default_factory=dict)
-    uncertain: _Problem = field(default_factory=_Problem)
-    uncertain_submissions: int = 0
-    # Arrays of plain numbers, not lists of objects: a million done jobs take 24 MB here.
-    completion_s: dict[str, array[float]] = field(default_factory=dict)
-    finished_t: dict[str, array[float]] = field(default_factory=dict)
-    finished_n: dict[str, array[int]] = field(default_factory=dict)
-    # the gallery: rows (see report_page), in manifest order, and the tables they index
-    rows: list[list[Any]] = field(default_factory=list)
-    problem_rows: int = 0
-    left_out: int = 0
-    groups: dict[str, int] = field(default_factory=dict)
-    prompts: _Table = field(default_factory=_Table)
-    metas: _Table = field(default_factory=_Table)
-    inputs: _Table = field(default_factory=_Table)
-    messages: _Table = field(default_factory=_Table)
-    #: [path, thumbnail, bytes, on disk] of every image in the gallery, in page order
-    files: list[list[Any]] = field(default_factory=list)
-
-    def row(self, out: Path, job: Job, rec: JobRecord | None, state: str, unc: int) -> None:
-        files: list[list[Any]] = []
-        if rec is not None and state == "done":
-            for i in sorted(rec.files):
-                path = str(rec.files[i].get("path") or "")
-                on_disk = bool(path) and (out / path).is_file()
-                entry = [path, None, rec.files[i].get("bytes"), on_disk]
-                files.append(entry)
-                self.files.append(entry)
-        prompt = str(job.input.get("prompt", ""))
-        if len(prompt) > PROMPT_CHARS:
-            prompt = prompt[: PROMPT_CHARS - 1] + "…"
-        failed = state in ("failed", "lost") and rec is not None
-        when = None
-        if rec is not None:
-            when = rec.done_t if state == "done" else rec.submitted_t
-        took = None
-        if rec is not None and rec.create_ms is not None and rec.complete_ms is not None:
-            took = round(max(0, rec.complete_ms - rec.create_ms) / 1000, 3)
-        self.rows.append(
-            [
-                job.id,
-                self.groups.setdefault(job.where, len(self.groups)),
-                state,
-                self.prompts(prompt),
-                self.metas(job.meta),
-                self.inputs({k: v for k, v in job.input.items() if k != "prompt"}),
-                files,
-                (rec.fail_code or "FAILED") if failed and rec else None,
-                self.messages(rec.fail_msg or "") if failed and rec else None,
-                unc,
-                when,
-                took,
-                rec.task_id if rec is not None else None,
-            ]
-        )
-
-
-def _series(store: dict[str, Any], key: str, typecode: str) -> Any:
-    if key not in store:
-        store[key] = array(typecode)
-    return store[key]
-
-
-def _collect(
-    campaign: Campaign,
-    index: LedgerIndex,
-    on_done: Callable[[Job, JobRecord], None] | None = None,
-) -> _Collected:
-    """One pass over the manifest and the ledger; ``on_done`` sees every done job."""
-    c = _Collected()
-    out = campaign.output.dir
-    for job in campaign.jobs():
-        state, rec, _, unc = index.status(job.id, job.fingerprint)
-        if state == "done" and rec is None:
-            rec = index.get(job.id)
-        c.states[state] += 1
-        resolution = str(job.input.get("resolution", "2K"))  # the API's default
-        if rec is not None:
-            if state == "done":
-                c.images += len(rec.files)
-                if on_done is not None:
-                    on_done(job, rec)
-                if rec.done_t is not None:
-                    _series(c.finished_t, resolution, "d").append(rec.done_t)
-                    _series(c.finished_n, resolution, "l").append(len(rec.files))
-            if rec.create_ms is not None and rec.complete_ms is not None and state == "done":
-                seconds = max(0, rec.complete_ms - rec.create_ms) / 1000
-                _series(c.completion_s, resolution, "d").append(seconds)
-            if state == "failed":
-                c.failures.setdefault(rec.fail_code or "FAILED", _Problem()).add(
-                    job.id, rec.fail_msg
-                )
-            elif state == "lost":
-                c.lost.setdefault(rec.fail_code or "LOST", _Problem()).add(job.id, rec.fail_msg)
-        if unc:
-            c.uncertain.add(job.id, None)
-            c.uncertain_submissions += unc
-        problem = state in ("failed", "lost") or unc > 0
-        if len(c.rows) - c.problem_rows < GALLERY_JOBS:
-            c.row(out, job, rec, state, unc)
-        elif problem and c.problem_rows < FAILURE_ROWS:
-            c.row(out, job, rec, state, unc)
-            c.problem_rows += 1
-        else:
-            c.left_out += 1
-    return c
-
-
 def _stat(label: str, value: str, link: str, bad: bool = False) -> str:
     cls = "stat bad" if bad else "stat"
     return f'<a class="{cls}" href="{_e(link)}"><b>{_e(value)}</b>{_e(label)}</a>'
 
 
-def _stats(c: _Collected, price: float) -> str:
+def _stats(c: Collected, price: float) -> str:
     jobs = sum(c.states.values())
     cards = [
         _stat("jobs", f"{jobs:,}", "#"),
@@ -248,7 +92,7 @@ def _stats(c: _Collected, price: float) -> str:
     return f"<nav class='stats' aria-label='counts'>{''.join(cards)}</nav>"
 
 
-def _job_links(p: _Problem, filter_link: str, shown: set[str]) -> str:
+def _job_links(p: Problem, filter_link: str, shown: set[str]) -> str:
     links = [
         f'<a href="#job={_e(job_id)}">{_e(job_id)}</a>' if job_id in shown else _e(job_id)
         for job_id in p.ids
@@ -258,7 +102,7 @@ def _job_links(p: _Problem, filter_link: str, shown: set[str]) -> str:
     return " ".join(links)
 
 
-def _problems(c: _Collected, shown: set[str]) -> str:
+def _problems(c: Collected, shown: set[str]) -> str:
     lines = []
     for kind, state, table in (("failed", "failed", c.failures), ("lost", "lost", c.lost)):
         for code, p in sorted(table.items(), key=lambda kv: -kv[1].count):
@@ -289,7 +133,7 @@ def _problems(c: _Collected, shown: set[str]) -> str:
     )
 
 
-def _charts(c: _Collected) -> str:
+def _charts(c: Collected) -> str:
     completion = {k: list(v) for k, v in c.completion_s.items()}
     finished = {k: list(zip(c.finished_t[k], c.finished_n[k], strict=True)) for k in c.finished_t}
     times = sorted(t for v in completion.values() for t in v)
@@ -328,20 +172,7 @@ def _summary_line(summary: Mapping[str, Any] | None) -> str:
     )
 
 
-def _data(c: _Collected) -> str:
-    data = {
-        "J": c.rows,
-        "P": c.prompts.values,
-        "M": c.metas.values,
-        "X": c.inputs.values,
-        "E": c.messages.values,
-    }
-    # "<" only occurs inside JSON strings, where \u003c means the same: the text can never
-    # close its <script> element.
-    return orjson.dumps(data, default=str).replace(b"<", b"\\u003c").decode()
-
-
-def _render(campaign: Campaign, c: _Collected, summary: Mapping[str, Any] | None) -> str:
+def _render(campaign: Campaign, c: Collected, summary: Mapping[str, Any] | None) -> str:
     name = _e(campaign.name)
     shown = {row[0] for row in c.rows}
     note = ""
@@ -349,7 +180,8 @@ def _render(campaign: Campaign, c: _Collected, summary: Mapping[str, Any] | None
         total = len(c.rows) + c.left_out
         note = (
             f"<p class='note'>This page holds {len(c.rows):,} of {total:,} jobs (the first "
-            f"{GALLERY_JOBS:,} in manifest order and up to {FAILURE_ROWS:,} failed, lost or "
+            f"{report_data.GALLERY_JOBS:,} in manifest order and up to "
+            f"{report_data.FAILURE_ROWS:,} failed, lost or "
             "uncertain ones); the counts, problems and charts cover every job, "
             "results.jsonl lists every one and every image is in images/.</p>"
         )
@@ -389,7 +221,7 @@ def _render(campaign: Campaign, c: _Collected, summary: Mapping[str, Any] | None
         "aria-label='close'>✕</button></div><div id='lb-text'></div></div></div></div>"
         "<footer>Written by runner. Images link to the files in images/; results.jsonl, "
         "summary.json and metadata.jsonl hold the same data.</footer>"
-        f'<script type="application/json" id="report-data">{_data(c)}</script>'
+        f'<script type="application/json" id="report-data">{data_json(c)}</script>'
         f"<script>{SCRIPT}</script></body></html>\n"
     )
 
@@ -398,7 +230,7 @@ def _when(t: float | None) -> str:
     return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-def _thumbnails(out: Path, c: _Collected, budget_s: float) -> None:
+def _thumbnails(out: Path, c: Collected, budget_s: float) -> None:
     """Point the gallery's images at their thumbnails, making missing ones first."""
     present = [entry[0] for entry in c.files if entry[3]]
     have = make_thumbnails(out, present, budget_s)
@@ -413,7 +245,7 @@ def build_report(
     summary: Mapping[str, Any] | None = None,
 ) -> str:
     """The page, as text (thumbnails that exist already are used; none is made)."""
-    c = _collect(campaign, index)
+    c = collect(campaign, index)
     _thumbnails(campaign.output.dir, c, 0.0)
     return _render(campaign, c, summary)
 
@@ -428,7 +260,7 @@ def write_report(
     out = campaign.output.dir
     metadata = MetadataWriter(out)
     try:
-        c = _collect(campaign, index, metadata.add)
+        c = collect(campaign, index, metadata.add)
     except BaseException:
         metadata.abort()
         raise

@@ -16,7 +16,7 @@ import pytest
 from browser import LOAD_ALL, choose, chrome, go, open_report, rendered, shown_jobs
 from runs import image_files, out_dir, prompts, run_cli_sync, run_engine
 
-from runner import report, thumbs
+from runner import report_data, thumbs
 from runner.ledger import read_index
 from runner.manifest import load_campaign
 from runner.report import build_report, write_report
@@ -252,7 +252,7 @@ async def test_a_capped_gallery_says_so_and_keeps_every_failure(sim, manifest, m
     jobs = [*prompts(6), {"prompt": "[fail:CONTENT_VIOLATION] last one"}]
     path = manifest(jobs, limits={"concurrency": 7})
     assert (await run_engine(path, sim.base_url))[0] == 1
-    monkeypatch.setattr(report, "GALLERY_JOBS", 4)
+    monkeypatch.setattr(report_data, "GALLERY_JOBS", 4)
     campaign = load_campaign(path)
     index, _ = read_index(campaign.output.dir)
     html = build_report(campaign, index)
