@@ -86,9 +86,16 @@ def make_thumbnails(out: Path, images: Iterable[str], budget_s: float) -> set[st
     for rel in images:
         if _fresh(out / rel, out / thumb_path(rel)):
             have.add(rel)
-        elif Image is not None:
+        else:
             todo.append(rel)
-    if not todo:
+    if not todo or budget_s <= 0:
+        return have
+    if Image is None:
+        log.info(
+            "report: %d images shown full size: thumbnails need Pillow "
+            "(pip install 'runner[report]')",
+            len(todo),
+        )
         return have
     deadline = time.monotonic() + budget_s
     workers = max(1, min(8, os.cpu_count() or 1))
