@@ -35,6 +35,7 @@ from typing import Literal
 import aiofiles
 
 from .client import ApiClient, TaskState
+from .dataset import append_job
 from .errors import ApiError, FatalApiError, LostError, api_error
 from .ledger import JobRecord, Ledger
 from .manifest import Campaign, Job, image_path
@@ -278,8 +279,10 @@ class Downloader:
             return
         finally:
             self.counters.downloading -= 1
-        self.ledger.append("done", job.id, task=self.ledger.index[job.id].task_id)
+        rec = self.ledger.index[job.id]
+        self.ledger.append("done", job.id, task=rec.task_id)
         self.counters.done += 1
+        append_job(self.out, job, rec)  # metadata.jsonl: the folder as a dataset, kept current
 
     def lost(self, job: Job, code: str, message: str) -> None:
         """Record that the job's paid images are gone for good (``code`` URL_EXPIRED or

@@ -121,7 +121,7 @@ async def test_report_option_rewrites_the_page_without_network(sim, manifest, ca
     assert main([str(path), "--report", "--base-url", "http://127.0.0.1:9/api/v1"]) == 0
     assert capsys.readouterr().out.strip() == str(page)
     html = page.read_text()
-    assert html.count("<img ") == 3 and 'id="chart-completion"' in html
+    assert html.count('"images/') == 3 and 'id="chart-completion"' in html
     assert "Last run: exit code 0" in html, "the last run's summary is on the page"
     assert sum(sim.stats.requests.values()) == requests, "no network"
 
@@ -130,7 +130,7 @@ def test_report_before_any_run_is_an_empty_page(manifest, capsys):
     path = manifest(prompts(2))
     assert main([str(path), "--report"]) == 0
     html = (out_dir(path) / "report.html").read_text()
-    assert "No job is done yet." in html and html.count("no data yet") == 2
+    assert "<b>2</b>pending" in html and html.count("no data yet") == 4  # wide and narrow
 
 
 def test_offline_options_exclude_each_other(manifest, capsys):
