@@ -68,7 +68,9 @@ def _parser() -> argparse.ArgumentParser:
         help="the ledger's picture, failures by code with examples; no network",
     )
     offline.add_argument(
-        "--report", action="store_true", help=f"rewrite {REPORT_NAME} in the output folder"
+        "--report",
+        action="store_true",
+        help=f"rewrite {REPORT_NAME} (and metadata.jsonl, thumbnails) in the output folder",
     )
     p.add_argument("--base-url", help="API base URL, or 'embedded' for the built-in simulator")
     p.add_argument("--concurrency", type=int, help="tasks alive on the API at once")
