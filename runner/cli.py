@@ -34,7 +34,7 @@ import orjson
 from runner.manifest.campaign import Campaign, load_campaign
 from runner.manifest.durations import parse_duration
 from runner.manifest.shards import resolve_shard
-from runner.present.closing import log_closing
+from runner.present.closing import log_closing, log_ended_early
 from runner.present.outputs import ledger_view
 from runner.present.plan import dry_run_picture, status_picture
 from runner.present.progress import install_console
@@ -76,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
         help="the ledger's picture, failures by code with examples; no network",
     )
     offline.add_argument(
-        "--report", action="store_true", help=f"rewrite {REPORT_NAME} in the output folder"
+        "--report",
+        action="store_true",
+        help=f"rewrite {REPORT_NAME} (and metadata.jsonl, thumbnails) in the output folder",
     )
     p.add_argument("--base-url", help="API base URL, or 'embedded' for the built-in simulator")
     p.add_argument("--concurrency", type=int, help="tasks alive on the API at once")
@@ -96,7 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retry-failed",
         action="store_true",
-        help="submit again jobs whose last attempt failed with a retryable code",
+        help="submit again jobs whose last attempt failed with a retryable code, and lost "
+        "jobs (paid, images gone): the only way to pay twice; a paid job whose download "
+        "failed is downloaded again, free",
     )
     p.add_argument(
         "--shard",
@@ -119,11 +123,14 @@ def _parser() -> argparse.ArgumentParser:
         "(HEAD): unreachable, not JPG/PNG/WebP or over 10 MB is exit 2",
     )
     p.add_argument("--log-format", choices=("text", "json"), default="text")
-    p.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument(
+        "--quiet", action="store_true", help="only warnings, errors and the closing line"
+    )
     p.add_argument(
         "--no-progress",
         action="store_true",
-        help="no progress display or progress lines (shown only when stderr is a terminal)",
+        help="no progress at all (by default: a live panel when stderr is a terminal, "
+        "else one progress line every 30 s)",
     )
     return p
 
@@ -182,11 +189,13 @@ def _report(campaign: Campaign) -> int:
 
 
 def _finished(campaign: Campaign, summary: dict[str, Any] | None, code: int) -> None:
-    """The closing line, and the advice its code calls for."""
-    log_closing(summary, code, campaign.output.dir)
-    note = advice(code, summary.get("run", {}).get("remaining", 0) if summary else 0)
+    """The advice the code calls for, then the closing line, always the last one: from the
+    summary this run wrote, never from an older one on disk."""
+    run = summary.get("run", {}) if summary is not None else {}
+    note = advice(code, run.get("budget_refused", run.get("remaining", 0)))
     if note is not None:
         log.warning("%s", note)
+    log_closing(summary, code, campaign.output.dir)
 
 
 async def _run(engine: Engine) -> dict[str, Any] | None:
@@ -297,8 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ManifestError(
                     f"no API key, and there is paid work to do: set the environment "
                     f"variable {campaign.api.key_env} (or api.key_env to the name of "
-                    "another; under cron, in an env file only you can read), or use "
-                    "--base-url embedded",
+                    "another; under cron, in an env file only you can read)",
                     "environment",
                 )
         # Lazy import, for start-up time: the engine (and aiohttp) load only to run.
@@ -321,11 +329,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise _disk_error(group) from None
     except RunnerError as exc:
         log.error("%s", exc)
-        return exc.exit_code
+        code = exc.exit_code
     except OSError as exc:
-        return _os_error(exc)
-    code = int(summary["exit_code"]) if summary is not None else ExitCode.STOPPED
-    _finished(campaign, summary, code)
+        code = _os_error(exc)
+    else:
+        code = int(summary["exit_code"]) if summary is not None else ExitCode.STOPPED
+        _finished(campaign, summary, code)
+        return code
+    # The closing line, here too: a cron log always ends with how the run ended.
+    log_ended_early(code)
     return code
 
 

@@ -63,7 +63,10 @@ def test_dry_run_text_names_the_mix_and_the_cap(manifest, capsys):
     assert "budget: max_images 6" in text
     assert "resolutions: 2K 2, 4K 2" in text
     assert "aspect ratios: 1:1 2, 16:9 2" in text
-    assert "ledger: 0 done, 0 failed, 0 lost, 4 pending (8 images, $0.32 at most)" in text
+    assert (
+        "ledger: 0 done, 0 failed, 0 lost, 0 in flight (paid), 4 pending "
+        "(8 images, $0.32 at most)" in text
+    )
 
 
 async def test_dry_run_counts_done_failed_and_pending_from_the_ledger(sim, manifest, capsys):
@@ -118,7 +121,7 @@ async def test_report_option_rewrites_the_page_without_network(sim, manifest, ca
     assert main([str(path), "--report", "--base-url", "http://127.0.0.1:9/api/v1"]) == 0
     assert capsys.readouterr().out.strip() == str(page)
     html = page.read_text()
-    assert html.count("<img ") == 3 and 'id="chart-completion"' in html
+    assert html.count('"images/') == 3 and 'id="chart-completion"' in html
     assert "Last run: exit code 0" in html, "the last run's summary is on the page"
     assert sum(sim.stats.requests.values()) == requests, "no network"
 
@@ -127,7 +130,7 @@ def test_report_before_any_run_is_an_empty_page(manifest, capsys):
     path = manifest(prompts(2))
     assert main([str(path), "--report"]) == 0
     html = (out_dir(path) / "report.html").read_text()
-    assert "No job is done yet." in html and html.count("no data yet") == 2
+    assert "<b>2</b>pending" in html and html.count("no data yet") == 4  # wide and narrow
 
 
 def test_offline_options_exclude_each_other(manifest, capsys):

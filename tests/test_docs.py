@@ -161,7 +161,7 @@ def _runner(manifest: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _images_on_disk(text: str) -> str:
     """Image counts and money vary with the model's choices (sequential generation)."""
-    text = re.sub(r"images on disk: \d+", "images on disk: N", text)
+    text = re.sub(r"records them\): \d+", "records them): N", text)
     return re.sub(r"paid so far: \d+ images, \$[\d.]+", "paid so far: N images, $X", text)
 
 

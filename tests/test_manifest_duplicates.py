@@ -157,3 +157,15 @@ def test_a_repeat_inside_a_merged_mapping_is_still_refused(tmp_path: Path) -> No
     with pytest.raises(ManifestError) as caught:
         load_campaign(path)
     assert caught.value.where == f"{path}:3: defaults.style.grain"
+
+
+def test_a_key_repeated_in_a_jsonl_line_is_exit_2_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(
+        '{"id": "a", "prompt": "first"}\n'
+        '{"id": "x", "prompt": "say \\"hi\\": ok"}\n'  # a ":" inside a string is fine
+        '{"id": "b", "prompt": "first", "prompt": "second"}\n'
+    )
+    code, err = cli(path, "--dry-run")
+    assert code == 2, err
+    assert "jobs.jsonl:3" in err and "'prompt' is given twice" in err

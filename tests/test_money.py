@@ -225,7 +225,7 @@ async def test_the_demo_resumes_after_a_kill_with_nothing_lost(tmp_path, sig):
     await wait_until(lambda: _demo_billing(path)["tasks_created"] >= 10, proc)
     proc.send_signal(sig)
     await proc.wait()
-    assert proc.returncode in (4, -signal.SIGKILL)
+    assert proc.returncode in (0, 4, -signal.SIGKILL)  # 0: all was submitted, then drained
     code, err = await run_cli(path, "embedded", key="")
     assert code == 0, err
     assert "NOT_FOUND" not in err
@@ -358,3 +358,38 @@ async def test_uncertain_submissions_count_against_the_cap(sim, manifest):
     assert summary["uncertain_submissions"]["images_at_most"] == 2
     assert summary["images_paid"] <= _billed(sim) <= 2
     _row("5xx after create under a cap of 2", path, _billed(sim), sim.stats.tasks_created)
+
+
+async def test_a_404_for_a_young_task_keeps_it_live_not_lost(sim, manifest):
+    """The cron env file got another key: the API (another account) answers 404 for the
+    tasks the first key submitted. They are younger than the API keeps tasks, so they stay
+    live (exit 4, a warning naming the key), and the right key collects them unpaid."""
+    path = manifest(prompts(5), limits={"concurrency": 5})
+    code, err = await run_cli(path, sim.base_url, "--deadline", "0.05", "--drain", "0")
+    assert code == 4, err
+    parked = _live_tasks(path)
+    assert parked
+    code, err = await run_cli(path, sim.base_url, "--deadline", "0", key="another-key-987654321")
+    assert code == 4, err
+    assert "is APIXO_API_KEY the key that submitted it?" in err
+    assert _live_tasks(path) == parked, "not lost: still live in the ledger"
+    created = sim.stats.tasks_created
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    assert sim.stats.tasks_created == 5 and created <= 5
+    assert _summary(path)["images_paid"] == _billed(sim) == 5
+
+
+async def test_the_cap_counts_what_other_layouts_paid(sim, manifest):
+    """Shards, then an unsharded run: the unsharded run's cap counts what the shard
+    folders paid, so it submits nothing more once the campaign reached the cap."""
+    path = manifest(prompts(30), budget={"max_images": 10})
+    for shard in ("0/2", "1/2"):
+        await run_cli(path, sim.base_url, "--shard", shard)
+    created = sim.stats.tasks_created
+    assert created > 10, "each shard folder spent up to the cap on its own"
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 6, err
+    assert sim.stats.tasks_created == created, "nothing more past the campaign's cap"
+    code, out, _ = run_cli_sync(path, "--dry-run")
+    assert f"({_billed(sim)} images paid or uncertain; room for 0 more)" in out

@@ -155,6 +155,10 @@ def _job(path: Path, n: int = 0) -> Any:
     return list(load_campaign(path, {}).jobs())[n]
 
 
+#: a submission older than the API keeps tasks (15 days): a 404 for it means gone
+_OLD = time.time() - 16 * 86400
+
+
 def _append(path: Path, *events: dict[str, Any]) -> None:
     ledger = out_dir(path) / "ledger.jsonl"
     ledger.parent.mkdir(parents=True, exist_ok=True)
@@ -190,24 +194,24 @@ UNCERTAIN_FAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 
 @pytest.mark.parametrize("fault", list(UNCERTAIN_FAULTS))
-async def test_uncertain_submission_is_recorded_before_resending_then_fails_uncertain(
+async def test_uncertain_submission_is_recorded_before_resending_then_left_pending(
     sim, manifest, fault
 ):
     """A 5xx, a timeout or an unreadable 200 answering a submission: ``uncertain`` is in
-    the ledger before the job is sent again, up to retry.uncertain resends; then the job
-    fails UNCERTAIN (retryable), and --retry-failed sends it again once the API is well."""
+    the ledger before the job is sent again, up to retry.uncertain submissions of unknown
+    outcome in a run; then the job stays pending (exit 4: the API is in trouble, not the
+    job), and the next run sends it again once the API is well."""
     knobs, retry = UNCERTAIN_FAULTS[fault]
     path = manifest(prompts(1), retry={"uncertain": 2, **retry})
     sim.config.update(knobs)
     code, engine = await run_engine(path, sim.base_url)
-    assert code == 1
+    assert code == 4
     kinds = [e["e"] for e in _events(path)]
-    assert kinds == ["submit", "uncertain"] * 3 + ["failed"]
-    failed = _events(path)[-1]
-    assert failed["code"] == "UNCERTAIN" and failed["retryable"] is True
-    assert engine.counters.uncertain == 3 == sum(sim.stats.faults.values())
+    assert kinds == ["submit", "uncertain"] * 2, "two of unknown outcome, then no more"
+    assert engine.counters.uncertain == 2 == sum(sim.stats.faults.values())
+    assert engine.counters.uncertain_gave_up == 1 and engine.counters.failed == 0
     sim.config.update({"p_5xx": 0.0, "p_slow": 0.0, "p_hostile": 0.0})
-    code, _ = await run_engine(path, sim.base_url, retry_failed=True)
+    code, _ = await run_engine(path, sim.base_url)
     assert code == 0 and len(image_files(out_dir(path))) == 1
 
 
@@ -311,7 +315,8 @@ async def test_task_the_api_no_longer_has_is_lost_not_failed_and_paid_again_only
     job = _job(path)
     _append(
         path,
-        {"e": "submit", "job": job.id, "fp": job.fingerprint, "imgs": 1},
+        # submitted longer ago than the API keeps tasks (15 days)
+        {"e": "submit", "job": job.id, "fp": job.fingerprint, "imgs": 1, "t": _OLD},
         {"e": "task", "job": job.id, "task": "task_forgotten_by_the_api"},
     )
     await run_engine(path, sim.base_url)
@@ -360,7 +365,7 @@ async def test_dead_url_of_a_task_the_api_no_longer_has_is_lost_and_the_run_goes
     url = f"{sim.base_url.split('/api')[0]}/files/task_gone/0.png?exp=1&sig=x"
     _append(
         path,
-        {"e": "submit", "job": job.id, "fp": job.fingerprint, "imgs": 1},
+        {"e": "submit", "job": job.id, "fp": job.fingerprint, "imgs": 1, "t": _OLD},
         {"e": "task", "job": job.id, "task": "task_gone"},
         {"e": "result", "job": job.id, "task": "task_gone", "urls": [url]},
     )

@@ -108,7 +108,7 @@ def test_live_panel_shows_every_field():
     for expected in (
         "spring",
         "23/100 jobs",
-        "queued 65",
+        "pending 65",
         "live 10",
         "downloading 2",
         "done 20",
@@ -126,7 +126,7 @@ def test_one_line_shows_the_same_numbers():
     view = ProgressReporter(lambda: BASE, 10.0, console=None).observe(BASE)
     line = view.line()
     assert "\n" not in line
-    assert line.startswith("progress: 23/100 jobs (queued 65, live 10, downloading 2")
+    assert line.startswith("progress: 23/100 jobs (pending 65, live 10, downloading 2")
     assert "25 images downloaded this run" in line and "1 429s" in line
     assert "paid 25 images, $1.00 of $10.00" in line
 
@@ -192,7 +192,7 @@ async def test_json_log_format_makes_the_progress_line_a_json_record(runner_logg
     for record in records:
         assert record["level"] == "info" and record["msg"].startswith("progress: ")
         progress = record["progress"]
-        assert progress["jobs"] == 100 and progress["done"] == 20 and progress["queued"] == 65
+        assert progress["jobs"] == 100 and progress["done"] == 20 and progress["pending"] == 65
         assert progress["requests_per_s"] == pytest.approx(10.0)  # 10 requests per fake second
         assert progress["limit_per_s"] == 10.0 and progress["throttled_429"] == 1
         assert progress["spend_usd"] == 1.0
@@ -216,7 +216,7 @@ def test_log_records_during_the_panel_print_above_it_and_leave_it_whole(runner_l
     handler.stop_live()
     text = stream.getvalue()
     warning = text.index("job x failed: CONTENT_VIOLATION")
-    assert text.rindex("queued 65") > warning, "the panel is drawn again below the record"
+    assert text.rindex("pending 65") > warning, "the panel is drawn again below the record"
     shown = text.replace("\x1b[?25h", "").rstrip()  # minus "show the cursor again"
     assert text.count("╭") >= 2 and shown.endswith("╯"), "ends on a whole panel"
     handler.emit(logging.makeLogRecord({"msg": "after", "levelno": 20, "levelname": "INFO"}))
@@ -271,7 +271,7 @@ def test_demo_shows_the_live_panel_on_a_terminal(tmp_path: Path):
     assert proc.returncode == 0, text
     assert "runner: demo" in text and "╭" in text, "the panel was drawn"
     assert "24/24 jobs" in text, "its last frame shows every job ended"
-    for field in ("queued", "live", "downloading", "done", "failed", "429s", "spend", "ETA"):
+    for field in ("pending", "live", "downloading", "done", "failed", "429s", "spend", "ETA"):
         assert field in text
     assert "finished with exit code 0" in text
     assert " INFO progress: " not in text, "no progress lines while the panel is up"

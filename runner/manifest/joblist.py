@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import codecs
 import functools
+import json
 import os
+import re
 import stat
 from collections import Counter
 from collections.abc import Iterator
@@ -159,7 +161,40 @@ class JobList:
                             "be one job object",
                             label,
                         ) from None
+                    if len(_KEY_END.findall(line)) > _count_keys(raw):
+                        _refuse_repeated_keys(line, label)
                     for job in expand(raw, label, _LineWhere(label)):
                         yield job, n
             except OSError as exc:
                 raise ManifestError(f"cannot read: {exc.strerror or exc}", display) from None
+
+
+#: where a JSON key ends (a quote, then a colon): counted to spot a repeated key cheaply
+_KEY_END = re.compile(rb'"\s*:')
+
+
+def _count_keys(value: object) -> int:
+    if isinstance(value, dict):
+        return len(value) + sum(_count_keys(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_count_keys(v) for v in value)
+    return 0
+
+
+def _refuse_repeated_keys(line: bytes, label: str) -> None:
+    """The line has more ``"...":`` than its object has keys: a key may be repeated
+    (orjson keeps the last one silently), or a string merely holds ``":``. Look closely."""
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                raise ManifestError(
+                    f"{key!r} is given twice in the same object; a JSON reader would keep "
+                    "only the last, silently. Delete one",
+                    label,
+                )
+            seen.add(key)
+        return dict(items)
+
+    json.loads(line, object_pairs_hook=pairs)

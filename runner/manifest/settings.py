@@ -51,6 +51,9 @@ class ApiSettings:
     callback_listen: str = "127.0.0.1:8080"
     callback_public_url: str | None = None
     sim_time_scale: float = 0.02
+    #: how long the API keeps a task and its results (15 days on the Seedream 4.5 page);
+    #: a task it does not know (404) is lost only once older than this
+    retention_s: float = 15 * 86400.0
 
     @property
     def embedded(self) -> bool:
@@ -253,6 +256,7 @@ _API: dict[str, tuple[str, Check]] = {
     "model": ("model", _matching(r"[A-Za-z0-9._-]+", "a model name such as seedream-4-5")),
     "provider": ("provider", _choice("auto", "value", "official")),
     "mode": ("mode", _choice("poll", "callback")),
+    "retention": ("retention_s", _duration(positive=True)),
 }
 _LIMITS: dict[str, tuple[str, Check]] = {
     # 1000 is the API's own ceiling on live tasks per key.

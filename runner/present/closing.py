@@ -1,6 +1,6 @@
-"""The closing line of a run: one record that says how it ended, shown even with
-``--quiet`` (the ``runner.final`` logger), carrying the whole summary as JSON under
-``--log-format json``.
+"""The closing line of a run: the last record it logs, saying how it ended, shown even
+with ``--quiet`` (the ``runner.final`` logger), carrying the whole summary as JSON under
+``--log-format json``. Every run ends with one, also one that ended early (exit 2, 4, 5).
 
 Owns: the wording of that line. Must not know: how the numbers were gathered.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from .report import REPORT_NAME
 
-__all__ = ["FINAL_LOGGER", "log_closing"]
+__all__ = ["FINAL_LOGGER", "log_closing", "log_ended_early"]
 
 #: the closing line's logger: kept at INFO by the console even with --quiet
 FINAL_LOGGER = "runner.final"
@@ -25,8 +25,12 @@ final_log = logging.getLogger(FINAL_LOGGER)
 def log_closing(summary: Mapping[str, Any] | None, code: int, out: Path) -> None:
     """Log the closing line of a run that ended with ``code``; ``summary``: what it
     wrote to ``summary.json`` (None for a run cancelled before it could write one)."""
-    if summary is None:
-        final_log.info("finished with exit code %d", code)
+    if summary is None:  # stopped at once (a second signal): no summary was written
+        final_log.info(
+            "finished with exit code %d: stopped at once, summary.json not rewritten; "
+            "--status shows where the ledger stands; run again to continue",
+            code,
+        )
         return
     jobs, run = summary.get("jobs", {}), summary.get("run", {})
     api = sum(n for kind, n in summary.get("requests", {}).items() if kind != "file")
@@ -52,3 +56,16 @@ def log_closing(summary: Mapping[str, Any] | None, code: int, out: Path) -> None
         out,
         extra={"summary": dict(summary)},
     )
+
+
+#: what the closing line of a run that ended before its end says, by exit code
+_ENDED_EARLY = {
+    2: "nothing was sent; fix what the message above says",
+    4: "everything done so far is in the ledger; run again to continue",
+    5: "nothing was sent",
+}
+
+
+def log_ended_early(code: int) -> None:
+    """The closing line of a run that ended with an error before writing its summary."""
+    final_log.info("finished with exit code %d: %s", code, _ENDED_EARLY.get(code, "see above"))

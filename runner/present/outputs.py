@@ -66,6 +66,11 @@ class RunCounters:
     webhook_duplicates: int = 0
     webhook_rejected: int = 0  # forged, malformed or for unknown tasks
     timed_out: int = 0  # tasks that outlived polling.timeout (polled again next run)
+    unknown_tasks: int = 0  # tasks the API answered 404 for while it should keep them
+    uncertain_gave_up: int = 0  # jobs left pending after retry.uncertain unknown outcomes
+    not_sent: int = 0  # jobs left pending: their submission could not reach the API
+    changed_in_flight: int = 0  # edited jobs whose earlier content's task was finished
+    budget_refused: int = 0  # jobs the budget cap kept from a submission (or a retry)
     #: submissions that waited retry.slot_wait for a task slot in vain (left pending)
     slot_waits_expired: int = 0
     lost: int = 0  # jobs whose paid images are gone for good (URL_EXPIRED, TASK_GONE)
@@ -155,6 +160,7 @@ class LedgerView:
     changed_images: int = 0  # worst case
     #: paid jobs whose images are gone for good: paying again is --retry-failed
     lost_images: int = 0  # worst case of paying again
+    lost_codes: Counter[str] = field(default_factory=Counter)  # URL_EXPIRED, TASK_GONE
     #: up to EXAMPLE_IDS ids of each: "changed", "lost"
     ids: dict[str, list[str]] = field(default_factory=dict)
 
@@ -197,7 +203,7 @@ def ledger_view(campaign: Campaign, index: LedgerIndex) -> LedgerView:
         view.resolutions[resolution(inp)] += 1
         view.aspect_ratios[aspect_ratio(inp)] += 1
         view.states[state] += 1
-        if not state.ended:
+        if state is JobState.PENDING:  # work in flight is paid for already
             view.images_pending += job.max_images
         if state is JobState.PENDING and index.changed_since_done(job.id, job.fingerprint):
             view.changed += 1
@@ -205,6 +211,7 @@ def ledger_view(campaign: Campaign, index: LedgerIndex) -> LedgerView:
             _note(view.ids, "changed", job.id)
         elif state is JobState.LOST:
             view.lost_images += job.max_images
+            view.lost_codes[(rec.fail_code if rec else None) or "LOST"] += 1
             _note(view.ids, "lost", job.id)
         view.uncertain += uncertain
         if state is JobState.DONE:

@@ -42,7 +42,7 @@ def status_picture(
             "ledger_lines": ledger_lines,
         }
     )
-    lines.append(f"  images on disk: {view.images_done:,}")
+    lines.append(f"  images downloaded (as the ledger records them): {view.images_done:,}")
     lines += [f"  {state:<12} {count:,}" for state, count in sorted(view.states.items())]
     if view.uncertain:
         lines.append(f"  uncertain submissions so far: {view.uncertain:,}")
@@ -63,7 +63,8 @@ def _picture(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list
     b = campaign.budget
     price = b.price_per_image
     done, failed, lost = (states[s] for s in (JobState.DONE, JobState.FAILED, JobState.LOST))
-    pending = view.jobs - done - failed - lost
+    in_flight = states[JobState.LIVE] + states[JobState.DOWNLOADING]
+    pending = view.jobs - done - failed - lost - in_flight
     data: dict[str, Any] = {
         "name": campaign.name,
         "jobs": view.jobs,
@@ -77,6 +78,7 @@ def _picture(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list
         "done": done,
         "failed": failed,
         "pending": pending,
+        "in_flight": in_flight,
         "pending_images": view.images_pending,
         "pending_cost_usd": round(view.images_pending * price, 2),
         "images_paid": view.images_paid,
@@ -99,11 +101,12 @@ def _picture(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list
     lines = [
         f"{campaign.name}: {view.jobs:,} jobs, {view.images_planned:,} images at most, "
         f"estimated ${view.images_planned * price:,.2f} (at ${price}/image)",
-        f"  budget: {', '.join(caps) if caps else 'no cap'}",
+        f"  budget: {', '.join(caps) if caps else 'no cap'}" + _room(campaign, view),
         f"  resolutions: {_mix(view.resolutions)}",
         f"  aspect ratios: {_mix(view.aspect_ratios)}",
-        f"ledger: {done:,} done, {failed:,} failed, {lost:,} lost, {pending:,} pending "
-        f"({view.images_pending:,} images, ${view.images_pending * price:,.2f} at most)",
+        f"ledger: {done:,} done, {failed:,} failed, {lost:,} lost, {in_flight:,} in flight "
+        f"(paid), {pending:,} pending ({view.images_pending:,} images, "
+        f"${view.images_pending * price:,.2f} at most)",
         f"  paid so far: {view.images_paid:,} images, ${view.images_paid * price:,.2f}"
         + (
             f" (+ up to {view.images_uncertain:,} images of uncertain submissions)"
@@ -118,12 +121,32 @@ def _picture(campaign: Campaign, view: LedgerView) -> tuple[dict[str, Any], list
             + _ids(view.ids.get("changed", []), view.changed)
         )
     if lost:
+        why = ", ".join(f"{_LOST_WHY.get(c, c)} {n:,}" for c, n in view.lost_codes.most_common())
         lines.append(
-            f"  lost: {lost:,} jobs were paid but their images are gone (result URLs "
-            f"expired); --retry-failed pays for them again ({view.lost_images:,} images, "
+            f"  lost: {lost:,} jobs were paid but their images are gone ({why}); "
+            f"--retry-failed pays for them again ({view.lost_images:,} images, "
             f"${view.lost_images * price:,.2f} at most): " + _ids(view.ids.get("lost", []), lost)
         )
     return data, lines
+
+
+def _room(campaign: Campaign, view: LedgerView) -> str:
+    """What the cap leaves, against what was paid and may have been."""
+    b = campaign.budget
+    caps = [] if b.max_images is None else [b.max_images]
+    if b.max_cost is not None:
+        caps.append(int(b.max_cost / b.price_per_image + 1e-9))
+    if not caps:
+        return ""
+    used = view.images_paid + view.images_uncertain
+    return f" ({used:,} images paid or uncertain; room for {max(0, min(caps) - used):,} more)"
+
+
+#: why a job is lost, in words (its code)
+_LOST_WHY = {
+    "URL_EXPIRED": "result URLs expired",
+    "TASK_GONE": "the API no longer has the task",
+}
 
 
 def _mix(counts: Mapping[str, int]) -> str:

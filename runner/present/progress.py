@@ -145,7 +145,7 @@ class ProgressView:
         s = self.snap
         return {
             "jobs": s.jobs,
-            "queued": s.queued,
+            "pending": s.queued,
             "live": s.live,
             "downloading": s.downloading,
             "done": s.done,
@@ -164,7 +164,7 @@ class ProgressView:
         """The concise one-line form (logs, cron)."""
         s = self.snap
         return (
-            f"progress: {s.done + s.failed}/{s.jobs} jobs (queued {s.queued}, live {s.live}, "
+            f"progress: {s.done + s.failed}/{s.jobs} jobs (pending {s.queued}, live {s.live}, "
             f"downloading {s.downloading}, done {s.done}, failed {s.failed}); "
             f"{s.images} images downloaded this run; "
             f"{self.requests_per_s:.1f} req/s of {self.limit_per_s:.1f}; "
@@ -209,7 +209,7 @@ def render(view: ProgressView) -> RenderableType:
         ),
     )
     states = Text.assemble(
-        ("queued ", "dim"),
+        ("pending ", "dim"),
         (f"{s.queued}", "bold"),
         ("   live ", "dim"),
         (f"{s.live}", "bold cyan"),

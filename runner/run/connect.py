@@ -1,9 +1,9 @@
 """The run's connection to the API: the request gate, the client and, for
 ``api.base_url: embedded``, the built-in simulator standing in for the API.
 
-Owns: sizing the gate and the client from the campaign's limits, and starting the
-embedded simulator with its state kept in the output folder. Must not know: jobs, the
-ledger, webhooks.
+Owns: sizing the gate and the client from the campaign's limits, starting the embedded
+simulator with its state kept in the output folder, and keeping one kind of API per
+folder (:func:`check_api_kind`). Must not know: jobs, webhooks.
 """
 
 from __future__ import annotations
@@ -15,12 +15,40 @@ from pathlib import Path
 from runner.api.client import ApiClient
 from runner.api.limits import RequestGate
 from runner.clock import Clock
+from runner.errors import ManifestError
 from runner.manifest.campaign import Campaign
+from runner.state.index import LedgerIndex
 
-__all__ = ["SIM_STATE_DIR", "connect"]
+__all__ = ["API_KIND_FILE", "SIM_STATE_DIR", "check_api_kind", "connect"]
 
 #: where the embedded simulator keeps its tasks, inside the output folder
 SIM_STATE_DIR = ".simulator"
+#: which kind of API the folder's work was done on: "embedded" or "api"
+API_KIND_FILE = ".api-kind"
+
+
+def check_api_kind(campaign: Campaign, index: LedgerIndex) -> None:
+    """One output folder, one kind of API: images of the built-in simulator must never
+    count as paid work of the real API (or the reverse). The first run records which it
+    used; a later run with the other kind is exit 2. ``index``: the folder's ledger."""
+    out = campaign.output.dir
+    marker = out / API_KIND_FILE
+    kind = "embedded" if campaign.api.embedded else "api"
+    try:
+        recorded = marker.read_text().strip()
+    except FileNotFoundError:
+        if index:  # a folder from before the marker: take it as it is
+            return
+        marker.write_text(kind + "\n")
+        return
+    if recorded in ("embedded", "api") and recorded != kind:
+        what = {"embedded": "the built-in simulator", "api": "a real API"}
+        raise ManifestError(
+            f"this output folder holds work done on {what[recorded]}, and this run "
+            f"would use {what[kind]}: its images would count as the other's. Use "
+            "another output.dir for this run (or delete the folder to start over)",
+            str(out),
+        )
 
 
 @contextlib.asynccontextmanager

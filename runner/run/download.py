@@ -44,6 +44,7 @@ from runner.errors import ApiError, FatalApiError, LostError, api_error
 from runner.manifest.campaign import Campaign
 from runner.manifest.jobspec import Job
 from runner.manifest.naming import image_path
+from runner.present.dataset import append_job
 from runner.present.outputs import RunCounters
 from runner.state.events import Done, File, Lost, Result
 from runner.state.ledger import Ledger
@@ -249,8 +250,12 @@ class Downloader:
         *,
         fail: Callable[[Job, str, str, bool], None],
         backoff_s: float,
+        still_kept: Callable[[JobRecord], bool] = lambda rec: False,
     ) -> None:
         self.client = client
+        #: the API should still have the job's task (younger than its retention): a 404
+        #: then means another key or account, not images gone
+        self._still_kept = still_kept
         self.ledger = ledger
         self.campaign = campaign
         self.counters = counters
@@ -283,8 +288,10 @@ class Downloader:
             return
         finally:
             self.counters.downloading -= 1
-        self.ledger.append(job.id, Done(self.ledger.index.records[job.id]))
+        rec = self.ledger.index.records[job.id]
+        self.ledger.append(job.id, Done(rec))
         self.counters.done += 1
+        append_job(self.out, job, rec)  # metadata.jsonl: the folder as a dataset, kept current
 
     def lost(self, job: Job, code: str, message: str) -> None:
         """Record that the job's paid images are gone for good (``code`` URL_EXPIRED or
@@ -329,6 +336,14 @@ class Downloader:
         try:
             status = await self.client.status(task_id)
         except LostError as exc:
+            if self._still_kept(rec):
+                raise api_error(
+                    Outcome.RETRY,
+                    f"the API does not know task {task_id} (404) though it keeps tasks "
+                    "longer than this one has existed: another key or account? The "
+                    "images are fetched by a later run",
+                    exc.status,
+                ) from None
             raise LostError(
                 f"the result URLs are dead and the API no longer has task {task_id}: {exc}",
                 exc.status,

@@ -39,22 +39,23 @@ from typing import Any
 from runner.api.callback import SILENCE_S, CallbackReceiver, load_secret
 from runner.api.client import ApiClient
 from runner.clock import SYSTEM_CLOCK, Clock
-from runner.errors import FatalApiError
+from runner.errors import FatalApiError, ManifestError
 from runner.manifest.campaign import Campaign
 from runner.present.outputs import RunCounters, ledger_view, write_results, write_summary
 from runner.present.progress import ProgressReporter, Snapshot
 from runner.present.report import write_report
+from runner.state.layouts import paid_elsewhere
 from runner.state.ledger import Ledger
 from runner.state.lock import FolderLock
 from runner.state.record import JobState
 
 from .adopt import adopt_other_layouts
 from .budget import ImageBudget
-from .connect import connect
+from .connect import check_api_kind, connect
 from .download import Downloader
-from .exits import ExitCode, RunEnd, exit_code
+from .exits import ExitCode, RunEnd, exit_code, uncertain_note, why_remaining
 from .feed import Feeder
-from .jobs import Failures, JobFlow
+from .jobs import Failures, JobFlow, Retention
 from .poller import Poller
 from .slots import Slots
 from .submit import Submitter
@@ -92,6 +93,8 @@ class Engine:
         self.counters = RunCounters()
         self.stop_reason: str | None = None
         self.fatal: FatalApiError | None = None
+        #: the API said the configuration is wrong (exit 2)
+        self.config_error: ManifestError | None = None
         self._stopping = asyncio.Event()
         limits = campaign.limits
         self.slots = Slots(limits.concurrency)
@@ -114,8 +117,15 @@ class Engine:
         self.slots.close()
         self._pipeline.close()
 
-    def _refuse(self, exc: FatalApiError) -> None:
-        """The API refused the account: stop the run (exit 3)."""
+    def _halt(self, exc: FatalApiError | ManifestError) -> None:
+        """The API refused the account (exit 3), or said the configuration is wrong
+        (exit 2): stop the run."""
+        if isinstance(exc, ManifestError):
+            if self.config_error is None:
+                self.config_error = exc
+                log.error("%s", exc)
+            self.request_stop("the configuration must be fixed")
+            return
         if self.fatal is None:
             self.fatal = exc
             log.error("%s", exc)
@@ -141,6 +151,7 @@ class Engine:
 
     def _open_ledger(self) -> None:
         self.ledger.open()
+        check_api_kind(self.campaign, self.ledger.index)
         adopt_other_layouts(self.campaign, self.ledger, self.options.retry_failed)
         report = self.ledger.report
         if report.torn_tail:
@@ -175,8 +186,15 @@ class Engine:
         campaign, ledger, receiver = self.campaign, self.ledger, self._receiver
         scale = campaign.api.time_scale
         failures = Failures(ledger, self.counters)
+        retention = Retention(campaign.api, self.clock)
         downloader = Downloader(
-            client, ledger, campaign, self.counters, fail=failures.fail, backoff_s=0.5 * scale
+            client,
+            ledger,
+            campaign,
+            self.counters,
+            fail=failures.fail,
+            backoff_s=0.5 * scale,
+            still_kept=retention.keeps,
         )
         submitter = Submitter(
             client,
@@ -191,12 +209,13 @@ class Engine:
         )
         submitter.recover_uncertain()
         index = ledger.index
-        self.budget = ImageBudget(
-            campaign.budget,
-            index.values(),
-            paid=index.billed_images(),
-            uncertain=index.uncertain_images(),
-        )
+        paid, uncertain = index.billed_images(), index.uncertain_images()
+        if campaign.budget.max_images is not None or campaign.budget.max_cost is not None:
+            # A cap is the campaign's: what other layouts paid counts too (each shard of
+            # the run's own split is its own, running beside it: give each 1/N of the cap).
+            elsewhere = paid_elsewhere(campaign)
+            paid, uncertain = paid + elsewhere[0], uncertain + elsewhere[1]
+        self.budget = ImageBudget(campaign.budget, index.values(), paid=paid, uncertain=uncertain)
         self._poller = poller = Poller.for_campaign(
             client,
             campaign.polling,
@@ -214,7 +233,8 @@ class Engine:
             slots=self.slots,
             budget=self.budget,
             stopping=self._stopping,
-            refuse=self._refuse,
+            halt=self._halt,
+            retention=retention,
             retry_failed=self.options.retry_failed,
             failed_tasks=campaign.retry.failed_tasks,
             callbacks=receiver is not None,
@@ -300,17 +320,21 @@ class Engine:
             jobs=view.jobs,
             ended=ended,
             failed=failed,
+            misconfigured=self.config_error is not None,
             refused=self.fatal is not None,
             stopped=self.stop_reason is not None or bool(self.counters.timed_out),
-            budget_reached=self.counters.budget_stopped,
+            budget_refused=bool(self.counters.budget_refused),
         )
         code = exit_code(end)
         self.counters.remaining = end.remaining
+        note = uncertain_note(self.counters)
+        if note is not None:
+            log.warning("%s", note)
         if end.remaining and code is ExitCode.STOPPED:
             log.warning(
                 "%d jobs remain (%s); run the same command again to continue",
                 end.remaining,
-                self.stop_reason or "tasks outlived polling.timeout; they stay live",
+                "; ".join(why_remaining(self.counters, self.stop_reason)),
             )
         self.counters.wall_time_s = self.clock.monotonic() - started
         write_results(self.campaign, self.ledger.index)

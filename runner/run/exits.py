@@ -16,8 +16,9 @@ import enum
 from dataclasses import dataclass
 
 from runner.errors import FatalApiError, LockedError, ManifestError
+from runner.present.outputs import RunCounters
 
-__all__ = ["ExitCode", "RunEnd", "advice", "exit_code"]
+__all__ = ["ExitCode", "RunEnd", "advice", "exit_code", "uncertain_note", "why_remaining"]
 
 
 class ExitCode(enum.IntEnum):
@@ -37,13 +38,15 @@ class RunEnd:
     jobs: int  # of the campaign (or shard)
     ended: int  # done, failed or lost
     failed: int  # failed or lost
+    #: the API said the configuration is wrong (a 404 to a submission)
+    misconfigured: bool
     #: the API refused the account during the run
     refused: bool
     #: a stop was asked for (signal, deadline, refusal), or tasks outlived
     #: polling.timeout: work remains that running again will do
     stopped: bool
-    #: submissions ended because the next job no longer fitted the budget cap
-    budget_reached: bool
+    #: the budget cap kept work from being submitted (a new job, or a retry)
+    budget_refused: bool
 
     @property
     def remaining(self) -> int:
@@ -51,10 +54,14 @@ class RunEnd:
 
 
 def exit_code(end: RunEnd) -> ExitCode:
+    if end.misconfigured:
+        return ExitCode.CONFIG
     if end.refused:
         return ExitCode.ACCOUNT
+    if end.budget_refused and not end.stopped:
+        return ExitCode.BUDGET  # raise the cap to go on
     if end.remaining:
-        return ExitCode.BUDGET if end.budget_reached and not end.stopped else ExitCode.STOPPED
+        return ExitCode.STOPPED
     return ExitCode.FAILED if end.failed else ExitCode.DONE
 
 
@@ -67,3 +74,33 @@ def advice(code: int, remaining: int) -> str | None:
             "the manifest"
         )
     return None
+
+
+def why_remaining(counters: RunCounters, stop_reason: str | None) -> list[str]:
+    """Why jobs are left for the next run, in the operator's words."""
+    c = counters
+    reasons = [stop_reason] if stop_reason else []
+    for n, why in (
+        (c.timed_out, "tasks outlived polling.timeout; they stay live"),
+        (c.unknown_tasks, "tasks the API does not know under this key; they stay live"),
+        (c.slot_waits_expired, "jobs found no free task slot within retry.slot_wait"),
+        (c.not_sent, "submissions could not reach the API"),
+        (c.uncertain_gave_up, "jobs stopped at retry.uncertain unanswered submissions"),
+        (c.download_parked, "downloads failed for now"),
+        (c.changed_in_flight, "edited jobs finished their earlier content first"),
+    ):
+        if n:
+            reasons.append(f"{n} {why}")
+    return reasons or ["work left for the next run"]
+
+
+def uncertain_note(counters: RunCounters) -> str | None:
+    """What a run with submissions of unknown outcome says about them."""
+    n = counters.uncertain
+    if not n:
+        return None
+    return (
+        f"{n} submissions this run had an unknown outcome (the connection broke, a 5xx or a "
+        "timeout answered them): each may have been billed, and its job was sent again or "
+        "left for the next run; summary.json counts them under uncertain_submissions"
+    )

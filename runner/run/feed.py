@@ -81,12 +81,19 @@ class Feeder:
             # A done job's record is read from its ledger line only to check its files.
             rec = index.get(job.id)
             if rec is not None and rec.fp != job.fingerprint:
-                rec = None  # the content changed under this id: it runs again
+                # The content changed under this id: it runs again, but a task of the
+                # earlier content alive on the API is paid work: it is finished first
+                # (polled, its images downloaded) and the new content goes next run.
+                if rec.phase not in (Phase.LIVE, Phase.RESULT):
+                    rec = None
+                else:
+                    self.counters.changed_in_flight += 1
             step = flow.next_step(job, rec)
             if step is None:
                 continue
             stopping = self._stopping.is_set()
             if not step.paid and (stopping or not submitting):
+                self.counters.budget_refused += not submitting
                 continue  # no new spending; keep looking for paid work
             # After a stop the slots are closed to submissions; paid work takes its place
             # without waiting (a task alive on the API holds a slot there already).
@@ -103,6 +110,7 @@ class Feeder:
                 self.pipeline.release()
                 if flow.budget.exhausted:
                     self.counters.budget_stopped = True
+                    self.counters.budget_refused += 1
                     submitting = False
                     log.warning(
                         "budget reached: %d images paid or reserved; submitting no more",

@@ -30,8 +30,10 @@ from collections.abc import Awaitable, Callable
 
 from runner.api.answers import TaskState, TaskStatus
 from runner.api.outcome import FailClass, classify_fail_code
-from runner.errors import FatalApiError, LostError, PermanentApiError
+from runner.clock import Clock
+from runner.errors import FatalApiError, LostError, ManifestError, PermanentApiError
 from runner.manifest.jobspec import Job
+from runner.manifest.settings import ApiSettings
 from runner.present.outputs import RunCounters
 from runner.state.events import Delivered, Failed, Result, TaskFailed, Timeout
 from runner.state.ledger import Ledger
@@ -43,7 +45,7 @@ from .poller import Poller, PollTimeout
 from .slots import Slots
 from .submit import Submitter
 
-__all__ = ["Failures", "JobFlow", "Settled", "Step"]
+__all__ = ["Failures", "JobFlow", "Retention", "Settled", "Step"]
 
 log = logging.getLogger("runner")
 
@@ -107,9 +109,37 @@ class Failures:
             )
 
 
+class Retention:
+    """How long the API keeps a task and its results (``api.retention``, on the API's
+    clock). A 404 for a task younger than that is not the end of it: another key or
+    account asked (a rotated key), and the task stays live for a later run."""
+
+    def __init__(self, api: ApiSettings, clock: Clock) -> None:
+        self._api = api
+        self._kept_s = api.retention_s * api.time_scale
+        self._clock = clock
+
+    def keeps(self, rec: JobRecord) -> bool:
+        """The job's task is younger than the API keeps tasks."""
+        if rec.submitted_t is None:
+            return False
+        return self._clock.wall() - rec.submitted_t < self._kept_s
+
+    def unknown_task(self, task_id: str, job_id: str) -> str:
+        """The warning for a task the API does not know although it should."""
+        kept = self._api.retention_s
+        days = f"{kept / 86400:g} days" if kept >= 86400 else f"{kept:g} s"
+        return (
+            f"the API does not know task {task_id} of job {job_id} (404), though it keeps "
+            f"tasks for {days}: is {self._api.key_env} the key that submitted it? The task "
+            "stays live in the ledger and is polled again by the next run"
+        )
+
+
 class JobFlow:
-    """Moves jobs through their life. ``refuse`` is told when the API refuses the
-    account (the run stops); ``stopping`` is set once the run stops submitting."""
+    """Moves jobs through their life. ``halt`` is told when the API refuses the account
+    or says the configuration is wrong (the run stops); ``stopping`` is set once the run
+    stops submitting."""
 
     def __init__(
         self,
@@ -123,7 +153,8 @@ class JobFlow:
         slots: Slots,
         budget: ImageBudget,
         stopping: asyncio.Event,
-        refuse: Callable[[FatalApiError], None],
+        halt: Callable[[FatalApiError | ManifestError], None],
+        retention: Retention,
         retry_failed: bool,
         failed_tasks: int,
         callbacks: bool,
@@ -137,7 +168,8 @@ class JobFlow:
         self.slots = slots
         self.budget = budget
         self._stopping = stopping
-        self._refuse = refuse
+        self._halt = halt
+        self.retention = retention
         self._retry_failed = retry_failed
         #: resubmissions allowed after retryable task failures (retry.failed_tasks)
         self._failed_tasks = failed_tasks
@@ -178,8 +210,8 @@ class JobFlow:
         refuses the account stops the run; ``done`` runs whatever happens."""
         try:
             await work
-        except FatalApiError as exc:
-            self._refuse(exc)
+        except (FatalApiError, ManifestError) as exc:  # the account, or the configuration
+            self._halt(exc)
         except LostError as exc:  # the API no longer has the task
             self.downloader.lost(job, exc.code, str(exc))
         except PermanentApiError as exc:
@@ -224,6 +256,16 @@ class JobFlow:
             self.ledger.append(job.id, Timeout(task_id))
             self.counters.timed_out += 1
             return None
+        except LostError:
+            rec = self.ledger.index.get(job.id)
+            if rec is None or not self.retention.keeps(rec):
+                raise  # older than the API keeps tasks: gone for good
+            # A 404 now means another key or account (a rotated key), not a lost task.
+            self.ledger.append(job.id, Timeout(task_id))
+            self.counters.unknown_tasks += 1
+            if self.counters.unknown_tasks == 1:
+                log.warning("%s", self.retention.unknown_task(task_id, job.id))
+            return None
         except asyncio.CancelledError:
             self.poller.forget(task_id)
             raise
@@ -246,7 +288,7 @@ class JobFlow:
         self.ledger.append(job.id, failed)
         if fail_class is FailClass.FATAL:
             refused = f"the API stopped the account: {status.fail_code}"
-            self._refuse(FatalApiError(refused, 0, "CREDITS"))
+            self._halt(FatalApiError(refused, 0, "CREDITS"))
             return Settled.END
         code, message = status.fail_code or "FAILED", status.fail_msg or ""
         if fail_class is FailClass.PERMANENT:

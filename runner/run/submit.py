@@ -10,15 +10,17 @@ What a refused or unanswered try leads to is the outcome policy's word
 
 * UNCERTAIN (a 5xx, a timeout or a reset after sending, an unreadable 200): recorded as
   ``uncertain`` (and counted) before anything is sent again; sent again after a backoff
-  up to ``retry.uncertain`` times in this run, then the job fails ``UNCERTAIN``
-  (retryable);
+  until ``retry.uncertain`` of them in this run, then the job is left pending for a later
+  run (``RunCounters.uncertain_gave_up``);
 * WAIT_SLOT (a 429: the live-task limit or the rate): ``unsent``, not counted against
   ``retry.attempts``; sent again with growing, jittered pauses until it goes through,
   the run stops, or ``retry.slot_wait`` has passed, when the job is left pending
   (``RunCounters.slot_waits_expired``) for a later run;
 * RETRY once the client's retries are spent (the API could not be reached): ``unsent``,
   the job stays pending; a job that certainly never reached the API is not failed;
-* PERMANENT: ``unsent`` and the job fails; FATAL: ``unsent`` and the run stops.
+* PERMANENT: ``unsent`` and the job fails, but a 404 (no such model or path) stops the
+  run as a configuration error (exit 2, the jobs stay pending); FATAL: ``unsent`` and the
+  run stops.
 
 Three guards keep payment frugal:
 
@@ -42,7 +44,7 @@ from typing import Any
 
 from runner.api.client import ApiClient
 from runner.api.outcome import Outcome
-from runner.errors import ApiError, FatalApiError
+from runner.errors import ApiError, FatalApiError, ManifestError
 from runner.manifest.jobspec import Job
 from runner.manifest.settings import Retry
 from runner.present.outputs import RunCounters
@@ -156,9 +158,11 @@ class Submitter:
                     )
                     return None
                 resending_s = self.client.clock.monotonic() - started
-                if uncertain > self._max_uncertain or resending_s > backoff.window_s:
-                    message = f"{uncertain} submissions with an unknown outcome; last: {answer}"
-                    self._fail(job, "UNCERTAIN", message, True)
+                if uncertain >= self._max_uncertain or resending_s > backoff.window_s:
+                    # Each resend may pay again: stop for this run. Not a failure: the API
+                    # is in trouble, not the job; a later run submits it again.
+                    self.counters.uncertain_gave_up += 1
+                    log.debug("job %s: %d submissions of unknown outcome", job.id, uncertain)
                     return None
                 delay = backoff.delay(uncertain, answer.retry_after)
             elif outcome is Outcome.WAIT_SLOT:
@@ -167,12 +171,13 @@ class Submitter:
                 left = self._slot_wait_s - (now - slot_wait_since)
                 if left <= 0:
                     self.counters.slot_waits_expired += 1
-                    log.warning(
-                        "job %s: no task slot within retry.slot_wait (%gs); it stays pending "
-                        "for the next run",
-                        job.id,
-                        self._slot_wait_s,
-                    )
+                    if self.counters.slot_waits_expired == 1:
+                        log.warning(
+                            "job %s: no task slot within retry.slot_wait (%gs); it stays "
+                            "pending for the next run (later ones are counted, not listed)",
+                            job.id,
+                            self._slot_wait_s,
+                        )
                     return None
                 slot_tries += 1
                 delay = min(left, backoff.slot_delay(slot_tries, answer.retry_after))
@@ -180,8 +185,24 @@ class Submitter:
                 # The API could not be reached (or the run is stopping), but certainly no
                 # task was created.
                 if not self._stopping.is_set():
-                    log.warning("job %s: not submitted (%s); it stays pending", job.id, answer)
+                    self.counters.not_sent += 1
+                    if self.counters.not_sent == 1:
+                        log.warning(
+                            "job %s: not submitted (%s); it stays pending (later ones are "
+                            "counted, not listed)",
+                            job.id,
+                            answer,
+                        )
                 return None
+            elif answer.status == 404:
+                # Not this job's fault: the API knows no such model or path. Every job
+                # would fail alike; stop the run (exit 2), the jobs stay pending.
+                raise ManifestError(
+                    f"the API answered 404 Not Found to a submission ({self.client.base_url}"
+                    f"/generateTask/{self.client.model}): check api.base_url and api.model; "
+                    "no task was created and the jobs stay pending",
+                    "api",
+                )
             else:  # PERMANENT (LOST does not answer a submission)
                 self._fail(job, answer.code or f"HTTP_{answer.status}", str(answer), False)
                 return None

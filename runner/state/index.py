@@ -136,13 +136,14 @@ class LedgerIndex:
         return JobStatus(rec.phase.state, rec, len(rec.files), rec.uncertain)
 
     def changed_since_done(self, job: str, fp: str) -> bool:
-        """``job`` was done under other content: the manifest edited it, and it runs
-        (and is paid for) again."""
+        """``job`` was done (or has paid work in flight) under other content: the
+        manifest edited it, and it runs (and is paid for) again."""
         packed = self.done.get(job)
         if packed is not None:
             return packed[0] != _fp64(fp)
         rec = self.records.get(job)
-        return rec is not None and rec.fp != fp and rec.phase is Phase.DONE
+        paid = (Phase.DONE, Phase.LIVE, Phase.RESULT)  # or paid for and still in flight
+        return rec is not None and rec.fp != fp and rec.phase in paid
 
     def get(self, job: str) -> JobRecord | None:
         """The full record of ``job`` (a done one is read from its line, not kept)."""
@@ -233,6 +234,9 @@ class LedgerIndex:
             rec.fail_code, rec.fail_msg = event.code, event.message
             rec.retryable = bool(event.retryable)
         elif isinstance(event, Lost):
+            if rec.task_id is not None and rec.billed_task != rec.task_id:
+                # the task's end was never seen: it may have been billed, up to its images
+                rec.uncertain_images += rec.max_images
             rec.phase = Phase.LOST
             rec.fail_code, rec.fail_msg = event.code, event.message
             rec.retryable = True

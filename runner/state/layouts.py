@@ -28,7 +28,7 @@ from .index import JobStatus, LedgerIndex
 from .ledger import read_index
 from .record import JobRecord, JobState
 
-__all__ = ["CampaignIndex", "Layout", "other_layouts", "own_layout"]
+__all__ = ["CampaignIndex", "Layout", "other_layouts", "own_layout", "paid_elsewhere"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +73,21 @@ def other_layouts(campaign: Campaign) -> list[Layout]:
             split.append(found_shard)
     found += [Layout(s, shard_folder(root, *s)) for s in sorted(split, key=lambda s: s[::-1])]
     return found
+
+
+def paid_elsewhere(campaign: Campaign) -> tuple[int, int]:
+    """Images billed, and images uncertain submissions may have cost, in the campaign's
+    other layout folders (each counts what it paid itself): what a budget cap must add.
+    Reads each other ledger once; a listdir when there is none."""
+    billed = uncertain = 0
+    for layout in other_layouts(campaign):
+        index, _ = read_index(layout.folder)
+        try:
+            billed += index.billed_images()
+            uncertain += index.uncertain_images()
+        finally:
+            index.close()
+    return billed, uncertain
 
 
 class CampaignIndex(LedgerIndex):
