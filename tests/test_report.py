@@ -169,18 +169,19 @@ def test_the_lightbox_shows_the_full_image_and_its_parameters(browser, demo: Pat
     )
 
 
-def test_sort_newest_first_orders_rows_by_their_newest_job(browser, demo: Path):
-    done_at = {r["id"]: r["timings"]["done_at"] for r in results(demo) if r["state"] == "done"}
+def test_sort_newest_first_orders_rows_by_their_newest_submission(browser, demo: Path):
+    """One time for every job, done or failed: when it was submitted."""
+    sent = {r["id"]: r["timings"]["submitted_at"] for r in results(demo)}
+    assert all(sent.values())
     open_report(browser, demo / "report.html")
-    choose(browser, "f-state", "done")
     choose(browser, "f-sort", "new")
     rows = browser.execute_script(
         "return [...document.querySelectorAll('#gallery .row')].map((r) => "
         "[...r.querySelectorAll('.cell')].map((c) => c.dataset.job))"
     )
-    newest = [max(done_at[i] for i in row) for row in rows]
-    assert newest == sorted(newest, reverse=True) and len(newest) > 5
-    assert max(done_at, key=done_at.__getitem__) in rows[0]
+    newest = [max(sent[i] for i in row) for row in rows]
+    assert newest == sorted(newest, reverse=True) and len(newest) == 9
+    assert max(sent, key=sent.__getitem__) in rows[0]
 
 
 def test_charts_are_split_by_resolution_and_legible_on_a_phone(phone, demo: Path):
@@ -428,3 +429,157 @@ def test_lost_and_uncertain_jobs_are_problems_with_their_own_filters(browser, tm
     WebDriverWait(browser, 10).until(lambda d: "URL_EXPIRED" in d.execute_script(lightbox))
     go(browser, "#state=pending")
     assert shown_jobs(browser) == ["a"], "the job never submitted is pending"
+
+
+# -- a page built straight from a ledger: placeholders, labels, scrolling, odd input -----
+
+LONG_WORD = "x" * 4900
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A campaign written straight into a ledger (no API): an entry with an id and a
+    matrix (its meta has a key named ``constructor``), one without an id whose prompt is
+    one 4,900-character word, a refused job, a done one whose thumbnail is gone, and 600
+    more each with its own ``meta.v``. Its report.html."""
+    import orjson
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("odd")
+    entries: list[dict[str, Any]] = [
+        {"id": "item00000", "prompt": "a teapot", "meta": {"constructor": 1},
+         "matrix": {"aspect_ratio": ["1:1", "16:9"]}},
+        {"prompt": f"{LONG_WORD} end", "matrix": {"aspect_ratio": ["1:1", "16:9"]}},
+        {"id": "refused", "prompt": "[fail:CONTENT_VIOLATION] refused"},
+        {"id": "shown", "prompt": "a mug"},
+        *({"id": f"v{i:03d}", "prompt": f"vase {i}", "meta": {"v": i}} for i in range(600)),
+    ]  # fmt: skip
+    (folder / "jobs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    campaign = load_campaign(folder / "jobs.jsonl")
+    out = campaign.output.dir
+    (out / "images" / "shown").mkdir(parents=True)
+    Image.new("RGB", (60, 60), (200, 80, 40)).save(out / "images" / "shown" / "0.png")
+    fp = {job.id: job.fingerprint for job in campaign.jobs()}
+    events = [
+        {"e": "submit", "job": "refused", "fp": fp["refused"]},
+        {"e": "task", "job": "refused", "task": "t-r"},
+        {"e": "failed", "job": "refused", "code": "CONTENT_VIOLATION",
+         "msg": "The prompt violates the content policy.", "retryable": False},
+        {"e": "submit", "job": "shown", "fp": fp["shown"]},
+        {"e": "task", "job": "shown", "task": "t-s"},
+        {"e": "result", "job": "shown", "task": "t-s", "urls": ["https://x/s.png"]},
+        {"e": "file", "job": "shown", "i": 0, "path": "images/shown/0.png", "bytes": 1,
+         "sha256": ""},
+        {"e": "done", "job": "shown"},
+    ]  # fmt: skip
+    (out / "ledger.jsonl").write_bytes(
+        b"".join(orjson.dumps({"t": 1.0, **e}) + b"\n" for e in events)
+    )
+    index, _ = read_index(out)
+    page = write_report(campaign, index)
+    assert (out / thumbs.thumb_path("images/shown/0.png")).is_file()
+    shutil.rmtree(out / thumbs.THUMBS_DIR)  # a copy of the folder without .thumbs/
+    return page
+
+
+def test_a_placeholder_shows_its_code_above_its_message_not_underlined(browser, odd: Path):
+    open_report(browser, odd, "#state=failed")
+    code, message, underline = browser.execute_script(
+        "const ph = document.querySelector('.cell[data-job=refused] .ph');"
+        "const box = (e) => { const r = e.getBoundingClientRect();"
+        " return [e.textContent, r.top, r.bottom, r.height]; };"
+        "return [box(ph.querySelector('b')), box(ph.querySelector('span')),"
+        " getComputedStyle(ph.closest('a')).textDecorationLine];"
+    )
+    assert code[0] == "CONTENT_VIOLATION" and "content policy" in message[0]
+    assert code[3] >= 10 and message[3] >= 10, "each line has its height"
+    assert code[2] <= message[1], "the code above the message, not on top of it"
+    assert underline == "none"
+    where = browser.find_element("css selector", ".pager .where").text
+    assert where.startswith("page 1 of 1 · 1 of ") and where.endswith(" jobs, 1 row"), where
+
+
+def test_paging_and_filtering_show_the_top_of_the_new_results(browser, odd: Path):
+    open_report(browser, odd, "#per=25")
+    title_top = "return document.getElementById('gallery-title').getBoundingClientRect().top"
+    to_bottom = "window.scrollTo(0, document.documentElement.scrollHeight)"
+    browser.execute_script(to_bottom)
+    assert browser.execute_script(title_top) < -1000, "scrolled far below the gallery's top"
+    bottom_next = browser.find_element("css selector", ".pager.bottom .next")
+    rendered(browser, bottom_next.click)
+    assert "page=2" in browser.current_url
+    assert shown_jobs(browser)[0] == "v021"
+    assert abs(browser.execute_script(title_top)) <= 1, "the gallery's title at the top"
+    browser.execute_script(to_bottom)
+    choose(browser, "f-state", "pending")
+    assert abs(browser.execute_script(title_top)) <= 1, "a filter shows its results' top"
+    browser.execute_script("window.scrollTo(0, 0)")
+    choose(browser, "f-state", "")
+    assert browser.execute_script("return window.scrollY") == 0, "above the gallery: stays"
+
+
+def test_a_row_is_labelled_with_its_entrys_id_or_prompt(browser, odd: Path):
+    open_report(browser, odd)
+    labels = browser.execute_script(
+        "return [...document.querySelectorAll('#gallery .rowhead > b')].map((b) => b.textContent)"
+    )
+    assert labels[0] == "item00000", "the id without its matrix suffix"
+    assert labels[1] == "x" * 79 + "…", "no id: the start of the prompt"
+    assert labels[2:5] == ["refused", "shown", "v000"]
+
+
+def test_a_long_unbroken_prompt_wraps_and_is_kept_whole(browser, odd: Path):
+    open_report(browser, odd)
+    no_overflow = "return document.documentElement.scrollWidth <= window.innerWidth"
+    assert browser.execute_script(no_overflow), "no horizontal scroll in the gallery"
+    job = browser.find_element("css selector", "#gallery .row:nth-child(2) .cell")
+    browser.execute_script("location.hash = arguments[0]", f"#job={job.get_attribute('data-job')}")
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 10).until(
+        lambda d: not d.execute_script("return document.getElementById('lightbox').hidden")
+    )
+    text, wide = browser.execute_script(
+        "const p = document.querySelector('#lb-text .prompt');"
+        "return [p.textContent, p.scrollWidth > p.clientWidth + 1];"
+    )
+    assert text == f"{LONG_WORD} end", "the whole prompt"
+    assert not wide and browser.execute_script(no_overflow)
+
+
+def test_the_meta_filter_knows_only_the_keys_jobs_have(browser, odd: Path):
+    open_report(browser, odd, "#mk=constructor")
+    assert shown_jobs(browser) == ["item00000.1-1", "item00000.16-9"]
+    for key in ("toString", "__proto__", "gone"):
+        go(browser, "#mk=v")
+        go(browser, f"#mk={key}&mv=1")
+        assert len(shown_jobs(browser)) == 52, f"{key}: an unknown key is ignored (50 rows)"
+        assert browser.execute_script("return document.getElementById('f-mk').value") == ""
+
+
+def test_a_capped_value_list_says_so(browser, odd: Path):
+    open_report(browser, odd, "#mk=v&mv=599")
+    options = browser.execute_script(
+        "return [...document.getElementById('f-mv').options].map((o) => o.text)"
+    )
+    assert "500 of 600 values" in options[0]
+    assert len(options) == 1 + 500 + 2, "any, 500 values, the chosen one, the note"
+    assert shown_jobs(browser) == ["v599"]
+    assert browser.execute_script("return document.getElementById('f-mv').value") == "599"
+
+
+def test_a_missing_thumbnail_falls_back_to_the_full_image(browser, odd: Path):
+    open_report(browser, odd, "#state=done")
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 10).until(
+        lambda d: d.execute_script(
+            "const i = document.querySelector('#gallery img'); i.loading = 'eager';"
+            "return i.complete && i.naturalWidth > 0"
+        )
+    )
+    src = browser.execute_script(
+        "const i = document.querySelector('#gallery img');"
+        "return [i.getAttribute('src'), i.classList.contains('broken')]"
+    )
+    assert src == ["images/shown/0.png", False]

@@ -17,9 +17,20 @@ gives one row per image with its ``image``, ``prompt`` and ``meta``.
 Kept current in two ways: :func:`append_job` adds a done job's lines as it finishes
 (during a run), and :class:`MetadataWriter` rewrites the file whole from the ledger at the
 end of every run and on ``--report`` (to a temporary name, then renamed). The rewrite
-drops lines of jobs done again or of images deleted since, and keeps each ``meta`` key
-one JSON type across the file, as the dataset loader requires: a key whose values mix
-types (a number here, a string there) is written as text in every line.
+drops lines of jobs done again or of images deleted since.
+
+The loader (Arrow) wants one type per column, at every depth, across every line. Each line
+is written so that this holds whatever the other lines hold, so the file loads at every
+moment, appended to or rewritten:
+
+- ``meta``: a string or null value is written as is; any other value (a number, a
+  boolean, a list, an object) as its JSON text (``7`` -> ``"7"``, ``["a", 1]`` ->
+  ``"[\"a\",1]"``). ``meta`` is thus a struct of strings. A job without meta has no
+  ``meta`` key (a campaign without any has no ``meta`` column, which Parquet could not
+  write as an empty struct).
+- input fields: for ``seedream-4-5`` jobs, the defaults the API applies are filled in
+  (``resolution`` 2K, ``sequential_image_generation`` disabled; ``aspect_ratio`` has none
+  and is left out when unset), as the report shows them.
 """
 
 from __future__ import annotations
@@ -31,13 +42,55 @@ from typing import Any
 
 import orjson
 
+from runner.manifest.fields import SEEDREAM_FIELDS
 from runner.manifest.jobspec import Job
 from runner.state.record import JobRecord
 
-__all__ = ["METADATA_NAME", "MetadataWriter", "append_job", "metadata_rows"]
+__all__ = [
+    "METADATA_NAME",
+    "MetadataWriter",
+    "api_input",
+    "append_job",
+    "derived_id",
+    "meta_text",
+    "metadata_rows",
+]
 
 METADATA_NAME = "metadata.jsonl"
 _OWN = frozenset({"file_name", "job_id", "image_index", "meta", "task_id"})
+#: what the API applies to a seedream-4-5 input that leaves a field out
+API_DEFAULTS = {"resolution": "2K", "sequential_image_generation": "disabled"}
+_SEEDREAM_FIELDS = frozenset(SEEDREAM_FIELDS)
+_MODES = ("text-to-image", "image-to-image")
+
+
+def api_input(job: Job) -> dict[str, Any]:
+    """The job's input with the defaults the API applies filled in.
+
+    Only for ``seedream-4-5`` inputs, recognised by their fields: the manifest always fills
+    in their ``mode`` and allows no field outside :data:`~runner.fields.SEEDREAM_FIELDS`.
+    Another model's input is returned as is.
+    """
+    fields = job.input
+    if fields.get("mode") not in _MODES or not fields.keys() <= _SEEDREAM_FIELDS:
+        return fields
+    if all(key in fields for key in API_DEFAULTS):
+        return fields
+    return {**fields, **{k: v for k, v in API_DEFAULTS.items() if k not in fields}}
+
+
+def derived_id(job: Job) -> bool:
+    """Whether the job's id was derived from its content (its entry set no ``id``)."""
+    return job.id == "j" + job.fingerprint[:16]
+
+
+def meta_text(meta: dict[str, Any]) -> dict[str, str | None]:
+    """``meta`` as a line of ``metadata.jsonl`` holds it: strings and nulls as they are,
+    every other value as its JSON text (one Arrow type per key, decided by the line alone)."""
+    return {
+        k: v if v is None or isinstance(v, str) else orjson.dumps(v, default=str).decode()
+        for k, v in meta.items()
+    }
 
 
 def metadata_rows(out: Path, job: Job, rec: JobRecord) -> Iterator[dict[str, Any]]:
@@ -48,8 +101,9 @@ def metadata_rows(out: Path, job: Job, rec: JobRecord) -> Iterator[dict[str, Any
             continue
         row: dict[str, Any] = {"file_name": path, "job_id": job.id, "image_index": i}
         # another model's free-form input could name a field like one of these: ours win
-        row.update((k, v) for k, v in job.input.items() if k not in _OWN)
-        row["meta"] = job.meta
+        row.update((k, v) for k, v in api_input(job).items() if k not in _OWN)
+        if job.meta:
+            row["meta"] = meta_text(job.meta)
         row["task_id"] = rec.task_id
         yield row
 
@@ -71,24 +125,6 @@ def append_job(out: Path, job: Job, rec: JobRecord) -> None:
         pass
 
 
-def _kind(value: object) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "list" if isinstance(value, list) else "object"
-
-
-def _text(value: object) -> object:
-    if value is None or isinstance(value, str):
-        return value
-    return orjson.dumps(value, default=str).decode()
-
-
 class MetadataWriter:
     """Rewrites ``metadata.jsonl`` whole: :meth:`add` each done job as the caller streams
     the manifest, then :meth:`commit` (or :meth:`abort`). Lines go to a temporary file at
@@ -99,41 +135,20 @@ class MetadataWriter:
         self.path = out / METADATA_NAME
         self._tmp = out / f".{METADATA_NAME}.tmp"
         self._f = self._tmp.open("wb")
-        self._kinds: dict[str, set[str]] = {}
         self.rows = 0
 
     def add(self, job: Job, rec: JobRecord) -> None:
         for row in metadata_rows(self.out, job, rec):
-            for key, value in job.meta.items():
-                kind = _kind(value)
-                if kind is not None:
-                    self._kinds.setdefault(key, set()).add(kind)
             self._f.write(orjson.dumps(row, default=str) + b"\n")
             self.rows += 1
 
     def commit(self) -> None:
-        """Put the new file in place (first writing mixed-type meta keys as text)."""
+        """Put the new file in place."""
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
-        mixed = {key for key, kinds in self._kinds.items() if len(kinds) > 1}
-        if mixed:
-            self._retype(mixed)
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
         self._f.close()
         self._tmp.unlink(missing_ok=True)
-
-    def _retype(self, keys: set[str]) -> None:
-        fixed = self._tmp.with_name(self._tmp.name + "2")
-        with self._tmp.open("rb") as src, fixed.open("wb") as dst:
-            for line in src:
-                row = orjson.loads(line)
-                meta = row.get("meta")
-                if isinstance(meta, dict):
-                    row["meta"] = {k: _text(v) if k in keys else v for k, v in meta.items()}
-                dst.write(orjson.dumps(row) + b"\n")
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(fixed, self._tmp)

@@ -12,8 +12,8 @@ bottom:
 - the gallery: one row per manifest entry, its matrix variants side by side; a thumbnail
   per image (the full file only in the lightbox, with the job's parameters); a
   placeholder for a job without images (failed, lost, not done yet); filters by state,
-  failure code, resolution, aspect ratio and any ``meta`` key, search in prompts and ids,
-  sort by time, paging.
+  failure code, resolution, aspect ratio and any ``meta`` key, search in prompts, ids and
+  meta values, sort by submission time, paging.
 
 It opens offline in any browser, from the output folder or a copy of it: inline CSS and
 script (:mod:`runner.report_page`), relative links, no external asset. The jobs are
@@ -200,8 +200,8 @@ def _render(campaign: Campaign, c: Collected, summary: Mapping[str, Any] | None)
         f"{_summary_line(summary)}</header><main>{_problems(c, shown)}{_charts(c)}"
         f"<h2 id='gallery-title'>Gallery</h2>{note}"
         "<div class='toolbar' id='toolbar' role='search'>"
-        "<input id='q' type='search' placeholder='search prompts and ids' "
-        "aria-label='search prompts and ids'>"
+        "<input id='q' type='search' placeholder='search prompts, ids and meta' "
+        "aria-label='search prompts, ids and meta'>"
         "<select id='f-state' aria-label='state'></select>"
         "<select id='f-code' aria-label='failure code'></select>"
         "<select id='f-res' aria-label='resolution'></select>"

@@ -22,6 +22,7 @@ import orjson
 
 from runner.manifest.campaign import Campaign
 from runner.manifest.jobspec import Job
+from runner.present.dataset import api_input, derived_id
 from runner.state.index import LedgerIndex
 from runner.state.record import JobRecord
 
@@ -33,8 +34,6 @@ GALLERY_JOBS = 50_000
 FAILURE_ROWS = 10_000
 #: job links listed per failure code (the code's filter shows them all)
 JOB_LINKS = 8
-#: prompts are cut to this many characters in the page (results.jsonl has them whole)
-PROMPT_CHARS = 2000
 
 
 class Table:
@@ -104,13 +103,8 @@ class Collected:
                 entry = [path, None, rec.files[i].get("bytes"), on_disk]
                 files.append(entry)
                 self.files.append(entry)
-        prompt = str(job.input.get("prompt", ""))
-        if len(prompt) > PROMPT_CHARS:
-            prompt = prompt[: PROMPT_CHARS - 1] + "…"
+        prompt = str(job.input.get("prompt", ""))  # whole: the API takes up to 5,000
         failed = state in ("failed", "lost") and rec is not None
-        when = None
-        if rec is not None:
-            when = rec.done_t if state == "done" else rec.submitted_t
         took = None
         if rec is not None and rec.create_ms is not None and rec.complete_ms is not None:
             took = round(max(0, rec.complete_ms - rec.create_ms) / 1000, 3)
@@ -121,14 +115,16 @@ class Collected:
                 state,
                 self.prompts(prompt),
                 self.metas(job.meta),
-                self.inputs({k: v for k, v in job.input.items() if k != "prompt"}),
+                self.inputs({k: v for k, v in api_input(job).items() if k != "prompt"}),
                 files,
                 (rec.fail_code or "FAILED") if failed and rec else None,
                 self.messages(rec.fail_msg or "") if failed and rec else None,
                 unc,
-                when,
+                rec.submitted_t if rec is not None else None,
                 took,
                 rec.task_id if rec is not None else None,
+                1 if derived_id(job) else 0,
+                rec.done_t if rec is not None and state == "done" else None,
             ]
         )
 

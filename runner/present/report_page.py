@@ -14,9 +14,9 @@ Hooks for tests: ``<body data-ready="1">`` once the first render is done (with
 (jobs on this page) after every render.
 
 Data rows (``D.J``): ``[id, group, state, prompt, meta, input, files, fail code, message,
-uncertain, time, completion s, task]``; ``prompt``, ``meta``, ``input`` and ``message``
-index the tables ``D.P``, ``D.M``, ``D.X``, ``D.E`` (one copy of what variants share);
-``files`` are ``[path, thumbnail or null, bytes, on disk]``.
+uncertain, submitted at, completion s, task, id derived (0/1), on disk at]``; ``prompt``,
+``meta``, ``input`` and ``message`` index the tables ``D.P``, ``D.M``, ``D.X``, ``D.E``
+(one copy of what variants share); ``files`` are ``[path, thumbnail or null, bytes, on disk]``.
 """
 
 from __future__ import annotations
@@ -64,21 +64,25 @@ svg.narrow{display:none}
 .row{background:#fff;border:1px solid #e2e2e0;border-radius:8px;padding:10px 12px;
  margin-bottom:10px}
 .rowhead{margin-bottom:8px}
+.rowhead{overflow-wrap:anywhere}
 .rowhead b{margin-right:8px}
 .chip{display:inline-block;background:#eef3fb;border-radius:10px;padding:0 8px;
  font-size:12px;margin:2px 4px 0 0}
-.variants{display:flex;flex-wrap:wrap;gap:10px}
+.variants{display:flex;flex-wrap:wrap;gap:12px 18px}
 .cell{margin:0;padding:0;border:0;background:none;max-width:100%}
 .cell .shots{display:flex;flex-wrap:wrap;gap:4px}
-.cell figcaption{font-weight:400;font-size:12px;color:#555;margin-top:3px;max-width:330px}
-a.shot{display:block;line-height:0}
+.cell.multi{background:#f1f1ee;border-radius:6px;padding:4px}
+.cell figcaption{font-weight:400;font-size:12px;color:#555;margin-top:3px;max-width:330px;
+ overflow-wrap:anywhere}
+a.shot{display:block;line-height:0;text-decoration:none}
 a.shot img{object-fit:contain;background:#ececea;border-radius:4px}
 img.broken{outline:3px solid #d93025}
 .ph{display:flex;flex-direction:column;justify-content:center;align-items:center;
  text-align:center;border-radius:4px;padding:8px;font-size:12px;
  color:#444;background:repeating-linear-gradient(45deg,#f1f1ef,#f1f1ef 8px,#e9e9e6 8px,
- #e9e9e6 16px);overflow:hidden;text-decoration:none}
-.ph b{font-size:12px;word-break:break-all}
+ #e9e9e6 16px);overflow:hidden;text-decoration:none;line-height:1.35;gap:2px}
+.ph b,.ph span{display:block;max-width:100%;overflow-wrap:anywhere}
+.ph b{font-size:12px}
 .ph.failed,.ph.lost,.ph.missing{background:#fdecea;color:#8c1d18}
 .badge{display:inline-block;border-radius:4px;padding:0 5px;font-size:11px;
  font-weight:600;text-transform:uppercase;letter-spacing:.02em;background:#eee;color:#333}
@@ -98,9 +102,10 @@ body.lb-open{overflow:hidden}
  min-height:200px}
 .lb-img img{width:100%;height:100%;object-fit:contain;display:block}
 .lb-img .ph{width:auto;min-width:240px;min-height:200px}
-.lb-info{padding:14px;overflow:auto;max-height:calc(100vh - 24px);font-size:13px}
+.lb-info{padding:14px;overflow:auto;max-height:calc(100vh - 24px);font-size:13px;
+ overflow-wrap:anywhere;min-width:0}
 .lb-info dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 10px;margin:8px 0}
-.lb-info dt{color:#6e6e73}.lb-info dd{margin:0;word-break:break-word}
+.lb-info dt{color:#6e6e73}.lb-info dd{margin:0;overflow-wrap:anywhere;min-width:0}
 .lb-nav{display:flex;gap:6px;margin-bottom:8px}
 .lb-nav button{font:inherit;padding:3px 10px;border:1px solid #c9c9c6;border-radius:6px;
  background:#fff;cursor:pointer}
@@ -129,7 +134,10 @@ const text = (v) => (typeof v === 'string' ? v : JSON.stringify(v));
 const jobs = D.J.map((r, n) => ({
   n, id: r[0], g: r[1], s: r[2], p: D.P[r[3]], m: D.M[r[4]], x: D.X[r[5]], f: r[6],
   c: r[7], e: r[8] == null ? '' : D.E[r[8]], u: r[9], t: r[10], d: r[11], k: r[12],
+  a: r[13], dt: r[14],
 }));
+const has = (o, k) => Object.prototype.hasOwnProperty.call(o, k);
+const plural = (n, word) => `${n.toLocaleString()} ${word}${n === 1 ? '' : 's'}`;
 const byId = new Map(jobs.map((j) => [j.id, j]));
 const groups = new Map();
 for (const j of jobs) {
@@ -147,29 +155,37 @@ const box = (j) => {  // the thumbnail's box, from the aspect ratio: a stable la
   return r >= 1 ? [SIDE, side(SIDE / r)] : [side(SIDE * r), SIDE];
 };
 
-// Per group: its label (the ids' common stem) and the input fields its variants vary.
+// Per group: its label and the input fields its variants vary. The label is the entry's
+// id: a matrix variant's id is that id, a dot, then its suffixes, so the label is the
+// longest run of whole dot-separated parts the variants share. An entry without an id
+// (its jobs' ids are derived from their content) is named by the start of its prompt.
 const groupInfo = new Map();
+const promptLabel = (p) => {
+  const t = p.replace(/\s+/g, ' ').trim();
+  return t.length > 80 ? t.slice(0, 79) + '…' : t;
+};
 for (const [g, members] of groups) {
   let stem = members[0].id;
   for (const m of members) {
+    const parts = stem.split('.');
+    const other = m.id.split('.');
     let i = 0;
-    while (i < stem.length && stem[i] === m.id[i]) i++;
-    stem = stem.slice(0, i);
+    while (i < parts.length && i < other.length && parts[i] === other[i]) i++;
+    stem = parts.slice(0, i).join('.');
   }
-  stem = stem.replace(/[._-]+$/, '');
+  if (members[0].a) stem = promptLabel(members[0].p) || members[0].id;
   const keys = new Set();
   for (const m of members) for (const k in m.x) keys.add(k);
   const varies = [...keys].filter((k) => k !== 'prompt' &&
     new Set(members.map((m) => JSON.stringify(m.x[k]))).size > 1);
   const samePrompt = new Set(members.map((m) => m.p)).size === 1;
-  groupInfo.set(g, {label: members.length > 1 && stem ? stem : members[0].id, varies,
-    samePrompt});
+  groupInfo.set(g, {label: stem || members[0].id, varies, samePrompt});
 }
 
 // -- the URL fragment holds the view ---------------------------------------------------
 const VIEW = ['state', 'code', 'res', 'ar', 'mk', 'mv', 'q', 'sort', 'per', 'page'];
 function parse() {
-  const o = {};
+  const o = Object.create(null);  // a key such as __proto__ stays a plain key
   new URLSearchParams(location.hash.slice(1)).forEach((v, k) => { o[k] = v; });
   return o;
 }
@@ -195,11 +211,13 @@ function matches(j, o, q) {
   if (o.res && res(j) !== o.res) return false;
   if (o.ar && ar(j) !== o.ar) return false;
   if (o.mk) {
-    if (!(o.mk in j.m)) return false;
+    if (!has(j.m, o.mk)) return false;
     if (o.mv && text(j.m[o.mk]) !== o.mv) return false;
   }
   if (q.length) {
-    if (j.q === undefined) j.q = (j.id + '\n' + j.p).toLowerCase();
+    if (j.q === undefined) {
+      j.q = [j.id, j.p, ...Object.values(j.m).map(text)].join('\n').toLowerCase();
+    }
     for (const w of q) if (!j.q.includes(w)) return false;
   }
   return true;
@@ -215,11 +233,15 @@ function counted(values) {
   for (const v of values) c.set(v, (c.get(v) || 0) + 1);
   return c;
 }
-function options(sel, all, entries, value) {
+function options(sel, all, entries, value, extra) {
   const opts = [`<option value="">${esc(all)}</option>`];
   for (const [v, n] of entries) {
     opts.push(`<option value="${esc(v)}">${esc(v)} (${n.toLocaleString()})</option>`);
   }
+  if (value && !entries.some(([v]) => v === value)) {
+    opts.push(`<option value="${esc(value)}">${esc(value)}</option>`);
+  }
+  if (extra) opts.push(`<option disabled>${esc(extra)}</option>`);
   sel.innerHTML = opts.join('');
   sel.value = value || '';
   sel.hidden = entries.length === 0;
@@ -234,6 +256,16 @@ const codeEntries = byCount(counted(jobs.filter((j) => j.c).map((j) => j.c)));
 const resEntries = byCount(counted(jobs.map(res)));
 const arEntries = byCount(counted(jobs.map(ar)));
 const metaKeys = byCount(counted(jobs.flatMap((j) => Object.keys(j.m))));
+const metaKeySet = new Set(metaKeys.map(([k]) => k));
+//: meta values listed in the value filter (the most frequent); the rest are found by search
+const VALUES_SHOWN = 500;
+// A bookmarked view may name a meta key no job has any more: ignore it (and its value),
+// rather than filter every job out.
+function clean(o) {
+  if (o.mk && !metaKeySet.has(o.mk)) { delete o.mk; delete o.mv; }
+  if (o.sort && !has(SORTS, o.sort)) delete o.sort;
+  return o;
+}
 
 function controls(o) {
   options($('f-state'), 'every state', stateEntries, o.state);
@@ -241,9 +273,14 @@ function controls(o) {
   options($('f-res'), 'every resolution', resEntries, o.res);
   options($('f-ar'), 'every aspect ratio', arEntries, o.ar);
   options($('f-mk'), 'any meta key', metaKeys, o.mk);
-  const values = o.mk ? byCount(counted(jobs.filter((j) => o.mk in j.m)
-    .map((j) => text(j.m[o.mk])))).slice(0, 500) : [];
-  options($('f-mv'), 'any value', values, o.mv);
+  const all = o.mk ? byCount(counted(jobs.filter((j) => has(j.m, o.mk))
+    .map((j) => text(j.m[o.mk])))) : [];
+  const values = all.slice(0, VALUES_SHOWN);
+  const capped = all.length > values.length;
+  const of = `${values.length.toLocaleString()} of ${all.length.toLocaleString()} values`;
+  options($('f-mv'), capped ? `any value (${of} listed, the most frequent)` : 'any value',
+    values, o.mv, capped ? `${of} shown; search finds the others` : '');
+  $('f-mv').title = capped ? `${of} shown (the most frequent); search finds the others` : '';
   $('f-sort').value = o.sort || '';
   $('f-per').value = String(perPage(o));
   if (document.activeElement !== $('q')) $('q').value = o.q || '';
@@ -280,7 +317,8 @@ function cell(o, j, info) {
   const took = j.d != null ? ` · ${j.d.toFixed(1)} s` : '';
   const unc = j.u ? ` · <span class="badge">uncertain ×${j.u}</span>` : '';
   const prompt = info.samePrompt ? '' : `<br>${esc(j.p.slice(0, 160))}`;
-  return `<figure class="cell" data-job="${esc(j.id)}" data-state="${esc(j.s)}">` +
+  const multi = j.s === 'done' && j.f.length > 1 ? ' multi' : '';
+  return `<figure class="cell${multi}" data-job="${esc(j.id)}" data-state="${esc(j.s)}">` +
     `<div class="shots">${shots.join('')}</div><figcaption>${badge}${esc(caption)}${took}` +
     `${unc}${prompt}</figcaption></figure>`;
 }
@@ -292,7 +330,7 @@ function row(o, r) {
   const total = groups.get(r.g).length;
   const count = total > 1 ? ` <span class="muted">${r.jobs.length} of ${total} variants` +
     '</span>' : '';
-  const prompt = info.samePrompt ? `<div>${esc(first.p)}</div>` : '';
+  const prompt = info.samePrompt ? `<div class="prompt">${esc(first.p)}</div>` : '';
   return `<section class="row" data-group="${r.g}"><div class="rowhead">` +
     `<b>${esc(info.label)}</b>${count}${prompt}${chips}</div><div class="variants">` +
     r.jobs.map((j) => cell(o, j, info)).join('') + '</div></section>';
@@ -323,8 +361,8 @@ function render(o) {
   const shown = rows.slice((page - 1) * per, page * per);
   $('gallery').innerHTML = shown.map((r) => row(o, r)).join('') ||
     '<p class="muted">No job matches these filters.</p>';
-  const what = `${list.length.toLocaleString()} of ${jobs.length.toLocaleString()} jobs, ` +
-    `${rows.length.toLocaleString()} rows`;
+  const what = `${list.length.toLocaleString()} of ${plural(jobs.length, 'job')}, ` +
+    plural(rows.length, 'row');
   for (const p of document.querySelectorAll('.pager')) {
     p.querySelector('.where').textContent = `page ${page} of ${pages} · ${what}`;
     p.querySelector('.prev').disabled = page <= 1;
@@ -357,9 +395,8 @@ function lightbox(o) {
   for (const k in j.m) rows.push([`meta.${k}`, text(j.m[k])]);
   if (j.k) rows.push(['task', j.k]);
   if (j.d != null) rows.push(['completed in', `${j.d.toFixed(2)} s`]);
-  if (j.t) {
-    rows.push([j.s === 'done' ? 'on disk' : 'submitted', new Date(j.t * 1000).toLocaleString()]);
-  }
+  if (j.t) rows.push(['submitted', new Date(j.t * 1000).toLocaleString()]);
+  if (j.dt) rows.push(['on disk', new Date(j.dt * 1000).toLocaleString()]);
   if (f) {
     rows.push(['file', f[0]]);
     if (f[2] != null) rows.push(['bytes', Number(f[2]).toLocaleString()]);
@@ -370,7 +407,7 @@ function lightbox(o) {
   $('lb-next').disabled = at < 0 || at >= sequence.length - 1;
   $('lb-text').innerHTML = `<h3>${esc(j.id)}` +
     `${j.f.length > 1 ? ` · image ${i + 1} of ${j.f.length}` : ''}</h3>` +
-    `<p>${esc(j.p)}</p>` +
+    `<p class="prompt">${esc(j.p)}</p>` +
     (f && f[3] ? `<p><a href="${esc(href(f[0]))}">open the file</a></p>` : '') +
     '<dl>' + rows.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join('') + '</dl>';
   lb.hidden = false;
@@ -387,12 +424,22 @@ const close = () => go({job: '', img: ''});
 
 // -- wiring ----------------------------------------------------------------------------
 let shownView = null;
+// A new page or new results start at their top: the gallery's title at the top of the
+// window, when the window was scrolled below it (after the render, which changes the
+// page's height; the toolbar is sticky, so scrolling it into view would do nothing).
+function toTop() {
+  const title = $('gallery-title');
+  const top = title.getBoundingClientRect().top + window.scrollY;
+  if (window.scrollY > top) window.scrollTo(0, top);
+}
 function route() {
-  const o = parse();
+  const o = clean(parse());
   const view = VIEW.map((k) => o[k] || '').join('\u0000');
   if (view !== shownView) {
+    const first = shownView === null;
     shownView = view;
     render(o);
+    if (!first) toTop();
   }
   lightbox(o);
 }
@@ -414,10 +461,7 @@ $('f-sort').innerHTML = Object.entries(SORTS)
 $('f-per').innerHTML = [25, 50, 100, 200, 500]
   .map((n) => `<option value="${n}">${n} rows a page</option>`).join('');
 for (const p of document.querySelectorAll('.pager')) {
-  const turn = (by) => () => {
-    go({page: String(parseInt(p.dataset.page, 10) + by)});
-    if (p.classList.contains('bottom')) $('toolbar').scrollIntoView();
-  };
+  const turn = (by) => () => go({page: String(parseInt(p.dataset.page, 10) + by)});
   p.querySelector('.prev').addEventListener('click', turn(-1));
   p.querySelector('.next').addEventListener('click', turn(1));
 }
@@ -431,8 +475,14 @@ document.addEventListener('keydown', (ev) => {
   else if (ev.key === 'ArrowLeft') step(-1);
   else if (ev.key === 'ArrowRight') step(1);
 });
+// A thumbnail that does not load (a copy of the folder without its hidden .thumbs/) is
+// replaced by the full image; an image that does not load either is marked broken.
 document.addEventListener('error', (ev) => {
-  if (ev.target && ev.target.tagName === 'IMG') ev.target.classList.add('broken');
+  const img = ev.target;
+  if (!img || img.tagName !== 'IMG') return;
+  const full = img.dataset.full;
+  if (full && img.getAttribute('src') !== full) img.setAttribute('src', full);
+  else img.classList.add('broken');
 }, true);
 window.addEventListener('hashchange', route);
 route();
