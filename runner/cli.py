@@ -33,7 +33,7 @@ import orjson
 
 from runner.manifest.campaign import Campaign, load_campaign
 from runner.manifest.durations import parse_duration
-from runner.manifest.shards import resolve_shard
+from runner.manifest.shards import SPLIT_NAME, read_split, record_split, resolve_shard
 from runner.present.closing import log_closing, log_ended_early
 from runner.present.outputs import ledger_view
 from runner.present.plan import dry_run_picture, status_picture
@@ -275,9 +275,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_console(args.log_format, args.quiet, not args.no_progress, sys.stderr)
     try:
         campaign = load_campaign(args.manifest, _overrides(args))
-        shard = resolve_shard(args.shard, args.shards, os.environ)
-        if shard is not None:
-            campaign = campaign.sharded(*shard)
+        root = campaign.output.dir
+        recorded = read_split(root)
+        resolved = resolve_shard(args.shard, args.shards, os.environ, recorded)
+        if resolved is not None:
+            (k, n), split = resolved
+            if recorded is not None and split is recorded and n != args.shards:
+                log.warning(
+                    "this array runs part of the campaign's %d-way split (recorded in "
+                    "%s/shards/%s): shard %d of %d",
+                    n,
+                    campaign.output.dir,
+                    SPLIT_NAME,
+                    k,
+                    n,
+                )
+            campaign = campaign.sharded(k, n)
         deadline = None
         if args.deadline is not None:
             deadline = parse_duration(args.deadline, "--deadline")
@@ -309,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "another; under cron, in an env file only you can read)",
                     "environment",
                 )
+        if resolved is not None and resolved[1] != recorded:
+            record_split(root, resolved[1])  # the campaign's split: the first, or a new one
         # Lazy import, for start-up time: the engine (and aiohttp) load only to run.
         from runner.run.engine import Engine, RunOptions
 

@@ -16,7 +16,7 @@ from runs import TEST_KEY, out_dir, prompts, run_cli, start_cli, wait_until
 from runner.cli import main
 from runner.errors import ManifestError
 from runner.manifest.campaign import load_campaign
-from runner.manifest.shards import resolve_shard, shard_of
+from runner.manifest.shards import Split, read_split, record_split, resolve_shard, shard_of
 from runner.sim import SimServer
 from runner.state.events import Submit
 from runner.state.ledger import Ledger, read_index
@@ -24,13 +24,53 @@ from runner.state.lock import FolderLock
 from runner.state.record import IN_FLIGHT
 
 
+def _kn(shard: str | None, shards: int | None, env: dict[str, str], recorded=None):
+    resolved = resolve_shard(shard, shards, env, recorded)
+    return None if resolved is None else resolved[0]
+
+
 def test_the_shard_comes_from_the_option_or_the_scheduler_environment() -> None:
-    assert resolve_shard("2/5", None, {}) == (2, 5)
-    assert resolve_shard(None, None, {"JOB_COMPLETION_INDEX": "3"}) is None, "opt-in only"
-    assert resolve_shard(None, 4, {"JOB_COMPLETION_INDEX": "3"}) == (3, 4)
+    assert _kn("2/5", None, {}) == (2, 5)
+    assert _kn(None, None, {"JOB_COMPLETION_INDEX": "3"}) is None, "opt-in only"
+    assert _kn(None, 4, {"JOB_COMPLETION_INDEX": "3"}) == (3, 4)
     slurm = {"SLURM_ARRAY_TASK_ID": "12", "SLURM_ARRAY_TASK_MIN": "10"}
-    assert resolve_shard(None, 4, slurm) == (2, 4), "a Slurm array may start above 0"
-    assert resolve_shard(None, 4, {"SLURM_ARRAY_TASK_ID": "1"}) == (1, 4)
+    assert _kn(None, 4, slurm) == (2, 4), "a Slurm array may start above 0"
+    assert _kn(None, 4, {"SLURM_ARRAY_TASK_ID": "1"}) == (1, 4)
+
+
+def _slurm(task: int, low: int, high: int, count: int, step: int | None = None) -> dict[str, str]:
+    env = {
+        "SLURM_ARRAY_TASK_ID": str(task),
+        "SLURM_ARRAY_TASK_MIN": str(low),
+        "SLURM_ARRAY_TASK_MAX": str(high),
+        "SLURM_ARRAY_TASK_COUNT": str(count),
+    }
+    if step is not None:
+        env["SLURM_ARRAY_TASK_STEP"] = str(step)
+    return env
+
+
+def test_a_stepped_slurm_array_maps_each_task_to_its_shard() -> None:
+    """--array=0-6:2 is four tasks, 0, 2, 4, 6: shards 0, 1, 2, 3 of 4."""
+    for k, task in enumerate((0, 2, 4, 6)):
+        assert _kn(None, 4, _slurm(task, 0, 6, 4, step=2)) == (k, 4)
+
+
+def test_a_listed_slurm_array_is_refused_with_the_reason() -> None:
+    """--array=1,3: ids 1 and 3 of a two-task array give no shard index."""
+    with pytest.raises(ManifestError, match="listed, not a range"):
+        resolve_shard(None, 2, _slurm(1, 1, 3, 2), None)
+
+
+def test_one_index_resubmitted_runs_its_shard_of_the_recorded_split(tmp_path: Path) -> None:
+    """sbatch --array=2 after a 4-way split: N from SLURM_ARRAY_TASK_COUNT is 1, but the
+    campaign's recorded split makes it shard 2 of 4, not a new split of everything."""
+    record_split(tmp_path, Split(4))
+    recorded = read_split(tmp_path)
+    assert recorded == Split(4)
+    assert _kn(None, 1, _slurm(2, 2, 2, 1), recorded) == (2, 4)
+    # a deliberate new full split is taken as it is (no layout pays twice)
+    assert _kn(None, 8, _slurm(5, 0, 7, 8), recorded) == (5, 8)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +86,7 @@ def test_the_shard_comes_from_the_option_or_the_scheduler_environment() -> None:
 )
 def test_a_wrong_shard_is_an_error_naming_the_option(shard, shards, env) -> None:
     with pytest.raises(ManifestError):
-        resolve_shard(shard, shards, env)
+        resolve_shard(shard, shards, env, None)
 
 
 def test_every_job_belongs_to_exactly_one_shard_stably_and_evenly() -> None:
@@ -303,3 +343,25 @@ async def test_a_submission_unanswered_here_is_counted_not_paid_again_when_done_
     summary = orjson.loads((ledger.folder / "summary.json").read_bytes())
     assert summary["uncertain_submissions"]["all_runs"] == 1, "the unknown outcome is hidden"
     assert summary["jobs"]["done"] == summary["jobs"]["total"]
+
+
+async def test_an_array_index_resubmitted_alone_reruns_its_shard_not_the_campaign(sim, manifest):
+    """The usual way to rerun a failed Slurm task, `sbatch --array=2 array.sh` with
+    `--shards $SLURM_ARRAY_TASK_COUNT`: N is 1 there, but the recorded 4-way split makes
+    it shard 2 of 4 again; nothing of the other shards is touched or paid."""
+    path = manifest(jobs(16, "array"), limits={"concurrency": 4})
+    for k in (0, 1, 3):  # index 2 failed to start, say
+        env = {"SLURM_ARRAY_TASK_ID": str(k), "SLURM_ARRAY_TASK_MIN": "0",
+               "SLURM_ARRAY_TASK_MAX": "3", "SLURM_ARRAY_TASK_COUNT": "4"}  # fmt: skip
+        code, err = await run_as(path, sim, "--shards", "4", env=env)
+        assert code == 0, err
+    before = sim.stats.tasks_created
+    env = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "2",
+           "SLURM_ARRAY_TASK_MAX": "2", "SLURM_ARRAY_TASK_COUNT": "1"}  # fmt: skip
+    code, err = await run_as(path, sim, "--shards", "1", env=env)
+    assert code == 0, err
+    assert "part of the campaign's 4-way split" in err
+    assert (out_dir(path) / "shards" / "2-of-4" / "summary.json").is_file()
+    assert not (out_dir(path) / "shards" / "0-of-1").exists()
+    assert sim.stats.tasks_created == 16 and before < 16
+    assert set(sim.stats.submissions_per_prompt.values()) == {1}

@@ -15,13 +15,28 @@ layouts of a campaign hold (:mod:`runner.state.layouts`), or what a run adopts f
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import ManifestError
 
-__all__ = ["parse_shard_folder", "resolve_shard", "shard_folder", "shard_of"]
+__all__ = [
+    "SPLIT_NAME",
+    "Split",
+    "parse_shard_folder",
+    "read_split",
+    "record_split",
+    "resolve_shard",
+    "shard_folder",
+    "shard_of",
+]
+
+#: the campaign's split, in ``<output.dir>/shards/``
+SPLIT_NAME = "split.json"
 
 _SHARD = re.compile(r"^(\d+)/(\d+)$")
 _FOLDER = re.compile(r"^(\d+)-of-(\d+)$")
@@ -32,37 +47,106 @@ def shard_of(job_id: str, shards: int) -> int:
     return int.from_bytes(digest, "big") % shards
 
 
+@dataclass(frozen=True, slots=True)
+class Split:
+    """How a campaign is split over an array: N shards, array indexes from ``low`` in steps
+    of ``step`` (``--array=10-16:2`` is low 10, step 2). Recorded in
+    ``<output.dir>/shards/split.json`` by the first sharded run."""
+
+    n: int
+    low: int = 0
+    step: int = 1
+
+    def index_of(self, task_id: int) -> int | None:
+        """The shard of array index ``task_id`` in this split, or None if it has none."""
+        k, rest = divmod(task_id - self.low, self.step)
+        return k if not rest and 0 <= k < self.n else None
+
+
+def read_split(out: Path) -> Split | None:
+    """The split recorded in ``out``, or None (none yet, or unreadable)."""
+    try:
+        raw = json.loads((out / "shards" / SPLIT_NAME).read_text())
+        return Split(int(raw["n"]), int(raw.get("low", 0)), int(raw.get("step", 1)))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def record_split(out: Path, split: Split) -> None:
+    """Record the campaign's split (the first sharded run's, or a new full split)."""
+    folder = out / "shards"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{SPLIT_NAME}.tmp"
+    tmp.write_text(json.dumps({"n": split.n, "low": split.low, "step": split.step}) + "\n")
+    os.replace(tmp, folder / SPLIT_NAME)
+
+
 def resolve_shard(
-    shard: str | None, shards: int | None, env: Mapping[str, str]
-) -> tuple[int, int] | None:
-    """(K, N) from ``--shard K/N``, or ``--shards N`` with K from ``JOB_COMPLETION_INDEX``
-    (Kubernetes) or ``SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN`` (Slurm); None: no
-    sharding."""
+    shard: str | None,
+    shards: int | None,
+    env: Mapping[str, str],
+    recorded: Split | None = None,
+) -> tuple[tuple[int, int], Split] | None:
+    """((K, N), the split) from ``--shard K/N``, or ``--shards N`` with K from
+    ``JOB_COMPLETION_INDEX`` (Kubernetes) or the Slurm array's variables (contiguous or
+    stepped arrays; a listed one is refused); None: no sharding.
+
+    ``recorded`` is the campaign's split so far: an array that resubmits some indexes of
+    it (``sbatch --array=2``: N from ``SLURM_ARRAY_TASK_COUNT`` is then 1) runs those
+    shards of the recorded split, not a new split of the whole campaign."""
     if shard is not None:
         m = _SHARD.match(shard.strip())
         if not m:
             raise ManifestError("must be K/N, e.g. 0/4 (K counts from 0)", "--shard")
         k, n = int(m[1]), int(m[2])
-    elif shards is not None:
-        n = shards
-        if "JOB_COMPLETION_INDEX" in env:
-            k, source = _int(env, "JOB_COMPLETION_INDEX"), "JOB_COMPLETION_INDEX"
-        elif "SLURM_ARRAY_TASK_ID" in env:
-            low = _int(env, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
-            k, source = _int(env, "SLURM_ARRAY_TASK_ID") - low, "SLURM_ARRAY_TASK_ID"
-        else:
-            raise ManifestError(
-                "needs the shard's index: use --shard K/N, or run as a Kubernetes Indexed "
-                "Job (JOB_COMPLETION_INDEX) or a Slurm array (SLURM_ARRAY_TASK_ID)",
-                "--shards",
-            )
-        if not 0 <= k < n:
-            raise ManifestError(f"{source} gives shard {k}, outside 0..{n - 1}", "--shards")
-    else:
+        if n < 1 or not 0 <= k < n:
+            raise ManifestError(f"shard {k}/{n}: need N >= 1 and 0 <= K < N", "--shard")
+        return (k, n), Split(n)
+    if shards is None:
         return None
-    if n < 1 or not 0 <= k < n:
-        raise ManifestError(f"shard {k}/{n}: need N >= 1 and 0 <= K < N", "--shard")
-    return k, n
+    n = shards
+    if n < 1:
+        raise ManifestError(f"{n}: need N >= 1", "--shards")
+    if "JOB_COMPLETION_INDEX" in env:
+        k = _int(env, "JOB_COMPLETION_INDEX")
+        if not 0 <= k < n:
+            raise ManifestError(
+                f"JOB_COMPLETION_INDEX gives shard {k}, outside 0..{n - 1}", "--shards"
+            )
+        return (k, n), Split(n)
+    if "SLURM_ARRAY_TASK_ID" not in env:
+        raise ManifestError(
+            "needs the shard's index: use --shard K/N, or run as a Kubernetes Indexed "
+            "Job (JOB_COMPLETION_INDEX) or a Slurm array (SLURM_ARRAY_TASK_ID)",
+            "--shards",
+        )
+    task = _int(env, "SLURM_ARRAY_TASK_ID")
+    low = _int(env, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
+    step = _int(env, "SLURM_ARRAY_TASK_STEP") if "SLURM_ARRAY_TASK_STEP" in env else 1
+    count = _int(env, "SLURM_ARRAY_TASK_COUNT") if "SLURM_ARRAY_TASK_COUNT" in env else None
+    high = _int(env, "SLURM_ARRAY_TASK_MAX") if "SLURM_ARRAY_TASK_MAX" in env else None
+    regular = step >= 1 and (count is None or high is None or low + (count - 1) * step == high)
+    split = Split(n, low, max(step, 1))
+    if recorded is not None and recorded.n != n and (count or n) < recorded.n:
+        # Part of the recorded split run again (a failed index resubmitted alone).
+        k0 = recorded.index_of(task)
+        if k0 is not None:
+            return (k0, recorded.n), recorded
+    if not regular:
+        raise ManifestError(
+            f"the Slurm array is listed, not a range (indexes {low}..{high}, {count} tasks): "
+            "its task ids give no shard index. Use a range, --array=0-N (a step such as "
+            "0-12:4 works too), or --shard K/N",
+            "--shards",
+        )
+    index = split.index_of(task)
+    if index is None:
+        raise ManifestError(
+            f"SLURM_ARRAY_TASK_ID {task} gives no shard of {n} (array from {low} in steps "
+            f"of {step})",
+            "--shards",
+        )
+    return (index, n), split
 
 
 def _int(env: Mapping[str, str], name: str) -> int:
