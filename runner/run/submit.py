@@ -170,14 +170,13 @@ class Submitter:
                 slot_wait_since = now if slot_wait_since is None else slot_wait_since
                 left = self._slot_wait_s - (now - slot_wait_since)
                 if left <= 0:
-                    self.counters.slot_waits_expired += 1
-                    if self.counters.slot_waits_expired == 1:
-                        log.warning(
-                            "job %s: no task slot within retry.slot_wait (%gs); it stays "
-                            "pending for the next run (later ones are counted, not listed)",
-                            job.id,
-                            self._slot_wait_s,
-                        )
+                    self._count(
+                        "slot_waits_expired",
+                        "job %s: no task slot within retry.slot_wait (%gs); it stays "
+                        "pending for the next run",
+                        job.id,
+                        self._slot_wait_s,
+                    )
                     return None
                 slot_tries += 1
                 delay = min(left, backoff.slot_delay(slot_tries, answer.retry_after))
@@ -185,14 +184,9 @@ class Submitter:
                 # The API could not be reached (or the run is stopping), but certainly no
                 # task was created.
                 if not self._stopping.is_set():
-                    self.counters.not_sent += 1
-                    if self.counters.not_sent == 1:
-                        log.warning(
-                            "job %s: not submitted (%s); it stays pending (later ones are "
-                            "counted, not listed)",
-                            job.id,
-                            answer,
-                        )
+                    self._count(
+                        "not_sent", "job %s: not submitted (%s); it stays pending", job.id, answer
+                    )
                 return None
             elif answer.status == 404:
                 # Not this job's fault: the API knows no such model or path. Every job
@@ -208,6 +202,14 @@ class Submitter:
                 return None
             if await self._stopped_within(delay):
                 return None
+
+    def _count(self, counter: str, message: str, *args: object) -> None:
+        """Count one job left pending for ``counter``'s reason; only the first is told
+        (a thousand jobs waiting for the same outage make one line, not a thousand)."""
+        n = getattr(self.counters, counter) + 1
+        setattr(self.counters, counter, n)
+        if n == 1:
+            log.warning(message + " (later ones are counted, not listed)", *args)
 
     async def _stopped_within(self, seconds: float) -> bool:
         """Sleep ``seconds``, or less if the run starts stopping; True if it did."""
