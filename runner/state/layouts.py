@@ -8,6 +8,8 @@ layout's folder keeps what it did; this module finds the other layouts of a camp
 - :class:`CampaignIndex`, for ``--status`` and ``--dry-run``, counts every job once, in
   its furthest state over every layout that holds it (done, downloading, live, failed,
   pending);
+- :class:`CampaignView`, for the campaign-level files ``--report`` writes, is the same
+  with records rebased to ``output.dir`` and the jobs layouts disagree on;
 - what a run adopts from the others before it sends anything is :mod:`runner.run.adopt`.
 
 Owns: which folders are layouts of a campaign and how far each got with a job. Must not
