@@ -34,6 +34,7 @@ import orjson
 from runner.manifest.campaign import Campaign, load_campaign
 from runner.manifest.durations import parse_duration
 from runner.manifest.shards import SPLIT_NAME, read_split, record_split, resolve_shard
+from runner.present.campaign_view import write_campaign_view
 from runner.present.closing import log_closing, log_ended_early
 from runner.present.outputs import ledger_view
 from runner.present.plan import dry_run_picture, status_picture
@@ -41,7 +42,7 @@ from runner.present.progress import install_console
 from runner.present.report import REPORT_NAME, write_report
 from runner.run.exits import ExitCode, advice
 from runner.state.index import LedgerIndex
-from runner.state.layouts import CampaignIndex
+from runner.state.layouts import CampaignIndex, CampaignView
 from runner.state.ledger import read_index
 
 from .errors import ManifestError, RunnerError
@@ -175,6 +176,18 @@ def _status(campaign: Campaign, fmt: str) -> int:
 
 
 def _report(campaign: Campaign) -> int:
+    if campaign.shard is None:  # the campaign view, over every layout folder, when split
+        view = CampaignView(campaign)
+        try:
+            if view.others:
+                campaign.output.dir.mkdir(parents=True, exist_ok=True)
+                path, disagreements = write_campaign_view(campaign, view)
+                for kind, n in disagreements.items():
+                    log.warning("layouts disagree on %d job%s: %s", n, "s" * (n != 1), kind)
+                sys.stdout.write(f"{path}\n")
+                return 0
+        finally:
+            view.close()
     index, _ = read_index(campaign.output.dir)
     summary: dict[str, Any] | None = None
     try:

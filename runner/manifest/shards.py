@@ -76,7 +76,8 @@ def record_split(out: Path, split: Split) -> None:
     """Record the campaign's split (the first sharded run's, or a new full split)."""
     folder = out / "shards"
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{SPLIT_NAME}.tmp"
+    # A name of its own: the shards of an array start together and all record the split.
+    tmp = folder / f".{SPLIT_NAME}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps({"n": split.n, "low": split.low, "step": split.step}) + "\n")
     os.replace(tmp, folder / SPLIT_NAME)
 

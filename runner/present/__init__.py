@@ -6,7 +6,8 @@ computes (and holds the run's counters); ``report.py`` writes ``report.html`` fr
 charts and ``thumbs.py``'s thumbnails; ``dataset.py`` keeps ``metadata.jsonl`` (the folder
 as an image dataset); ``plan.py`` is what ``--dry-run`` and ``--status`` print;
 ``progress.py`` is the live panel, the progress lines and the console log handler;
-``closing.py`` is a run's closing line.
+``closing.py`` is a run's closing line; ``campaign_view.py`` writes the campaign-level
+files over every layout folder (``--report`` without ``--shard``).
 
 Imports the state and the manifest (and the type of the client's statistics). Must not
 know: how a run works.

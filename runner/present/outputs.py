@@ -37,6 +37,7 @@ __all__ = [
     "job_states",
     "ledger_view",
     "write_atomic",
+    "write_campaign_summary",
     "write_results",
     "write_summary",
 ]
@@ -262,6 +263,41 @@ def write_summary(
         "errors": dict(stats.errors),
         "run": asdict(run),
         "wall_time_s": round(run.wall_time_s, 3),
+    }
+    write_atomic(
+        campaign.output.dir / "summary.json",
+        orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n",
+    )
+    return summary
+
+
+def write_campaign_summary(
+    campaign: Campaign,
+    view: LedgerView,
+    layouts: list[dict[str, Any]],
+    disagreements: dict[str, int],
+) -> dict[str, Any]:
+    """The campaign-level ``summary.json`` in ``output.dir`` (``--report`` over layouts):
+    the counts of every job once, the money every layout's folder paid, and one entry per
+    layout folder (``layouts``: its folder relative to ``output.dir``, and the exit code
+    and wall time of its last run when its own summary says). No ``run`` section: it
+    describes no one run."""
+    price = campaign.budget.price_per_image
+    summary: dict[str, Any] = {
+        "name": campaign.name,
+        "scope": "campaign",
+        "jobs": {"total": view.jobs, **view.state_counts()},
+        "images": view.images_done,
+        "images_paid": view.images_paid,
+        "estimated_spend_usd": round(view.images_paid * price, 4),
+        "price_per_image_usd": price,
+        "failures": dict(view.failures),
+        "uncertain_submissions": {
+            "all_runs": view.uncertain,
+            "images_at_most": view.images_uncertain,
+        },
+        "layouts": layouts,
+        "disagreements": disagreements,
     }
     write_atomic(
         campaign.output.dir / "summary.json",

@@ -61,6 +61,8 @@ __all__ = [
 ]
 
 REPORT_NAME = "report.html"
+#: where the page says its counts come from, unless told otherwise
+ORIGIN = "the ledger in this folder"
 #: seconds one report may spend making thumbnails; the rest wait for the next one
 THUMB_BUDGET_S = 30.0
 
@@ -173,7 +175,9 @@ def _summary_line(summary: Mapping[str, Any] | None) -> str:
     )
 
 
-def _render(campaign: Campaign, c: Collected, summary: Mapping[str, Any] | None) -> str:
+def _render(
+    campaign: Campaign, c: Collected, summary: Mapping[str, Any] | None, origin: str
+) -> str:
     name = _e(campaign.name)
     shown = {row[0] for row in c.rows}
     note = ""
@@ -196,7 +200,7 @@ def _render(campaign: Campaign, c: Collected, summary: Mapping[str, Any] | None)
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{name}: runner report</title><style>{CSS}</style></head><body>"
         f"<header><h1>{name}</h1><p class='muted'>Report written {_e(_when(time.time()))} "
-        f"from the ledger in this folder.</p>{_stats(c, campaign.budget.price_per_image)}"
+        f"from {_e(origin)}.</p>{_stats(c, campaign.budget.price_per_image)}"
         f"{_summary_line(summary)}</header><main>{_problems(c, shown)}{_charts(c)}"
         f"<h2 id='gallery-title'>Gallery</h2>{note}"
         "<div class='toolbar' id='toolbar' role='search'>"
@@ -248,16 +252,18 @@ def build_report(
     """The page, as text (thumbnails that exist already are used; none is made)."""
     c = collect(campaign, index)
     _thumbnails(campaign.output.dir, c, 0.0)
-    return _render(campaign, c, summary)
+    return _render(campaign, c, summary, ORIGIN)
 
 
 def write_report(
     campaign: Campaign,
     index: LedgerIndex,
     summary: Mapping[str, Any] | None = None,
+    origin: str | None = None,
 ) -> Path:
     """Write ``report.html`` in the output folder (atomically) and return its path; in the
-    same pass rewrite ``metadata.jsonl`` and make missing thumbnails."""
+    same pass rewrite ``metadata.jsonl`` and make missing thumbnails. ``origin`` says
+    where the counts come from (default: the ledger in this folder)."""
     out = campaign.output.dir
     metadata = MetadataWriter(out)
     try:
@@ -268,5 +274,5 @@ def write_report(
     metadata.commit()
     _thumbnails(out, c, THUMB_BUDGET_S)
     path = out / REPORT_NAME
-    write_atomic(path, _render(campaign, c, summary).encode())
+    write_atomic(path, _render(campaign, c, summary, origin or ORIGIN).encode())
     return path

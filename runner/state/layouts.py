@@ -8,6 +8,8 @@ layout's folder keeps what it did; this module finds the other layouts of a camp
 - :class:`CampaignIndex`, for ``--status`` and ``--dry-run``, counts every job once, in
   its furthest state over every layout that holds it (done, downloading, live, failed,
   pending);
+- :class:`CampaignView`, for the campaign-level files ``--report`` writes, is the same
+  with records rebased to ``output.dir`` and the jobs layouts disagree on;
 - what a run adopts from the others before it sends anything is :mod:`runner.run.adopt`.
 
 Owns: which folders are layouts of a campaign and how far each got with a job. Must not
@@ -16,7 +18,9 @@ know: how a run acts on that (adoption, refusals), or the network.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import posixpath
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +32,15 @@ from .index import JobStatus, LedgerIndex
 from .ledger import read_index
 from .record import JobRecord, JobState
 
-__all__ = ["CampaignIndex", "Layout", "other_layouts", "own_layout", "paid_elsewhere"]
+__all__ = [
+    "DISAGREEMENTS",
+    "CampaignIndex",
+    "CampaignView",
+    "Layout",
+    "other_layouts",
+    "own_layout",
+    "paid_elsewhere",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,3 +162,94 @@ class CampaignIndex(LedgerIndex):
         super().close()
         for _, index in self.others:
             index.close()
+
+
+#: the kinds of disagreement between layouts :class:`CampaignView` counts, in the words
+#: of its warning
+DISAGREEMENTS = (
+    "done in one layout and failed or lost in another",
+    "done in one layout and in flight (live or downloading) in another",
+    "in flight (live or downloading) in two layouts or more",
+)
+
+
+class CampaignView(CampaignIndex):
+    """The whole campaign (unsharded) as every layout sees it, for the campaign-level
+    ``results.jsonl``, ``summary.json`` and ``report.html`` in ``output.dir``: a job counts
+    once, in its furthest state; its record is the one of the layout that took it
+    furthest, with file paths made relative to ``output.dir`` (``shards/0-of-2/images/…``).
+
+    :meth:`get` reads the record of the layout the last :meth:`status` of that job chose
+    (every view calls ``status`` then, for a done job, ``get``). Jobs the layouts disagree
+    on are kept by kind in :attr:`disagreeing` (ids only: they are few)."""
+
+    def __init__(self, campaign: Campaign) -> None:
+        if campaign.shard is not None:
+            raise ValueError("the campaign view is of the whole campaign (no --shard)")
+        super().__init__(campaign)
+        self.root = campaign.output.dir
+        self.disagreeing: dict[str, set[str]] = {kind: set() for kind in DISAGREEMENTS}
+        self._last: tuple[str, LedgerIndex, str] | None = None
+
+    def prefix(self, layout: Layout) -> str:
+        """The layout's folder relative to ``output.dir`` ("" for the unsharded one)."""
+        rel = Path(os.path.relpath(layout.folder, self.root)).as_posix()
+        return "" if rel == "." else rel
+
+    def status(self, job: str, fp: str) -> JobStatus:
+        best = LedgerIndex.status(self, job, fp)
+        where: LedgerIndex = self
+        prefix = ""
+        seen = [best.state]
+        for layout, index in self.others:
+            if layout.owns(job):
+                found = index.status(job, fp)
+                seen.append(found.state)
+                if found.state.rank > best.state.rank:
+                    best, where, prefix = found, index, self.prefix(layout)
+        self._tally(job, seen)
+        self._last = (job, where, prefix)
+        if best.record is not None and prefix:
+            best = best._replace(record=_rebased(best.record, prefix))
+        return best
+
+    def get(self, job: str) -> JobRecord | None:
+        if self._last is not None and self._last[0] == job:
+            _, where, prefix = self._last
+            rec = LedgerIndex.get(where, job) if where is self else where.get(job)
+            return _rebased(rec, prefix) if rec is not None and prefix else rec
+        rec = LedgerIndex.get(self, job)
+        if rec is not None:
+            return rec
+        for layout, index in self.others:
+            if layout.owns(job):
+                rec = index.get(job)
+                if rec is not None:
+                    prefix = self.prefix(layout)
+                    return _rebased(rec, prefix) if prefix else rec
+        return None
+
+    def _tally(self, job: str, seen: list[JobState]) -> None:
+        done = JobState.DONE in seen
+        flying = sum(s in (JobState.LIVE, JobState.DOWNLOADING) for s in seen)
+        if done and (JobState.FAILED in seen or JobState.LOST in seen):
+            self.disagreeing[DISAGREEMENTS[0]].add(job)
+        if done and flying:
+            self.disagreeing[DISAGREEMENTS[1]].add(job)
+        if flying >= 2:
+            self.disagreeing[DISAGREEMENTS[2]].add(job)
+
+    def disagreements(self) -> dict[str, int]:
+        """Jobs per kind of disagreement met so far (kinds with none left out)."""
+        return {kind: len(ids) for kind, ids in self.disagreeing.items() if ids}
+
+
+def _rebased(rec: JobRecord, prefix: str) -> JobRecord:
+    """``rec`` with its file paths (relative to its layout's folder) prefixed by the
+    folder's path relative to ``output.dir``: ``../../images/x`` of an adopted job comes
+    back to ``images/x``."""
+    files = {
+        i: {**f, "path": posixpath.normpath(posixpath.join(prefix, str(f.get("path") or "")))}
+        for i, f in rec.files.items()
+    }
+    return dataclasses.replace(rec, files=files)
