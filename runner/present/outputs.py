@@ -233,6 +233,29 @@ def ledger_view(campaign: Campaign, index: LedgerIndex) -> LedgerView:
     return view
 
 
+def _money_and_counts(campaign: Campaign, view: LedgerView) -> dict[str, Any]:
+    """What a summary says of the ledger: jobs by state, images, and the money, counted
+    from the API's side (every image of every task it reported successful, whether or
+    not it reached the disk)."""
+    price = campaign.budget.price_per_image
+    return {
+        "jobs": {"total": view.jobs, **view.state_counts()},
+        "images": view.images_done,
+        "images_paid": view.images_paid,
+        "estimated_spend_usd": round(view.images_paid * price, 4),
+        "price_per_image_usd": price,
+        "failures": dict(view.failures),
+    }
+
+
+def _write_summary(campaign: Campaign, summary: dict[str, Any]) -> dict[str, Any]:
+    write_atomic(
+        campaign.output.dir / "summary.json",
+        orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n",
+    )
+    return summary
+
+
 def write_summary(
     campaign: Campaign,
     view: LedgerView,
@@ -240,35 +263,26 @@ def write_summary(
     stats: ClientStats,
     exit_code: int,
 ) -> dict[str, Any]:
-    price = campaign.budget.price_per_image
-    summary: dict[str, Any] = {
-        "name": campaign.name,
-        "exit_code": exit_code,
-        "jobs": {"total": view.jobs, **view.state_counts()},
-        "images": view.images_done,
-        # money, counted from the API's side: every image of every task it reported
-        # successful, whether or not it reached the disk
-        "images_paid": view.images_paid,
-        "estimated_spend_usd": round(view.images_paid * price, 4),
-        "price_per_image_usd": price,
-        "failures": dict(view.failures),
-        "uncertain_submissions": {
-            "this_run": run.uncertain,
-            "all_runs": view.uncertain,
-            "images_at_most": view.images_uncertain,
+    """A run's ``summary.json``: the ledger's picture, then what this run did."""
+    return _write_summary(
+        campaign,
+        {
+            "name": campaign.name,
+            "exit_code": exit_code,
+            **_money_and_counts(campaign, view),
+            "uncertain_submissions": {
+                "this_run": run.uncertain,
+                "all_runs": view.uncertain,
+                "images_at_most": view.images_uncertain,
+            },
+            "requests": dict(stats.requests),
+            "throttled_429": stats.throttled,
+            "retries": stats.retries,
+            "errors": dict(stats.errors),
+            "run": asdict(run),
+            "wall_time_s": round(run.wall_time_s, 3),
         },
-        "requests": dict(stats.requests),
-        "throttled_429": stats.throttled,
-        "retries": stats.retries,
-        "errors": dict(stats.errors),
-        "run": asdict(run),
-        "wall_time_s": round(run.wall_time_s, 3),
-    }
-    write_atomic(
-        campaign.output.dir / "summary.json",
-        orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n",
     )
-    return summary
 
 
 def write_campaign_summary(
@@ -282,25 +296,17 @@ def write_campaign_summary(
     layout folder (``layouts``: its folder relative to ``output.dir``, and the exit code
     and wall time of its last run when its own summary says). No ``run`` section: it
     describes no one run."""
-    price = campaign.budget.price_per_image
-    summary: dict[str, Any] = {
-        "name": campaign.name,
-        "scope": "campaign",
-        "jobs": {"total": view.jobs, **view.state_counts()},
-        "images": view.images_done,
-        "images_paid": view.images_paid,
-        "estimated_spend_usd": round(view.images_paid * price, 4),
-        "price_per_image_usd": price,
-        "failures": dict(view.failures),
-        "uncertain_submissions": {
-            "all_runs": view.uncertain,
-            "images_at_most": view.images_uncertain,
+    return _write_summary(
+        campaign,
+        {
+            "name": campaign.name,
+            "scope": "campaign",
+            **_money_and_counts(campaign, view),
+            "uncertain_submissions": {
+                "all_runs": view.uncertain,
+                "images_at_most": view.images_uncertain,
+            },
+            "layouts": layouts,
+            "disagreements": disagreements,
         },
-        "layouts": layouts,
-        "disagreements": disagreements,
-    }
-    write_atomic(
-        campaign.output.dir / "summary.json",
-        orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n",
     )
-    return summary
