@@ -34,6 +34,8 @@ def test_options_map_onto_config_fields() -> None:
         "--pending", "0", "1",
         "--gen-2k", "2", "3",
         "--gen-4k", "4", "5",
+        "--profile=mixture",
+        "--drift-after=7",
         "--url-ttl=60",
         "--retention=120",
         "--image-bytes=4096",
@@ -72,6 +74,7 @@ def test_options_map_onto_config_fields() -> None:
     assert cfg.send_retry_after is False and cfg.credits == 100 and cfg.p_cb_drop == 0.09
     assert (cfg.retention_s, cfg.p_5xx_after_create, cfg.bad_status_first) == (120.0, 0.021, 2)
     assert (cfg.foreign_live, cfg.foreign_hold_s) == (3, 9.0)
+    assert (cfg.profile, cfg.drift_after_s) == ("mixture", 7.0)
     assert len(args) == len(fields(SimConfig))  # every field was set from the command line
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.sim.app import SimServer
-from runner.sim.config import SimConfig
+from runner.sim.config import CHOICES, SimConfig
 from runner.sim.store import StateFolderBusy
 
 
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         kind, default = f.metadata["kind"], getattr(defaults, f.name)
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         shown = "unset" if shown is None else shown
-        help_text = f"{f.metadata['help']} (default: {shown})"
+        # argparse expands %-formats in help: "2 %" must reach it as "2 %%".
+        help_text = f"{f.metadata['help']} (default: {shown})".replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": f.name, "help": help_text}
         if kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs.update(type=float, nargs="*", metavar="S")
         elif kind in ("int", "optint"):
             kwargs.update(type=int, metavar="N")
+        elif kind == "choice":
+            kwargs.update(type=str, choices=CHOICES[f.name], metavar=f.name.upper())
         elif kind == "optstr":
             kwargs.update(type=str, metavar="KEY" if f.name == "api_key" else "MODE")
         else:

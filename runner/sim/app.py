@@ -18,8 +18,10 @@ any, before anything is answered) and maybe lose the answer anyway (``p_reset_af
 a reset; ``p_5xx_after_create``: a 5xx). Status requests find the task (404, also once it
 is gone), give the first ``bad_status_first`` of each task an unreadable 200, then the
 state. ``p_hostile`` malforms a 200 answer: a submission's taskId, or the status of a
-finished task (see ``HOSTILE_MODES``). Per-request work is O(1) amortised: the window is a
-deque of timestamps, live tasks and billing heaps of completion times.
+finished task (see ``HOSTILE_MODES``). The duration ``profile`` takes effect at the start
+and again each time ``profile`` is set (``drift`` counts from then). Per-request work is
+O(1) amortised: the window is a deque of timestamps, live tasks and billing heaps of
+completion times.
 
 With a ``state_dir`` (:mod:`~runner.sim.store`) the server loads the tasks, balance and
 URL-signing secret of the folder's previous servers at start, so tasks submitted to a
@@ -94,6 +96,9 @@ class SimServer:
             lambda: self.config, self.stats, self._rng, self._callback_body
         )
         self._runner: web.AppRunner | None = None
+        # The duration profile last seen and when it took effect (drift counts from then).
+        self._profile: str | None = None
+        self._profile_since_ms = 0.0
 
     @property
     def origin(self) -> str:
@@ -113,6 +118,7 @@ class SimServer:
             for task in self.tasks.values():
                 task.url_signer = self.result_urls
         self._foreign_live(time.time() * 1000)  # the foreign_live hold begins now
+        self._profile_since(time.time() * 1000)  # and the duration profile's life
         app = web.Application(middlewares=[self._envelope_errors])
         app.router.add_post(API_PREFIX + "/generateTask/{model}", self._generate)
         app.router.add_get(API_PREFIX + "/statusTask/{model}", self._status)
@@ -213,6 +219,7 @@ class SimServer:
             now_ms=int(now_ms),
             config=cfg,
             rng=self._rng,
+            profile_since_ms=self._profile_since(now_ms),
         )
         self._record(task)
         if cfg.p_reset_after and self._rng.random() < cfg.p_reset_after:
@@ -243,6 +250,14 @@ class SimServer:
         """Live slots of every key held by another client right now (``foreign_live``)."""
         cfg = self.config
         return self._limits.foreign(now_ms, cfg.foreign_live, cfg.scaled(cfg.foreign_hold_s) * 1000)
+
+    def _profile_since(self, now_ms: float) -> float:
+        """When the current duration profile took effect: the start, the last time
+        ``profile`` was set through /_sim/config, or (set as an attribute) the first
+        submission that saw it."""
+        if self.config.profile != self._profile:
+            self._profile, self._profile_since_ms = self.config.profile, now_ms
+        return self._profile_since_ms
 
     def _request_origin(self, request: web.Request) -> str:
         # Result URLs point where the client reached us, so they work across machines too.
@@ -345,6 +360,9 @@ class SimServer:
         if "seed" in changes:
             self._rng.seed(self.config.seed)
         self._foreign_live(time.time() * 1000)  # a change of foreign_* starts its hold now
+        if "profile" in changes:  # even to the same value: drift counts from now
+            self._profile = None
+            self._profile_since(time.time() * 1000)
         if "credits" in changes:
             self._books.note_credits()
         return web.json_response(self.config.to_dict())

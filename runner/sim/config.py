@@ -13,6 +13,9 @@ Contract:
   what ``POST /_sim/config`` calls); plain attribute assignment is for trusted test code.
 * The help text of each field lives in its metadata: the CLI and the README are derived
   from it, so one place describes a knob.
+* ``profile`` reshapes the generation time drawn from ``gen_2k_s``/``gen_4k_s`` (the
+  constants below; the pending time is never reshaped): ``docs`` draws exactly as the
+  ranges say, the others model days unlike the API page.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from typing import Any
 
 # How a field's value is checked and converted from JSON or the command line.
 # prob: float in [0, 1]; float/int: non-negative number; range: [low, high] pair;
-# delays: list of non-negative numbers; optint/optstr: value or null; bool.
-_KINDS = ("float", "int", "prob", "range", "delays", "optint", "optstr", "bool")
+# delays: list of non-negative numbers; optint/optstr: value or null; bool;
+# choice: one of the strings in CHOICES[name].
+_KINDS = ("float", "int", "prob", "range", "delays", "optint", "optstr", "bool", "choice")
 
 
 def _knob(default: Any, kind: str, help_text: str) -> Any:
@@ -37,6 +41,33 @@ def _prob(event: str) -> Any:
     """A fault knob: the probability of ``event``, off (0) by default."""
     return _knob(0.0, "prob", f"probability {event}")
 
+
+# The duration profiles. Each multiplies the generation time drawn uniformly from the
+# resolution's range (gen_2k_s or gen_4k_s); the figures in brackets are those of the
+# default ranges, 2K 25-35 s and 4K 40-55 s, before time_scale.
+#: ``slow``: every task takes this many times as long (2K 50-70 s, 4K 80-110 s).
+SLOW_FACTOR = 2.0
+#: ``mixture``: one kind of task, two populations drawn per task: this share is fast
+#: (x0.5: 2K 12.5-17.5 s, 4K 20-27.5 s), the rest slow (x1.2: 2K 30-42 s, 4K 48-66 s).
+MIXTURE_FAST_SHARE = 0.5
+MIXTURE_FAST_FACTOR = 0.5
+MIXTURE_SLOW_FACTOR = 1.2
+#: ``drift``: tasks created ``drift_after_s`` or more after the profile took effect take
+#: this many times as long (2K 40-56 s, 4K 64-88 s); the earlier ones as the docs say.
+DRIFT_FACTOR = 1.6
+#: ``stragglers``: this share of tasks takes 3-5 times as long (factor drawn uniformly).
+STRAGGLER_SHARE = 0.02
+STRAGGLER_FACTOR = (3.0, 5.0)
+PROFILES = ("docs", "slow", "mixture", "drift", "stragglers")
+_PROFILE_HELP = (
+    "how generation times are drawn from gen_2k_s/gen_4k_s (pending_s unchanged): docs, as"
+    " the ranges say (uniform); slow, twice as long (2K 50-70 s, 4K 80-110 s); mixture,"
+    " half the tasks fast at x0.5 (2K 12.5-17.5 s, 4K 20-27.5 s) and half slow at x1.2"
+    " (2K 30-42 s, 4K 48-66 s), drawn per task; drift, as the docs for the tasks created"
+    " in the first drift_after_s after the server started or profile was last set, x1.6"
+    " after (2K 40-56 s, 4K 64-88 s); stragglers, as the docs but 2 % of the tasks take"
+    " 3-5 times as long"
+)
 
 #: The malformed answers of ``p_hostile``. ``task_id`` applies to submissions (the task is
 #: created, the answer names a path instead of its id); the others to status answers of
@@ -57,6 +88,10 @@ HOSTILE_MODES = (
     "gigantic",
     "other_task",
 )
+
+
+#: The allowed values of each field of kind ``choice``.
+CHOICES: dict[str, tuple[str, ...]] = {"profile": PROFILES}
 
 
 @dataclass
@@ -81,6 +116,13 @@ class SimConfig:
         (25.0, 35.0), "range", "generation time at 2K and for the other models (low high)"
     )
     gen_4k_s: tuple[float, float] = _knob((40.0, 55.0), "range", "generation time at 4K")
+    profile: str = _knob("docs", "choice", _PROFILE_HELP)
+    drift_after_s: float = _knob(
+        90.0,
+        "float",
+        "profile drift: tasks created this long after the server started or profile was last"
+        " set take 1.6 times as long",
+    )
     url_ttl_s: float = _knob(
         1_296_000.0,
         "float",
@@ -222,6 +264,11 @@ def _check(name: str, kind: str, value: Any) -> Any:
             raise ValueError(f"{name}: expected a non-empty string or null, got {value!r}")
         if name == "hostile" and value is not None and value not in HOSTILE_MODES:
             raise ValueError(f"{name}: one of {', '.join(HOSTILE_MODES)}, got {value!r}")
+        return value
+    if kind == "choice":
+        allowed = CHOICES[name]
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"{name}: one of {', '.join(allowed)}, got {value!r}")
         return value
     if kind == "bool":
         if not isinstance(value, bool):

@@ -8,8 +8,10 @@ Contract:
   models of the provider (:data:`LENIENT_MODELS`) accept any ``input`` object holding a
   non-empty string ``prompt``. Any other model raises :class:`UnknownModel`.
 * :func:`new_task` draws everything about a task at submission: how long it stays pending,
-  how long it generates (scaled by ``time_scale``), how many images it makes (their shape
-  and file size follow ``aspect_ratio`` and ``resolution``) and whether it fails or hangs.
+  how long it generates (scaled by ``time_scale``, shaped by the duration ``profile``: see
+  :func:`generation_factor`), how many images it makes (their shape and file size follow
+  ``aspect_ratio`` and ``resolution``) and whether it fails or hangs. Every draw comes from
+  the server's one ``rng``, so a ``seed`` replays a run.
   Nothing runs per task afterwards: :meth:`Task.state_at` derives the state from the
   clock, so polling costs O(1) and a thousand live tasks cost no timers.
 * Times are real wall-clock Unix milliseconds, so a client's own clock agrees with them,
@@ -29,7 +31,16 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from runner.sim.config import SimConfig
+from runner.sim.config import (
+    DRIFT_FACTOR,
+    MIXTURE_FAST_FACTOR,
+    MIXTURE_FAST_SHARE,
+    MIXTURE_SLOW_FACTOR,
+    SLOW_FACTOR,
+    STRAGGLER_FACTOR,
+    STRAGGLER_SHARE,
+    SimConfig,
+)
 from runner.sim.images import image_shape, image_size_bytes, render_png, sha256_hex
 
 STRICT_MODEL = "seedream-4-5"
@@ -337,6 +348,29 @@ def _draw_ms(rng: random.Random, bounds: tuple[float, float], scale: float) -> i
     return round(rng.uniform(bounds[0], bounds[1]) * scale * 1000)
 
 
+def generation_factor(config: SimConfig, rng: random.Random, age_ms: float) -> float:
+    """What the duration profile multiplies this task's generation time by (the constants
+    of :mod:`runner.sim.config`). ``age_ms``: real milliseconds since the profile took
+    effect (``drift``). ``docs`` draws nothing, so its runs replay those of before profiles
+    existed; ``mixture`` draws the population before the duration."""
+    profile = config.profile
+    if profile == "slow":
+        return SLOW_FACTOR
+    if profile == "mixture":
+        fast = rng.random() < MIXTURE_FAST_SHARE
+        return MIXTURE_FAST_FACTOR if fast else MIXTURE_SLOW_FACTOR
+    if profile == "drift":
+        return DRIFT_FACTOR if age_ms >= config.scaled(config.drift_after_s) * 1000 else 1.0
+    return 1.0
+
+
+def _straggler_factor(config: SimConfig, rng: random.Random) -> float:
+    """``stragglers``: 3-5 for a share of the tasks, drawn after the duration."""
+    if config.profile == "stragglers" and rng.random() < STRAGGLER_SHARE:
+        return rng.uniform(*STRAGGLER_FACTOR)
+    return 1.0
+
+
 def new_task(
     sub: Submission,
     *,
@@ -346,11 +380,20 @@ def new_task(
     now_ms: int,
     config: SimConfig,
     rng: random.Random,
+    profile_since_ms: float | None = None,
 ) -> Task:
-    """Create the record of a task submitted at ``now_ms``, its fate drawn from ``rng``."""
+    """Create the record of a task submitted at ``now_ms``, its fate drawn from ``rng``.
+
+    ``profile_since_ms``: when the duration profile took effect (the server's start or the
+    last time ``profile`` was set), from which ``drift`` counts; None: ``now_ms``.
+    """
     scale = config.time_scale
     pending = _draw_ms(rng, config.pending_s, scale)
-    gen = _draw_ms(rng, config.gen_4k_s if sub.resolution == "4K" else config.gen_2k_s, scale)
+    age_ms = now_ms - (now_ms if profile_since_ms is None else profile_since_ms)
+    factor = generation_factor(config, rng, age_ms)
+    low, high = config.gen_4k_s if sub.resolution == "4K" else config.gen_2k_s
+    gen_s = rng.uniform(low, high) * factor  # x1.0 (docs) leaves the draw bit for bit
+    gen = round(gen_s * _straggler_factor(config, rng) * scale * 1000)
     n_images = rng.randint(1, sub.max_images) if sub.sequential else sub.max_images
     task = Task(
         task_id=task_id,
