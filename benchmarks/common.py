@@ -226,10 +226,16 @@ def verify_files(files: Iterable[tuple[str, int, Path]], image_bytes: int) -> di
     return {"identical": ok, "different": wrong, "missing": missing}
 
 
-def makespan_efficiency(out: Path, concurrency: int) -> dict[str, float]:
+def makespan_efficiency(
+    out: Path, concurrency: int, since: float | None = None
+) -> dict[str, float | None]:
     """Ideal list-scheduling makespan of the observed generation times over the measured
-    one (first submission to the last result the runner knew of)."""
+    one (first submission to the last result the runner knew of), and the rest of
+    :func:`schedule_figures`. ``since``: only the ledger's events from that Unix time on
+    (one run of several that shared the folder)."""
     events = read_jsonl(out / "ledger.jsonl")
+    if since is not None:
+        events = [e for e in events if e.get("t", 0) >= since]
     submits = [e["t"] for e in events if e["e"] == "submit"]
     results = [e for e in events if e["e"] == "result"]
     return schedule_figures(submits, results, concurrency)
@@ -237,11 +243,11 @@ def makespan_efficiency(out: Path, concurrency: int) -> dict[str, float]:
 
 def schedule_figures(
     submits: Sequence[float], results: Sequence[dict[str, Any]], concurrency: int
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """The figures of :func:`makespan_efficiency` for any client: ``submits`` are local
     Unix times of submissions, ``results`` hold ``t`` (local Unix time the client knew of
     the terminal state) and the API's ``create_ms`` and ``complete_ms``, in the order the
-    client learnt them."""
+    client learnt them. Also the slot utilisations of :func:`utilisation_figures`."""
     durations = [
         (e["complete_ms"] - e["create_ms"]) / 1000
         for e in results
@@ -263,7 +269,60 @@ def schedule_figures(
         "measured_makespan_s": round(measured, 3),
         "detection_lag_p50_s": round(lags[len(lags) // 2], 3) if lags else 0.0,
         "detection_lag_p95_s": round(lags[int(len(lags) * 0.95)], 3) if lags else 0.0,
+        **utilisation_figures(submits, results, concurrency),
     }
+
+
+def slot_utilisation(
+    spans: Sequence[tuple[float, float]], start: float, end: float, concurrency: int
+) -> float | None:
+    """The share of ``concurrency`` slots busy over ``[start, end]``: the time the
+    ``spans`` (task creation to completion at the API) overlap it, over
+    ``concurrency * (end - start)``. None for an empty window."""
+    if end <= start:
+        return None
+    busy = sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
+    return round(busy / (concurrency * (end - start)), 4)
+
+
+def utilisation_figures(
+    submits: Sequence[float], results: Sequence[dict[str, Any]], concurrency: int
+) -> dict[str, float | None]:
+    """Slot utilisation (:func:`slot_utilisation`, from the API's ``createTime`` and
+    ``completeTime`` of the tasks in ``results``) over three windows:
+
+    * ``steady_utilisation``: from the first submission to the last one, while there is
+      always more to submit (after it, slots empty by design);
+    * ``first_wave_utilisation``: from the first completion to the ``concurrency``-th
+      (by ``completeTime``): while the first wave ends and its slots must be found;
+    * ``after_first_wave_utilisation``: from the ``concurrency``-th completion to the
+      last submission (None if there is no such stretch).
+
+    A slot is busy while its task runs at the API; it is idle from the task's completion
+    until the client has found it and its next task is created, so detection lag and
+    submission delay are what lowers them."""
+    spans = sorted(
+        (e["create_ms"] / 1000, e["complete_ms"] / 1000)
+        for e in results
+        if e.get("create_ms") and e.get("complete_ms")
+    )
+    out: dict[str, float | None] = {
+        "steady_utilisation": None,
+        "first_wave_utilisation": None,
+        "after_first_wave_utilisation": None,
+    }
+    if not spans or not submits:
+        return out
+    first_submit, last_submit = min(submits), max(submits)
+    out["steady_utilisation"] = slot_utilisation(spans, first_submit, last_submit, concurrency)
+    ends = sorted(b for _, b in spans)
+    if len(ends) >= concurrency:
+        wave_end = ends[concurrency - 1]
+        out["first_wave_utilisation"] = slot_utilisation(spans, ends[0], wave_end, concurrency)
+        out["after_first_wave_utilisation"] = slot_utilisation(
+            spans, wave_end, last_submit, concurrency
+        )
+    return out
 
 
 def api_requests(stats: dict[str, Any]) -> dict[str, int]:

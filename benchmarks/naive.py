@@ -17,6 +17,15 @@ literally: consecutive 429s of one request double the wait (from ``Retry-After``
 at ``max_backoff_s``, jittered). ``stall_s`` ends a run in which nothing was submitted or
 finished for that long (reported as ``stalled``), so a locked-up run still ends.
 
+``shared_limit`` (``--shared-limit RATE``, requests per ``--shared-period``, 60 s) is what
+a skilled user adds in an afternoon: the same recipe with every API request (submissions,
+polls and their retries; downloads are not counted by the API) first taking a token from
+one ``aiolimiter.AsyncLimiter`` shared by all jobs. A leaky bucket lets a full bucket
+through at once after a quiet spell, so a bucket of ``r`` requests a second that holds
+``r * b`` can pass ``r * (period + b)`` in one window of ``period``; it is sized with
+``b`` = one sixtieth of the period (a second of a minute) and ``r = RATE / (period + b)``,
+so no window of the API ever sees more than ``RATE`` and no 429 is expected.
+
 It keeps, per job, the local Unix time of the submission, the status answer's
 ``createTime``/``completeTime`` and the local time it saw the terminal state, so that the
 figures of ``common.schedule_figures`` (makespan efficiency, detection lag) can be computed
@@ -24,7 +33,7 @@ for it exactly as for the runner.
 
     python benchmarks/naive.py --base-url URL --jobs-file jobs.jsonl --out DIR \\
         [--concurrency 1000] [--initial-delay 20] [--interval 3] [--report FILE]
-        [--on-429 retry-after|backoff] [--stall S]
+        [--on-429 retry-after|backoff] [--stall S] [--shared-limit RATE [--shared-period S]]
 
 Each line of the jobs file is a job object (``id`` and ``meta`` are taken out, the rest is
 the API's ``input``; ``max_images`` defaults to 1). Prints a JSON summary; ``--report``
@@ -44,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiolimiter import AsyncLimiter
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -76,8 +86,10 @@ class NaiveClient:
         attempts: int,
         on_429: str = "retry-after",
         max_backoff_s: float = 30.0,
+        limiter: AsyncLimiter | None = None,
     ) -> None:
         self.session = session
+        self.limiter = limiter
         self.base_url = base_url.rstrip("/")
         self.retry_after_s = retry_after_s
         self.backoff_s = backoff_s
@@ -93,6 +105,8 @@ class NaiveClient:
         """One API call: wait out 429s, retry 5xx and connection errors, return ``data``."""
         failures = throttled = 0
         while True:
+            if self.limiter is not None:
+                await self.limiter.acquire()
             try:
                 async with self.session.request(method, url, **kwargs) as resp:
                     self.answers[kind, resp.status] += 1
@@ -165,6 +179,14 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
         return None
 
 
+def shared_limiter(rate: float, period_s: float) -> AsyncLimiter:
+    """One bucket that never lets more than ``rate`` requests into any window of
+    ``period_s`` (see the module docstring)."""
+    burst_s = period_s / 60
+    per_s = rate / (period_s + burst_s)
+    return AsyncLimiter(max_rate=per_s * burst_s, time_period=burst_s)
+
+
 def _job_input(job: dict[str, Any]) -> dict[str, Any]:
     job_input = {k: v for k, v in job.items() if k not in ("id", "meta")}
     job_input.setdefault("max_images", 1)
@@ -187,6 +209,8 @@ async def run_naive(
     on_429: str = "retry-after",
     max_backoff_s: float = 30.0,
     stall_s: float | None = None,
+    shared_limit: float | None = None,
+    shared_period_s: float = 60.0,
 ) -> dict[str, Any]:
     """Run ``jobs`` through the provider's recipe; return the counts, the answers seen,
     the per-job ``records`` and the figures of ``common.schedule_figures``.
@@ -194,7 +218,8 @@ async def run_naive(
     ``retry_after_s`` is the wait after a 429 without ``Retry-After``; ``backoff_s`` the
     first wait after a 5xx or a connection error (doubled each time, ``attempts`` tries);
     ``timeout_s`` (from submission) gives a task up, None waits for ever. ``on_429``,
-    ``max_backoff_s`` and ``stall_s``: see the module docstring."""
+    ``max_backoff_s``, ``stall_s``, ``shared_limit`` and ``shared_period_s``: see the
+    module docstring."""
     out_dir = Path(out_dir)
     slots = asyncio.Semaphore(concurrency)
     records: list[dict[str, Any]] = [
@@ -252,6 +277,7 @@ async def run_naive(
             attempts=attempts,
             on_429=on_429,
             max_backoff_s=max_backoff_s,
+            limiter=shared_limiter(shared_limit, shared_period_s) if shared_limit else None,
         )
 
         async def watchdog(stall_s: float) -> None:
@@ -319,6 +345,10 @@ def main() -> None:
     ap.add_argument("--on-429", choices=("retry-after", "backoff"), default="retry-after")
     ap.add_argument("--max-backoff", type=float, default=30.0, help="cap of --on-429 backoff")
     ap.add_argument("--stall", type=float, default=None, help="end a run stuck for S")
+    ap.add_argument(
+        "--shared-limit", type=float, help="one limiter bucket: at most RATE requests a period"
+    )
+    ap.add_argument("--shared-period", type=float, default=60.0, help="its period, seconds")
     ap.add_argument("--report", type=Path, help="also write the full report, records included")
     args = ap.parse_args()
     jobs = [json.loads(line) for line in args.jobs_file.read_text().splitlines() if line.strip()]
@@ -336,6 +366,8 @@ def main() -> None:
             on_429=args.on_429,
             max_backoff_s=args.max_backoff,
             stall_s=args.stall,
+            shared_limit=args.shared_limit,
+            shared_period_s=args.shared_period,
         )
     )
     if args.report:
