@@ -41,6 +41,24 @@ async def test_retry_after_pauses_every_request_for_as_long_as_the_server_asked(
     assert clock.sleeps[0] == pytest.approx(3.0)
 
 
+async def test_no_window_holds_more_than_the_rate_and_polls_leave_room_to_submissions():
+    clock = FakeClock()
+    gate = RequestGate(200, 1.0, burst=200, clock=clock)  # a bucket of 20, drained at 200/s
+    assert gate.limit == 198, "1 % less than the rate, for latency"
+    polls = gate.room()
+    assert polls == int(198 * (1 - RequestGate.SUBMIT_RESERVE))
+    for _ in range(polls):
+        await gate.acquire()
+    assert gate.room() == 0 and not clock.sleeps, "the window is full for polls"
+    for _ in range(gate.limit - polls):
+        await gate.acquire(urgent=True)
+    assert not clock.sleeps, "submissions still had the reserve"
+    clock.advance(0.5)
+    await gate.acquire(urgent=True)
+    assert clock.sleeps == [pytest.approx(0.5)], "waits until the first send leaves the window"
+    assert gate.room() == polls - 1, "the window moved past the first sends"
+
+
 def test_the_gate_slows_once_for_a_burst_of_429s_and_recovers_with_time():
     clock = FakeClock()
     gate = RequestGate(100, 1.0, clock=clock)
@@ -79,13 +97,14 @@ def _poller(clock: FakeClock, rate: float) -> Poller:
 
 async def test_a_late_tick_hands_out_the_polls_of_the_time_that_really_passed():
     clock = FakeClock()
-    poller = _poller(clock, rate=100.0)  # 90 polls a second after the margin
+    poller = _poller(clock, rate=100.0)  # 97 polls a second after the margin
+    per_s = 100.0 * Poller.BUDGET_SHARE
     for i in range(500):
         poller.watch(f"t{i}", "2K")
     poller.tick(clock.monotonic(), 0.1)
-    assert poller._due.qsize() == 9
+    assert poller._due.qsize() == int(0.1 * per_s)
     poller.tick(clock.monotonic(), 1.0)  # the event loop ran late
-    assert poller._due.qsize() == 9 + 90
+    assert poller._due.qsize() == int(1.1 * per_s)
 
 
 async def test_the_allocation_loop_accrues_by_the_clock_not_by_its_tick():
@@ -111,7 +130,8 @@ async def test_the_allocation_loop_accrues_by_the_clock_not_by_its_tick():
     loop.cancel()
     with pytest.raises(asyncio.CancelledError):
         await loop
-    assert poller._due.qsize() == int(3 * 0.3 * 90), "0.9 s of polls, not 0.3 s"
+    per_s = 100.0 * Poller.BUDGET_SHARE
+    assert poller._due.qsize() == int(3 * 0.3 * per_s), "0.9 s of polls, not 0.3 s"
 
 
 # -- backoff ---------------------------------------------------------------------------

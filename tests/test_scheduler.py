@@ -6,6 +6,9 @@ import asyncio
 import random
 import time
 
+import pytest
+
+from runner.api.client import ClientStats
 from runner.api.limits import limiter_shape
 from runner.run.completion import CompletionModel, Sample
 from runner.run.poller import Poller
@@ -100,12 +103,11 @@ async def test_callback_mode_polls_late_once_and_then_when_the_webhook_is_overdu
     assert poller.schedule.overdue_age("2K") >= overdue + 5.0, "slow webhooks widen the margin"
 
 
-def test_limiter_shape_keeps_every_window_within_the_rate():
+def test_limiter_shape_allows_the_burst_then_the_full_rate():
     for rate, period, burst in [(10000, 60.0, 1000), (40, 1.0, 25), (3, 1.0, 100)]:
         capacity, seconds = limiter_shape(rate, period, burst)
-        drained_per_window = capacity / seconds * period
-        assert capacity + drained_per_window <= rate + 1e-6
         assert capacity <= max(1, rate // 10)
+        assert capacity / seconds * period == pytest.approx(rate), "the full rate, sustained"
 
 
 async def test_slots_hand_over_in_order_and_close_wakes_waiters():
@@ -128,3 +130,82 @@ async def test_slots_hand_over_in_order_and_close_wakes_waiters():
     slots.release()
     await slots.wait_idle()
     assert slots.used == 0
+
+
+# -- warm start, exploring, fixed schedule --------------------------------------------
+
+
+def test_seeds_keep_the_most_recent_and_give_way_to_the_runs_own_completions():
+    model = CompletionModel()
+    for i in range(CompletionModel.SEEDS + 100):
+        model.seed("2K", 30.0 if i < 100 else 20.0, completed_ms=1_000 + i)  # oldest first
+    assert model.seeds("2K") == CompletionModel.SEEDS
+    assert model.quantile("2K", 0.99) == 20.0, "the 100 oldest (30 s) were replaced"
+    model.seed("2K", 99.0, completed_ms=0)
+    assert model.quantile("2K", 0.99) == 20.0, "an older completion than every seed is ignored"
+    for _ in range(CompletionModel.SEEDS):
+        model.observe("2K", 40.0)
+    model._tables.clear()
+    assert model.seeds("2K") == 0, "the run has its own completions now"
+    assert model.quantile("2K", 0.01) == 40.0, "and they alone decide"
+
+
+async def test_a_warm_run_polls_its_first_wave_where_earlier_runs_finished():
+    warm, cold = _poller(rate=100.0), _poller(rate=100.0)
+    rng = random.Random(1)
+    for i in range(200):
+        created = 1_000_000 + i
+        warm.seed("2K", created, created + int(rng.uniform(25_000, 35_000)))
+    now = time.monotonic()
+    w_warm, w_cold = _watch(warm, "2K", 30.0), _watch(cold, "2K", 30.0)
+    w_cold.next_at = w_cold.submitted + 2 * cold.schedule.first_age("2K")  # not a scout
+    assert warm.schedule.gain(w_warm, now) > 0.4, "about half are done by 30 s"
+    assert cold.schedule.gain(w_cold, now) == 0.0, "cold: waits for the scouts"
+
+
+class _Client:
+    """What the poller reads of a client while it allocates: its request counters."""
+
+    def __init__(self) -> None:
+        self.stats = ClientStats()
+
+
+def _young_tasks(*, adaptive: bool, room: int | None = None) -> Poller:
+    poller = Poller(
+        _Client(),  # type: ignore[arg-type]  # allocation never sends a request
+        initial_delay_s=20.0,
+        interval_s=3.0,
+        jitter=0.0,
+        timeout_s=600.0,
+        request_rate=100.0,
+        request_burst=1000.0,
+        window_room=None if room is None else (lambda: room),
+        adaptive=adaptive,
+    )
+    for i in range(500):
+        poller.watch(f"t{i}", "2K", submitted_ago_s=5.0)  # nothing due for 15 s
+    return poller
+
+
+async def test_budget_the_bank_would_forfeit_is_spent_exploring():
+    poller = _young_tasks(adaptive=True)
+    now = time.monotonic()
+    cap = 1000 * 0.9
+    for tick in range(1, Poller.EXPLORE_EVERY + 1):
+        poller.tick(now, 10.0 if tick == 1 else 0.1)  # the bank fills up at once
+    sent = poller._due.qsize()
+    assert 0 < sent <= cap * (1 - Poller.KEEP) + 1, "what lay beyond the keep, no more"
+    assert poller._tokens >= cap * Poller.KEEP - 1, "the keep stays for the wave"
+    fixed = _young_tasks(adaptive=False)
+    for tick in range(1, Poller.EXPLORE_EVERY + 1):
+        fixed.tick(now, 10.0 if tick == 1 else 0.1)
+    assert fixed._due.qsize() == 0, "a fixed schedule follows the recipe alone"
+
+
+async def test_polls_never_exceed_the_room_the_request_window_has():
+    poller = _young_tasks(adaptive=True, room=7)
+    now = time.monotonic()
+    for w in poller._watches.values():
+        w.next_at = now  # every task due
+    poller.tick(now, 10.0)
+    assert poller._due.qsize() == 7

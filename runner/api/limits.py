@@ -1,25 +1,30 @@
 """Request-rate limiting: the one gate every API request of a run passes.
 
-Two layers, both awaited by :meth:`RequestGate.acquire` before a request is sent:
+Three layers, all awaited by :meth:`RequestGate.acquire` before a request is sent:
 
-* a hard cap, an :class:`aiolimiter.AsyncLimiter`, sized so that **no window** of
-  ``period_s`` seconds ever holds more than ``rate`` requests. A leaky bucket of capacity
-  ``rate`` would allow a full burst *plus* a period's drain in one window (up to twice the
-  rate), which a provider counting a sliding window answers with 429s. So the bucket is
-  small (``burst``) and drains at ``(rate - burst) / period_s``: any window then holds at
-  most ``burst + (rate - burst) = rate`` requests.
+* a pace, an :class:`aiolimiter.AsyncLimiter` (a leaky bucket): bursts of up to ``burst``
+  requests (a fresh run fills every slot at once), then the full rate,
+  ``rate / period_s``;
+* the window the provider counts: a log of this run's send times, so that **no window**
+  of ``period_s`` seconds ever holds more than ``rate`` less a margin (1 %) for the
+  latency between sending and arriving. A leaky bucket alone must either forbid bursts or
+  give up sustained rate (capacity plus a period's drain must stay within ``rate``); the
+  log allows both, and banks quiet spells exactly as the provider's window does.
+  Polls leave the last :attr:`RequestGate.SUBMIT_RESERVE` share of a window to
+  submissions: an idle slot costs more than a late poll;
 * a soft pacer that backs off on 429 (multiplicative decrease, honouring ``Retry-After``
   with a global pause) and recovers additively on success, so a provider that is stricter
   than configured is slowed down to, not hammered.
 
 Owns: when the next request may leave. Must not know: what the requests are for (beyond
-"a submission goes first"), the ledger, the manifest. The pacer's time is the clock it
-is given; the hard cap keeps the event loop's time (aiolimiter's).
+"a submission goes first"), the ledger, the manifest. The window and the pacer keep the
+clock they are given; the leaky bucket keeps the event loop's time (aiolimiter's).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 from aiolimiter import AsyncLimiter
 
@@ -29,14 +34,17 @@ __all__ = ["RequestGate", "limiter_shape"]
 
 
 def limiter_shape(rate: int, period_s: float, burst: int) -> tuple[float, float]:
-    """Return ``(capacity, seconds_per_capacity)`` for an AsyncLimiter that keeps every
-    ``period_s`` window at or below ``rate`` requests while allowing ``burst`` at once.
-
-    The burst is capped at a tenth of the window, so the sustained rate keeps at least
-    90 % of ``rate / period_s``."""
+    """Return ``(capacity, seconds_per_capacity)`` for an AsyncLimiter that allows
+    ``burst`` at once (at most a tenth of ``rate``) and then ``rate`` per ``period_s``.
+    The window log (:meth:`RequestGate.room`) keeps every window within ``rate``."""
     capacity = float(max(1, min(burst, rate // 10)))
-    drain_per_s = max(rate - capacity, 1.0) / period_s
-    return capacity, capacity / drain_per_s
+    return capacity, capacity * period_s / rate
+
+
+def window_limit(rate: int) -> int:
+    """Requests this run sends in any window: ``rate`` less a 1 % margin (at least one)
+    for the latency between sending a request and its arrival."""
+    return max(1, rate - max(1, rate // 100))
 
 
 class RequestGate:
@@ -47,6 +55,8 @@ class RequestGate:
     DECREASE = 0.5
     #: fraction of the configured rate regained per second without a 429
     INCREASE_PER_S = 0.05
+    #: share of each window that polls leave to submissions
+    SUBMIT_RESERVE = 0.02
 
     def __init__(
         self, rate: int, period_s: float, burst: int = 1, *, clock: Clock = SYSTEM_CLOCK
@@ -55,10 +65,13 @@ class RequestGate:
         self.rate = rate
         self.period_s = period_s
         capacity, seconds = limiter_shape(rate, period_s, burst)
-        #: the sustained pace the hard cap allows, and the burst it allows on top
-        self.sustained_per_s = (rate - capacity) / period_s
+        self.limit = window_limit(rate)
+        #: the sustained pace the window allows, and the burst the bucket allows
+        self.sustained_per_s = self.limit / period_s
         self.burst = capacity
         self._hard = AsyncLimiter(capacity, seconds)
+        self._sent: deque[float] = deque()  # send times within the last window
+        self._poll_limit = max(1, int(self.limit * (1 - self.SUBMIT_RESERVE)))
         # Submissions go before polls: an idle slot costs more than a late poll.
         self._submits_waiting = 0
         self._no_submits_waiting = asyncio.Event()
@@ -91,16 +104,41 @@ class RequestGate:
             await self._no_submits_waiting.wait()
             await self._pace()
             await self._hard.acquire()
+            await self._window(self._poll_limit)
             return
         self._submits_waiting += 1
         self._no_submits_waiting.clear()
         try:
             await self._pace()
             await self._hard.acquire()
+            await self._window(self.limit)
         finally:
             self._submits_waiting -= 1
             if not self._submits_waiting:
                 self._no_submits_waiting.set()
+
+    def room(self) -> int:
+        """Polls that may leave now without any window holding more than its share."""
+        self._expire(self.clock.monotonic())
+        return max(0, self._poll_limit - len(self._sent))
+
+    def _expire(self, now: float) -> None:
+        cutoff = now - self.period_s
+        sent = self._sent
+        while sent and sent[0] <= cutoff:
+            sent.popleft()
+
+    async def _window(self, limit: int) -> None:
+        """Wait until the window has room under ``limit``, then count this request."""
+        while True:
+            now = self.clock.monotonic()
+            self._expire(now)
+            if len(self._sent) < limit:
+                self._sent.append(now)
+                return
+            await self.clock.sleep(
+                max(1e-3, self._sent[len(self._sent) - limit] + self.period_s - now)
+            )
 
     async def _pace(self) -> None:
         while True:

@@ -82,6 +82,10 @@ class Polling:
     interval_s: float = 3.0
     jitter: float = 0.2
     timeout_s: float = 600.0
+    #: ``adaptive``: polls go where completion times (learned, and seeded from the
+    #: ledger) say they pay; ``fixed``: every task follows the recipe above, under the
+    #: same request budget
+    schedule: str = "adaptive"
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +274,7 @@ _POLLING: dict[str, tuple[str, Check]] = {
     "interval": ("interval_s", _duration(positive=True)),
     "jitter": ("jitter", _number(0, 1, "a fraction from 0 up to (not including) 1", True, False)),
     "timeout": ("timeout_s", _duration(positive=True)),
+    "schedule": ("schedule", _choice("adaptive", "fixed")),
 }
 _RETRY: dict[str, tuple[str, Check]] = {
     "attempts": ("attempts", _int(1, 100)),

@@ -7,6 +7,12 @@ recent submissions of each kind as :class:`Sample` s; tasks still running count 
 tasks that finished first. The poller (:mod:`runner.run.poller`) asks it how likely a task
 is to have finished by some age, and where the quantiles lie.
 
+A run starts warm: :meth:`CompletionModel.seed` hands it the exact API timings of done
+jobs from the ledger, the most recent :attr:`CompletionModel.SEEDS` per kind. They stand
+in until the run has seen as many completions of its own, then drop out: a model learned
+yesterday is a prior, today's tasks decide. Meanwhile today's tasks still running count
+as censored beside them, so a slower day pulls the estimate back at once.
+
 Owns: the estimate. Must not know: polling, the API, the ledger. Time comes from the
 clock it is given.
 """
@@ -14,6 +20,7 @@ clock it is given.
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections import deque
 from collections.abc import Hashable
 
@@ -49,6 +56,9 @@ class CompletionModel:
     """
 
     MIN_SAMPLES = 10
+    #: completions from earlier runs kept per kind (the most recent), until the run has
+    #: seen as many of its own
+    SEEDS = 300
     WINDOW = 2000  # recent submissions per kind (a minute of a full-speed run)
     REFRESH_S = 0.5  # a kind's estimate is recomputed at most this often
 
@@ -57,6 +67,26 @@ class CompletionModel:
         self._samples: dict[Hashable, deque[Sample]] = {}
         self._tables: dict[Hashable, tuple[float, list[float], list[float]]] = {}
         self._done: dict[Hashable, int] = {}
+        #: per kind, (completion time in unix ms, duration s) of earlier runs' tasks: a
+        #: min-heap, so the oldest seed is the one replaced
+        self._seeds: dict[Hashable, list[tuple[int, float]]] = {}
+
+    def seed(self, kind: Hashable, seconds: float, completed_ms: int) -> None:
+        """A completion from an earlier run (its API timings): kept if it is among the
+        :attr:`SEEDS` most recent of its kind."""
+        heap = self._seeds.setdefault(kind, [])
+        item = (completed_ms, max(seconds, 1e-3))
+        if len(heap) < self.SEEDS:
+            heapq.heappush(heap, item)
+        elif item > heap[0]:
+            heapq.heapreplace(heap, item)
+        else:
+            return
+        self._tables.pop(kind, None)
+
+    def seeds(self, kind: Hashable) -> int:
+        """Earlier runs' completions that count now (0 once the run has its own)."""
+        return len(self._seeds.get(kind, ())) if self._done.get(kind, 0) < self.SEEDS else 0
 
     def started(self, kind: Hashable, sample: Sample) -> None:
         self._samples.setdefault(kind, deque(maxlen=self.WINDOW)).append(sample)
@@ -74,19 +104,23 @@ class CompletionModel:
     def _table(self, kind: Hashable) -> tuple[list[float], list[float]] | None:
         """(cumulative probabilities, times) of the estimate, or None if too little is
         known yet."""
-        if self._done.get(kind, 0) < self.MIN_SAMPLES:
+        seeds = self.seeds(kind)
+        if self._done.get(kind, 0) + seeds < self.MIN_SAMPLES:
             return None
         now = self.clock.monotonic()
         cached = self._tables.get(kind)
         if cached is not None and now - cached[0] < self.REFRESH_S:
             return cached[1], cached[2]
         # (time, 0 for a completion / 1 for a censoring): completions sort first on ties
-        events = sorted(
+        events = [
             (s.duration, 0)
             if s.duration is not None
             else (now - s.started if s.seen_running is None else s.seen_running, 1)
             for s in self._samples.get(kind, ())
-        )
+        ]
+        if seeds:
+            events.extend((duration, 0) for _, duration in self._seeds[kind])
+        events.sort()
         at_risk = len(events)
         survival = 1.0
         probs: list[float] = []

@@ -90,6 +90,8 @@ class Feeder:
                     self.counters.changed_in_flight += 1
             step = flow.next_step(job, rec)
             if step is None:
+                if rec is not None and rec.phase is Phase.DONE:
+                    flow.poller.seed(job.timing_kind, rec.create_ms, rec.complete_ms)
                 continue
             stopping = self._stopping.is_set()
             if not step.paid and (stopping or not submitting):

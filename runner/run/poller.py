@@ -8,8 +8,11 @@ small pool of workers. Webhooks resolve tasks too, through :meth:`Poller.deliver
 
 Pacing: each tick, the polls the request budget leaves after submissions
 (``request_rate`` x :attr:`Poller.BUDGET_SHARE`, for the time that really passed since
-the last tick, banked through quiet spells up to the limiter's burst) go to the tasks
-where a poll is worth the most (:mod:`runner.run.schedule` says what each is worth).
+the last tick, banked through quiet spells up to the limiter's burst, and never more
+than the request window has room for) go to the tasks where a poll is worth the most
+(:mod:`runner.run.schedule` says what each is worth). Polls that the bank would forfeit
+(it is more than :attr:`Poller.KEEP` full) are spent exploring: on the tasks likeliest
+to have finished since they were last looked at, whatever the bar.
 
 Owns: the watch list, the pacing and the workers. Must not know: when a task is worth
 a poll (the schedule), the ledger, the jobs.
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from runner.api.answers import TaskStatus
 from runner.api.client import ApiClient
@@ -47,7 +50,12 @@ class Poller:
     TICK_S = 0.1
     #: share of the sustained request rate that submissions and polls together may use;
     #: the rest absorbs retries
-    BUDGET_SHARE = 0.9
+    BUDGET_SHARE = 0.97
+    #: share of the bank kept for a wave of completions; polls beyond it would be
+    #: forfeited at the cap, so they explore
+    KEEP = 0.5
+    #: exploring is decided every this many ticks (it weighs every watched task)
+    EXPLORE_EVERY = 3
 
     def __init__(
         self,
@@ -61,6 +69,8 @@ class Poller:
         callbacks: bool = False,
         request_rate: float = float("inf"),
         request_burst: float = 1.0,
+        window_room: Callable[[], int] | None = None,
+        adaptive: bool = True,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.client = client
@@ -71,8 +81,11 @@ class Poller:
             interval_s=interval_s,
             jitter=jitter,
             callbacks=callbacks,
+            adaptive=adaptive,
             clock=clock,
         )
+        #: polls the request window has room for now (the gate's count); None: no limit
+        self._window_room = window_room
         #: API requests per second the run may spend (submissions and polls together),
         #: and the burst the rate limiter allows after a quiet spell
         self.request_rate = request_rate
@@ -82,6 +95,7 @@ class Poller:
         self._ended: dict[str, None] = {}  # recently ended task ids, oldest first
         self._due: asyncio.Queue[Watch] = asyncio.Queue()
         self._tokens = 0.0
+        self._ticks = 0
         self._submits_seen = 0
         self._submit_rate = 0.0  # recent submissions per second (moving average)
         self.resolved_by_poll = 0
@@ -111,6 +125,8 @@ class Poller:
             callbacks=callbacks,
             request_rate=client.gate.sustained_per_s,
             request_burst=client.gate.burst,
+            window_room=client.gate.room,
+            adaptive=polling.schedule == "adaptive",
             workers=workers,
             clock=client.clock,
         )
@@ -175,6 +191,12 @@ class Poller:
         self._watches[task_id] = w
         return w.future
 
+    def seed(self, kind: Hashable, create_ms: int | None, complete_ms: int | None) -> None:
+        """A task of ``kind`` done in an earlier run, with its API timings: the completion
+        model starts from the most recent such (a warm start)."""
+        if create_ms is not None and complete_ms is not None and complete_ms > create_ms:
+            self.schedule.model.seed(kind, (complete_ms - create_ms) / 1000, complete_ms)
+
     def job_of(self, task_id: str) -> str | None:
         """The job of a task still waited on (not yet resolved, forgotten or failed)."""
         w = self._watches.get(task_id)
@@ -228,27 +250,50 @@ class Poller:
     def tick(self, now: float, elapsed_s: float) -> None:
         """Accrue the polls the budget allows for ``elapsed_s`` seconds (the time that
         really passed: a late tick gets a late tick's polls), fail tasks past their
-        deadline, then hand the polls to the tasks where a poll is worth the most."""
+        deadline, then hand the polls to the tasks where a poll is worth the most, and
+        what the bank would forfeit to exploring."""
         rate = self._poll_rate(elapsed_s)
         # Bank budget through quiet spells, as the rate limiter itself does, so that a
         # wave of completions can be met with a burst.
         cap = max(1.0, rate * 2.0, self.request_burst * 0.9)
         self._tokens = min(self._tokens + rate * max(0.0, elapsed_s), cap)
+        room = int(self._tokens)
+        if self._window_room is not None:
+            room = min(room, self._window_room())
+        self._ticks += 1
+        schedule = self.schedule
+        explore = (
+            schedule.adaptive
+            and self._ticks % self.EXPLORE_EVERY == 0
+            and self._tokens > cap * self.KEEP
+        )
         candidates: list[tuple[float, Watch]] = []
+        rest: list[Watch] = []
+        gain = schedule.gain
         for w in list(self._watches.values()):
             if w.in_flight:
                 continue
             if now >= w.deadline:
                 self._fail(w, PollTimeout(f"task {w.task_id} outlived polling.timeout"))
                 continue
-            value = self.schedule.gain(w, now)
+            value = gain(w, now)
             if value > 0:
                 candidates.append((value, w))
-        room = int(self._tokens)
-        self.schedule.relax(self._tokens / cap)  # the bar follows the unused budget
+            elif explore:
+                rest.append(w)
+        schedule.relax(self._tokens / cap)  # the bar follows the unused budget
         if len(candidates) > room:
             candidates = heapq.nlargest(room, candidates, key=lambda c: c[0])
-        for _, w in candidates:
+        self._send(candidates)
+        if explore:
+            # What the bank holds beyond its keep would be lost at the cap: explore.
+            spare = min(room - len(candidates), int(self._tokens - cap * self.KEEP))
+            if spare > 0 and rest:
+                scored = [(v, w) for w in rest if (v := schedule.explore(w, now)) > 0]
+                self._send(heapq.nlargest(spare, scored, key=lambda c: c[0]))
+
+    def _send(self, chosen: list[tuple[float, Watch]]) -> None:
+        for _, w in chosen:
             w.in_flight = True
             self._tokens -= 1
             self._due.put_nowait(w)

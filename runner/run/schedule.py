@@ -13,6 +13,16 @@ Callback mode: webhooks resolve tasks; polling is the safety net, with one early
 where 90 % of such tasks are done, and then the overdue mark (99th percentile plus a
 margin learned from webhook lag).
 
+Use it or lose it (both modes): budget that would otherwise be forfeited (the poller's
+bank is nearly full) is spent on :meth:`Schedule.explore`: the tasks likeliest to have
+finished since they were last looked at, even below the bar or before the recipe's
+first poll, so a wave of fast tasks or a lost webhook is found in seconds. A run can
+start warm: completion times of done jobs in the ledger seed the estimate
+(:meth:`runner.run.completion.CompletionModel.seed`).
+
+``polling.schedule: fixed`` turns all of this off: every task follows the recipe, under
+the same request budget.
+
 Owns: these rules and their constants. Must not know: the request budget's pacing and
 the workers (:mod:`runner.run.poller`), HTTP.
 """
@@ -83,6 +93,7 @@ class Schedule:
         interval_s: float,
         jitter: float,
         callbacks: bool,
+        adaptive: bool = True,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.initial_delay_s = initial_delay_s
@@ -90,6 +101,8 @@ class Schedule:
         self.jitter = jitter
         #: webhooks are expected: poll only tasks whose webhook is overdue
         self.callbacks = callbacks
+        #: False (``polling.schedule: fixed``): the recipe alone, nothing learned
+        self.adaptive = adaptive
         self.model = CompletionModel(clock)
         #: seconds from completion to webhook arrival, recent deliveries
         self.lags: deque[float] = deque(maxlen=400)
@@ -105,7 +118,8 @@ class Schedule:
         callback modes), ``live`` tasks being watched: scouts at the recipe's age, the
         others at twice it."""
         first = self.first_age(kind)
-        if not self.callbacks and random.random() >= max(self.SCOUT_SHARE, 10 / (1 + live)):
+        scout = random.random() < max(self.SCOUT_SHARE, 10 / (1 + live))
+        if self.adaptive and not self.callbacks and not scout:
             first *= 2  # not a scout
         return started + self.jittered(first)
 
@@ -123,7 +137,7 @@ class Schedule:
         if self.callbacks:
             # One early look where most tasks are done (a dropped webhook then costs a
             # few seconds, not the whole tail); then the overdue mark.
-            early = self.model.quantile(kind, self.CALLBACK_EARLY_QUANTILE)
+            early = self._quantile(kind, self.CALLBACK_EARLY_QUANTILE)
             return early if early is not None else self.overdue_age(kind)
         return self.initial_delay_s
 
@@ -131,12 +145,15 @@ class Schedule:
         """Callback mode: the age after which a missing webhook is overdue. Nearly every
         task of this kind is done by the 99th percentile; the margin covers delivery lag
         (learned from deliveries that did arrive)."""
-        late = self.model.quantile(kind, 0.99)
+        late = self._quantile(kind, 0.99)
         if late is None:
             return self.initial_delay_s * self.CALLBACK_FALLBACK_FACTOR
         lags = sorted(self.lags)
         lag = lags[int(0.95 * (len(lags) - 1))] if lags else 0.0
         return late + max(self.interval_s / 2, 3 * lag)
+
+    def _quantile(self, kind: Hashable, p: float) -> float | None:
+        return self.model.quantile(kind, p) if self.adaptive else None
 
     def next_at(self, w: Watch, now: float) -> float:
         """Recipe and callback modes: when to poll a task found still running."""
@@ -157,7 +174,9 @@ class Schedule:
         if now - w.last_poll < self.interval_s * self.MIN_SPACING and w.polls:
             return 0.0
         value = 0.0
-        known = None if self.callbacks else self.model.cdf(w.kind, now - w.submitted)
+        known = None
+        if self.adaptive and not self.callbacks:
+            known = self.model.cdf(w.kind, now - w.submitted)
         if known is not None:
             done_now, longest = known
             before = self.model.cdf(w.kind, w.last_poll - w.submitted)
@@ -174,3 +193,22 @@ class Schedule:
         if now < w.next_at:
             return value
         return 1.0 + (now - w.next_at) / max(self.interval_s, 1e-9)
+
+    def explore(self, w: Watch, now: float) -> float:
+        """What a poll of this task is worth when the budget would otherwise be lost: the
+        chance that it finished since it was last looked at (a tie-breaker favours the
+        task looked at least recently, also while nothing is known of its kind); 0 for a
+        task looked at a moment ago, and in ``fixed`` mode."""
+        since = now - w.last_poll
+        if not self.adaptive or (w.polls and since < self.interval_s * self.MIN_SPACING):
+            return 0.0
+        fresh = 1e-3 * since / max(self.initial_delay_s, 1e-9)
+        age = now - w.submitted
+        known = self.model.cdf(w.kind, age)
+        if known is None:
+            return fresh
+        done_now, longest = known
+        if age > longest:
+            return fresh + (1.0 - done_now) * 0.5  # past anything seen: worth a look
+        before = self.model.cdf(w.kind, w.last_poll - w.submitted)
+        return fresh + done_now - (before[0] if before is not None else 0.0)
