@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from runner.sim import render_png
+from runner.sim.images import image_shape, image_size_bytes
 
 
 @contextlib.contextmanager
@@ -199,10 +200,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def verify_images(out: Path, image_bytes: int) -> dict[str, int]:
     """Compare every file on disk with what the simulator serves for its task and index
-    (the simulator's images are a pure function of both)."""
+    (the simulator's images are a pure function of both and of the job's resolution and
+    aspect ratio, read from ``results.jsonl``)."""
     return verify_files(
         (
-            (result["task_id"], index, out / f["path"])
+            (result["task_id"], index, out / f["path"], result.get("input"))
             for result in read_jsonl(out / "results.jsonl")
             for index, f in enumerate(result["files"])
         ),
@@ -210,14 +212,22 @@ def verify_images(out: Path, image_bytes: int) -> dict[str, int]:
     )
 
 
-def verify_files(files: Iterable[tuple[str, int, Path]], image_bytes: int) -> dict[str, int]:
-    """Compare each ``(task_id, index, path)`` with the image the simulator serves."""
+def verify_files(
+    files: Iterable[tuple[str, int, Path, dict[str, Any] | None]], image_bytes: int
+) -> dict[str, int]:
+    """Compare each ``(task_id, index, path, job_input)`` with the image the simulator
+    serves: its size and shape follow ``job_input``'s ``resolution`` and
+    ``aspect_ratio`` (None: a 2K square)."""
     ok = wrong = missing = 0
-    for task_id, index, path in files:
+    for task_id, index, path, job_input in files:
         if not path.is_file():
             missing += 1
             continue
-        expected = hashlib.sha256(render_png(task_id, index, image_bytes))
+        job_input = job_input or {}
+        resolution = "4K" if job_input.get("resolution") == "4K" else "2K"
+        size = image_size_bytes(image_bytes, resolution)
+        shape = image_shape(job_input.get("aspect_ratio"), resolution)
+        expected = hashlib.sha256(render_png(task_id, index, size, *shape))
         actual = hashlib.sha256(path.read_bytes())
         if expected.hexdigest() == actual.hexdigest():
             ok += 1

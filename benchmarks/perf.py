@@ -45,7 +45,9 @@ window fills (every slot retrying every second keeps it full); such a run is end
 **Per run**: makespan ``efficiency`` (the ideal list-scheduling makespan of the observed
 generation times over the measured one, first submission to the last result known; list
 scheduling is a reference, not a strict bound, so a client that never leaves a slot idle
-can land a little above 1.0); slot utilisations (below); API requests per job
+can land a little above 1.0, and on ``stragglers`` well above it: scheduled in the order
+they were found, the stragglers come last, although every client started them early;
+there, compare clients, not the figure with 1); slot utilisations (below); API requests per job
 (submissions and polls, from the simulator's counters, 429s included); share of the
 request budget used over the makespan; ``http_429``; detection lag p50/p95 (completion
 to the client knowing); CPU seconds per 1,000 jobs and peak RSS of the client's process
@@ -384,9 +386,10 @@ def run_naive_mode(
         if key in naive:
             report[key] = naive[key]
     records = naive["records"]
+    inputs = {job["id"]: job for job in jobs}
     report["images"] = verify_files(
         (
-            (rec["task_id"], index, out / path)
+            (rec["task_id"], index, out / path, inputs.get(rec["id"]))
             for rec in records
             for index, path in enumerate(rec.get("files", ()))
         ),
