@@ -298,19 +298,28 @@ def slot_utilisation(
 def utilisation_figures(
     submits: Sequence[float], results: Sequence[dict[str, Any]], concurrency: int
 ) -> dict[str, float | None]:
-    """Slot utilisation (:func:`slot_utilisation`, from the API's ``createTime`` and
-    ``completeTime`` of the tasks in ``results``) over three windows:
+    """How busy the client kept its ``concurrency`` slots, from the API's ``createTime``
+    and ``completeTime`` of the tasks in ``results``:
 
-    * ``steady_utilisation``: from the first submission to the last one, while there is
-      always more to submit (after it, slots empty by design);
-    * ``first_wave_utilisation``: from the first completion to the ``concurrency``-th
-      (by ``completeTime``): while the first wave ends and its slots must be found;
-    * ``after_first_wave_utilisation``: from the ``concurrency``-th completion to the
-      last submission (None if there is no such stretch).
+    * ``steady_utilisation``: :func:`slot_utilisation` from the first submission to the
+      last one, while there is always more to submit (after it, slots empty by design).
+    * ``first_wave_utilisation`` and ``after_first_wave_utilisation``: the utilisation
+      of slot cycles. With the tasks ordered by completion (``i`` = 1, 2, ...) and their
+      creations sorted, task ``i``'s slot is refilled by creation ``concurrency + i``
+      (the API holds at most ``concurrency`` live tasks, so that creation comes after
+      completion ``i``): its cycle is its run (creation to completion, ``d_i``) then the
+      idle gap to that refill (``g_i``). The utilisation of a set of cycles is
+      ``sum(d) / sum(d + g)``; the first wave is the cycles of the first
+      ``concurrency`` completions, the rest those of the later ones that were refilled.
+      Unlike a time window, this weighs every completion alike: a window holding the
+      first wave's completions is only as long as the spread of durations (10 s for
+      25-35 s tasks), so the same detection lag would cost three times as much there
+      as in the steady state.
+    * ``first_wave_refill_gap_s`` and ``after_first_wave_refill_gap_s``: the mean ``g``
+      of each: detection lag plus the time to submit the next task.
 
-    A slot is busy while its task runs at the API; it is idle from the task's completion
-    until the client has found it and its next task is created, so detection lag and
-    submission delay are what lowers them."""
+    None where there is no such stretch (fewer than ``concurrency`` completions, or
+    none refilled after the first wave)."""
     spans = sorted(
         (e["create_ms"] / 1000, e["complete_ms"] / 1000)
         for e in results
@@ -320,18 +329,26 @@ def utilisation_figures(
         "steady_utilisation": None,
         "first_wave_utilisation": None,
         "after_first_wave_utilisation": None,
+        "first_wave_refill_gap_s": None,
+        "after_first_wave_refill_gap_s": None,
     }
     if not spans or not submits:
         return out
-    first_submit, last_submit = min(submits), max(submits)
-    out["steady_utilisation"] = slot_utilisation(spans, first_submit, last_submit, concurrency)
-    ends = sorted(b for _, b in spans)
-    if len(ends) >= concurrency:
-        wave_end = ends[concurrency - 1]
-        out["first_wave_utilisation"] = slot_utilisation(spans, ends[0], wave_end, concurrency)
-        out["after_first_wave_utilisation"] = slot_utilisation(
-            spans, wave_end, last_submit, concurrency
-        )
+    out["steady_utilisation"] = slot_utilisation(spans, min(submits), max(submits), concurrency)
+    creates = [a for a, _ in spans]
+    by_end = sorted(spans, key=lambda span: span[1])
+    cycles = [
+        (end - start, max(0.0, creates[concurrency + i] - end))
+        for i, (start, end) in enumerate(by_end[: len(spans) - concurrency])
+    ]
+    for name, part in (
+        ("first_wave", cycles[:concurrency]),
+        ("after_first_wave", cycles[concurrency:]),
+    ):
+        if len(cycles) >= concurrency and part:
+            run, idle = sum(d for d, _ in part), sum(g for _, g in part)
+            out[f"{name}_utilisation"] = round(run / (run + idle), 4) if run + idle else None
+            out[f"{name}_refill_gap_s"] = round(idle / len(part), 3)
     return out
 
 
