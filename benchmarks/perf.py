@@ -395,6 +395,8 @@ def run_naive_mode(
         "steady_utilisation",
         "first_wave_utilisation",
         "after_first_wave_utilisation",
+        "first_wave_refill_gap_s",
+        "after_first_wave_refill_gap_s",
         "polls_per_job",
     ):
         if key in naive:
