@@ -220,7 +220,7 @@ async def test_a_rerun_starts_warm_from_the_ledgers_completion_times(sim: SimSer
     assert engine._poller is not None
     kind = ("2K", 1, None)
     assert engine._poller.schedule.model.seeds(kind) == 0, "nothing earlier to learn from"
-    edited = [dict(first[0], prompt="an edited prompt")] + first[1:]
+    edited = [dict(first[0], prompt="an edited prompt"), *first[1:]]
     path = manifest(edited + prompts(10, prefix="a new product"))
     code, engine = await run_engine(path, sim.base_url)
     assert code == 0
