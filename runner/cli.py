@@ -293,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolved = resolve_shard(args.shard, args.shards, os.environ, recorded)
         if resolved is not None:
             (k, n), split = resolved
-            if recorded is not None and split is recorded and n != args.shards:
+            if recorded is not None and split is recorded:  # some indexes resubmitted
                 log.warning(
                     "this array runs part of the campaign's %d-way split (recorded in "
                     "%s/shards/%s): shard %d of %d",
