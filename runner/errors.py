@@ -119,6 +119,11 @@ class LockedError(RunnerError):
     exit_code = 5
 
 
+class LockLostError(LockedError):
+    """Another run took over this run's folder lock (a file lock whose heartbeat had
+    stopped for too long): this run stopped at once, after it had started working."""
+
+
 class ApiError(RunnerError):
     """One API request (or result download) failed. ``outcome`` says what it means for
     the job, ``fault`` what happened; ``retry_after`` is the delay in seconds the server
