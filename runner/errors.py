@@ -17,6 +17,7 @@ never on status numbers or code strings. ``code`` is what the ledger records.
     ├── FatalApiError          FATAL: the API refused the account       -> exit 3, state saved
     │                          (401/403, INSUFFICIENT_CREDITS)
     ├── LockedError            another run holds the output folder      -> exit 5
+    │   └── LockLostError      ... took it over from this run (its heartbeat had stopped)
     └── ApiError               one request went wrong
         ├── TransientApiError  RETRY: 5xx, timeouts, resets, a status answer that cannot
         │   │                  be read, a short download; retry, honouring ``retry_after``

@@ -290,8 +290,13 @@ class Cluster:
         return done
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.run("scancel", "--user=root", check=False)
+        if self.procs.get("slurmctld") is not None:
+            with contextlib.suppress(Exception):  # let every job end before slurmd goes
+                self.run("scancel", "--user=root", check=False)
+                for _ in range(90):
+                    if not self.run("squeue", "-h", check=False).stdout.strip():
+                        break
+                    time.sleep(0.5)
         for name in ("slurmd", "slurmctld", "munged"):
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
