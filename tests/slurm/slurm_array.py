@@ -550,6 +550,7 @@ def check(
 
     signalled = limit_signals
     to_4 = sum(1 for r in runs if r.signalled is not None and r.code == 4)
+    to_exit = [r.ended - r.signalled for r in runs if r.signalled is not None]
     figures = {
         "slurm": cluster.version(),
         "jobs": jobs,
@@ -560,6 +561,7 @@ def check(
         "run_exit_codes": {str(k): v for k, v in sorted(codes.items())},
         "sigterms": sum(1 for r in runs if r.signalled is not None),
         "sigterm_then_exit_4": to_4,
+        "sigterm_to_exit_s": round(max(to_exit), 1) if to_exit else None,
         "sigterm_after_s": [round(min(signalled)), round(max(signalled))] if signalled else None,
         "requeues": requeues,
         "requeue_gap_s": [round(min(gaps)), round(max(gaps))] if gaps else None,
