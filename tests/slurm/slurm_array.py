@@ -105,8 +105,9 @@ def recipe(manifest: Path) -> str:
 
 def sbatch_options(array: str) -> list[str]:
     """Command-line options override the script's #SBATCH lines: a short limit and an
-    early signal, so that SIGTERM and requeue happen within minutes."""
-    return [f"--array={array}", f"--time={TIME_LIMIT}", f"--signal={SIGNAL}"]
+    early signal, so that SIGTERM and requeue happen within minutes; less memory than a
+    real campaign asks, so that every task fits on a small machine at once."""
+    return [f"--array={array}", f"--time={TIME_LIMIT}", f"--signal={SIGNAL}", "--mem=200M"]
 
 
 # -- the cluster --------------------------------------------------------------------------
@@ -241,7 +242,7 @@ class Cluster:
                 "MinJobAge=3600",
                 "KillWait=30",
                 "InactiveLimit=0",
-                f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs=2 "
+                f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={os.cpu_count() or 1} "
                 f"RealMemory={memory_mb() * 9 // 10} State=UNKNOWN",
                 # 4 tasks share the 2 cores: the runner is mostly waiting on the network
                 f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE "
