@@ -45,7 +45,7 @@ from runner.state.index import LedgerIndex
 from runner.state.layouts import CampaignIndex, CampaignView
 from runner.state.ledger import read_index
 
-from .errors import ManifestError, RunnerError
+from .errors import LockLostError, ManifestError, RunnerError
 
 if TYPE_CHECKING:
     from runner.run.engine import Engine
@@ -286,6 +286,7 @@ def _os_error(exc: OSError) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     install_console(args.log_format, args.quiet, not args.no_progress, sys.stderr)
+    ended = None
     try:
         campaign = load_campaign(args.manifest, _overrides(args))
         root = campaign.output.dir
@@ -293,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolved = resolve_shard(args.shard, args.shards, os.environ, recorded)
         if resolved is not None:
             (k, n), split = resolved
-            if recorded is not None and split is recorded and n != args.shards:
+            if recorded is not None and split is recorded:  # some indexes resubmitted
                 log.warning(
                     "this array runs part of the campaign's %d-way split (recorded in "
                     "%s/shards/%s): shard %d of %d",
@@ -358,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunnerError as exc:
         log.error("%s", exc)
         code = exc.exit_code
+        if isinstance(exc, LockLostError):
+            ended = "stopped at once; the run now holding the folder carries on from the ledger"
     except OSError as exc:
         code = _os_error(exc)
     else:
@@ -365,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _finished(campaign, summary, code)
         return code
     # The closing line, here too: a cron log always ends with how the run ended.
-    log_ended_early(code)
+    log_ended_early(code, ended)
     return code
 
 

@@ -17,6 +17,7 @@ never on status numbers or code strings. ``code`` is what the ledger records.
     ├── FatalApiError          FATAL: the API refused the account       -> exit 3, state saved
     │                          (401/403, INSUFFICIENT_CREDITS)
     ├── LockedError            another run holds the output folder      -> exit 5
+    │   └── LockLostError      ... took it over from this run (its heartbeat had stopped)
     └── ApiError               one request went wrong
         ├── TransientApiError  RETRY: 5xx, timeouts, resets, a status answer that cannot
         │   │                  be read, a short download; retry, honouring ``retry_after``
@@ -117,6 +118,11 @@ class LockedError(RunnerError):
     """Another run holds the lock on this output folder."""
 
     exit_code = 5
+
+
+class LockLostError(LockedError):
+    """Another run took over this run's folder lock (a file lock whose heartbeat had
+    stopped for too long): this run stopped at once, after it had started working."""
 
 
 class ApiError(RunnerError):

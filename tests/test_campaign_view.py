@@ -1,6 +1,8 @@
-"""The campaign view: ``--report`` without ``--shard`` over a split campaign writes one
-report.html, results.jsonl, summary.json and metadata.jsonl in ``output.dir``, every job
-once, every image linked where it lies (``shards/K-of-N/images/...``)."""
+"""The campaign view: ``--report`` without ``--shard`` over a split campaign writes
+campaign-report.html, campaign-results.jsonl, campaign-summary.json and
+campaign-metadata.jsonl in ``output.dir``, every job once, every image linked where it
+lies (``shards/K-of-N/images/...``); the unsharded layout's own files there are left
+alone."""
 
 from __future__ import annotations
 
@@ -24,12 +26,12 @@ def report(path: Path) -> tuple[str, str]:
 
 
 def results(out: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(x) for x in (out / "results.jsonl").read_bytes().splitlines()]
+    return [orjson.loads(x) for x in (out / "campaign-results.jsonl").read_bytes().splitlines()]
 
 
 def report_files(out: Path) -> list[list[Any]]:
     """[path, thumbnail, bytes, on disk] of every image the campaign report shows."""
-    page = (out / "report.html").read_text()
+    page = (out / "campaign-report.html").read_text()
     found = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page)
     assert found is not None
     rows = orjson.loads(found.group(1))["J"]
@@ -48,7 +50,7 @@ def assert_every_path_resolves(out: Path, ids: list[str]) -> None:
     for path, thumb, _, on_disk in shown:
         assert on_disk and (out / path).is_file(), path
         assert thumb is None or (out / thumb).is_file(), thumb
-    meta = [orjson.loads(x) for x in (out / "metadata.jsonl").read_bytes().splitlines()]
+    meta = [orjson.loads(x) for x in (out / "campaign-metadata.jsonl").read_bytes().splitlines()]
     assert sorted(m["job_id"] for m in meta) == sorted(ids)
     assert all((out / m["file_name"]).is_file() for m in meta)
 
@@ -61,13 +63,13 @@ async def test_report_over_two_finished_shards_counts_every_job_once(sim, manife
     out = out_dir(path)
     assert not (out / "results.jsonl").exists(), "a shard run writes its own folder only"
     stdout, err = report(path)
-    assert stdout.strip() == str(out / "report.html")
+    assert stdout.strip() == str(out / "campaign-report.html")
     assert "disagree" not in err
     assert_every_path_resolves(out, ids)
     for r in results(out):  # each image where its shard made it
         k = shard_of(r["id"], 2)
         assert r["files"][0]["path"].startswith(f"shards/{k}-of-2/images/"), r
-    summary = orjson.loads((out / "summary.json").read_bytes())
+    summary = orjson.loads((out / "campaign-summary.json").read_bytes())
     assert summary["scope"] == "campaign"
     assert summary["jobs"] == {"total": 12, "done": 12}
     assert summary["images"] == 12 and summary["images_paid"] == sim.stats.tasks_created == 12
@@ -75,7 +77,7 @@ async def test_report_over_two_finished_shards_counts_every_job_once(sim, manife
         (f"shards/{k}-of-2", 0, len(slice_of(ids, k, 2))) for k in (0, 1)
     ]
     assert summary["disagreements"] == {}
-    page = (out / "report.html").read_text()
+    page = (out / "campaign-report.html").read_text()
     assert "every layout" in page and ">12</b>done<" in page
 
 
@@ -93,7 +95,7 @@ async def test_report_over_two_then_three_shards_counts_each_job_once(sim, manif
     assert_every_path_resolves(out, ids)
     for r in results(out):
         assert r["files"][0]["path"].startswith(f"shards/{shard_of(r['id'], 2)}-of-2/"), r
-    summary = orjson.loads((out / "summary.json").read_bytes())
+    summary = orjson.loads((out / "campaign-summary.json").read_bytes())
     assert summary["jobs"] == {"total": 12, "done": 12} and summary["images"] == 12
     assert summary["images_paid"] == sim.stats.tasks_created == 12, "adopted jobs bill nothing"
     assert len(summary["layouts"]) == 5
@@ -114,7 +116,7 @@ async def test_report_warns_once_a_kind_when_layouts_disagree(sim, manifest):
     warnings = [line for line in err.splitlines() if "disagree" in line]
     assert len(warnings) == 1, err
     assert f"on {len(torn)} job" in warnings[0] and "failed or lost in another" in warnings[0]
-    summary = orjson.loads((out / "summary.json").read_bytes())
+    summary = orjson.loads((out / "campaign-summary.json").read_bytes())
     assert summary["disagreements"] == {
         "done in one layout and failed or lost in another": len(torn)
     }
@@ -122,3 +124,37 @@ async def test_report_warns_once_a_kind_when_layouts_disagree(sim, manifest):
     failed = slice_of(ids, 0, 2) - done
     assert summary["jobs"]["done"] == len(done) and summary["jobs"].get("failed", 0) == len(failed)
     assert {r["id"] for r in results(out) if r["state"] == "done"} == done
+
+
+async def test_report_over_the_unsharded_folder_and_shards_leaves_the_unsharded_files_alone(
+    sim, manifest
+):
+    """output.dir is the unsharded layout's folder too: the campaign view's files have
+    their own names there, and the unsharded run's report.html, results.jsonl,
+    summary.json and metadata.jsonl keep its own bytes."""
+    path = manifest(jobs(12, "both"), limits={"concurrency": 4})
+    ids = [f"both-{i}" for i in range(12)]
+    out = out_dir(path)
+    assert (await run_cli(path, sim.base_url))[0] == 0  # unsharded, then split: adopted
+    own = ("report.html", "results.jsonl", "summary.json", "metadata.jsonl")
+    runs = await asyncio.gather(*(run_cli(path, sim.base_url, "--shard", f"{k}/2") for k in (0, 1)))
+    assert [code for code, _ in runs] == [0, 0], runs
+    before = {name: (out / name).read_bytes() for name in own if (out / name).exists()}
+    assert set(before) == set(own), "the unsharded run wrote its files"
+    stdout, _ = report(path)
+    assert stdout.strip() == str(out / "campaign-report.html")
+    for name in own:
+        assert (out / name).exists() == (name in before), name
+        if name in before:
+            assert (out / name).read_bytes() == before[name], f"the campaign view wrote {name}"
+    assert_every_path_resolves(out, ids)
+    summary = orjson.loads((out / "campaign-summary.json").read_bytes())
+    assert summary["scope"] == "campaign" and summary["jobs"] == {"total": 12, "done": 12}
+    assert summary["images_paid"] == sim.stats.tasks_created == 12, "adopted: paid once"
+    layouts = {x["folder"]: x for x in summary["layouts"]}
+    assert set(layouts) == {".", "shards/0-of-2", "shards/1-of-2"}
+    own_summary = orjson.loads(before["summary.json"])
+    assert "scope" not in own_summary and own_summary["jobs"]["done"] == 12
+    assert layouts["."]["exit_code"] == own_summary["exit_code"] == 0
+    page = (out / "campaign-report.html").read_text()
+    assert "campaign-results.jsonl" in page

@@ -207,3 +207,22 @@ async def test_budget_cap_stops_submitting_with_exit_6(sim, manifest):
     assert code == 6
     assert sim.stats.tasks_created == 4
     assert len(image_files(out_dir(path))) == 4
+
+
+async def test_a_rerun_starts_warm_from_the_ledgers_completion_times(sim: SimServer, manifest):
+    """The second run's completion model holds the API timings of the jobs the first
+    run finished (one kind here), before any task of its own has finished; a job edited
+    since is not among them."""
+    first = prompts(20)
+    path = manifest(first)
+    code, engine = await run_engine(path, sim.base_url)
+    assert code == 0
+    assert engine._poller is not None
+    kind = ("2K", 1, None)
+    assert engine._poller.schedule.model.seeds(kind) == 0, "nothing earlier to learn from"
+    edited = [dict(first[0], prompt="an edited prompt"), *first[1:]]
+    path = manifest(edited + prompts(10, prefix="a new product"))
+    code, engine = await run_engine(path, sim.base_url)
+    assert code == 0
+    assert engine._poller is not None
+    assert engine._poller.schedule.model.seeds(kind) == 19, "19 unchanged done jobs"

@@ -242,6 +242,7 @@ def test_unknown_keys_name_the_key_path_and_list_the_allowed_keys(
         ("retry: {uncertain: -1}", "retry.uncertain", "0-100"),
         ("retry: {slot_wait: -1}", "retry.slot_wait", "negative"),
         ("api: {mode: push}", "api.mode", "poll, callback"),
+        ("polling: {schedule: smart}", "polling.schedule", "adaptive, fixed"),
         ("api: {provider: cheapest}", "api.provider", "auto, value, official"),
         ("api: {base_url: ftp://x.example}", "api.base_url", "http(s) URL or the word embedded"),
         ("api: {base_url: not a url}", "api.base_url", "embedded"),

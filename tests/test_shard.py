@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,32 @@ def test_one_index_resubmitted_runs_its_shard_of_the_recorded_split(tmp_path: Pa
     assert _kn(None, 1, _slurm(2, 2, 2, 1), recorded) == (2, 4)
     # a deliberate new full split is taken as it is (no layout pays twice)
     assert _kn(None, 8, _slurm(5, 0, 7, 8), recorded) == (5, 8)
+
+
+def test_an_index_resubmitted_with_n_fixed_in_the_script_keeps_its_shard() -> None:
+    """The recipe writes N=4 in the script: `sbatch --array=2` then has one task (id 2,
+    SLURM_ARRAY_TASK_MIN 2); it is shard 2 of the recorded split, not shard 0. A stepped
+    split maps through its own step; a listed resubmission (--array=1,3) works too."""
+    assert _kn(None, 4, _slurm(2, 2, 2, 1), Split(4)) == (2, 4)
+    assert _kn(None, 4, _slurm(3, 1, 3, 2), Split(4)) == (3, 4), "--array=1,3"
+    assert _kn(None, 4, _slurm(4, 4, 4, 1), Split(4, 0, 2)) == (2, 4), "of --array=0-6:2"
+    assert _kn(None, 4, _slurm(12, 12, 12, 1), Split(4, 10)) == (2, 4), "of --array=10-13"
+    # a full array is a split of its own, even over a recorded one
+    assert _kn(None, 4, _slurm(12, 10, 13, 4), Split(4)) == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("env", "recorded", "says"),
+    [
+        (_slurm(2, 2, 2, 1), None, "no split is recorded yet: submit the whole array first"),
+        (_slurm(2, 2, 2, 1), Split(8), "recorded split is 8 shards, array 0-7"),
+        (_slurm(9, 9, 9, 1), Split(4), "9 is not an index of the campaign's recorded split"),
+        (_slurm(3, 3, 3, 1), Split(4, 0, 2), "recorded split (4 shards, array 0-6:2"),
+    ],
+)
+def test_a_partial_array_that_matches_no_recorded_index_is_refused(env, recorded, says) -> None:
+    with pytest.raises(ManifestError, match=re.escape(says)):
+        resolve_shard(None, 4, env, recorded)
 
 
 @pytest.mark.parametrize(
@@ -217,15 +244,18 @@ async def test_a_campaign_done_in_two_shards_pays_nothing_unsharded_or_in_three(
     assert [code for code, _ in runs] == [0, 0], runs
     paid = sim.stats.tasks_created
     assert paid == 12
+    generated = sim.stats.count(endpoint="generate")
     code, err = await run_cli(path, sim.base_url)
     assert code == 0, err
     assert sim.stats.tasks_created == paid, "the unsharded run paid again"
+    assert sim.stats.count(endpoint="generate") == generated, "it sent a submission"
     summary = orjson.loads((out_dir(path) / "summary.json").read_bytes())
     assert summary["jobs"]["done"] == 12 and summary["exit_code"] == 0
     for k in range(3):
         code, err = await run_as(path, sim, "--shards", "3", env={"JOB_COMPLETION_INDEX": str(k)})
         assert code == 0, err
     assert sim.stats.tasks_created == paid, "a split into three paid again"
+    assert sim.stats.count(endpoint="generate") == generated, "a split sent a submission"
     assert set(sim.stats.submissions_per_prompt.values()) == {1}
     whole = status(path, capsys, "--status")
     assert (whole["jobs"], whole["done"], whole["pending"]) == (12, 12, 0)
@@ -365,3 +395,43 @@ async def test_an_array_index_resubmitted_alone_reruns_its_shard_not_the_campaig
     assert not (out_dir(path) / "shards" / "0-of-1").exists()
     assert sim.stats.tasks_created == 16 and before < 16
     assert set(sim.stats.submissions_per_prompt.values()) == {1}
+
+
+def _array_env(task: int, low: int, high: int, count: int, step: int = 1) -> dict[str, str]:
+    return {**_slurm(task, low, high, count, step), "SLURM_ARRAY_JOB_ID": "77"}
+
+
+async def test_a_stepped_array_with_n_fixed_then_one_index_resubmitted_pays_each_job_once(
+    sim, manifest
+):
+    """The documented recipe (N written in the script) under `--array=0-6:2`: tasks 0, 2,
+    4, 6 are shards 0..3 of 4; task 4 stopped early, and `sbatch --array=4` (one task, id
+    4, SLURM_ARRAY_TASK_MIN 4) finishes shard 2 of 4; nothing is paid twice. A listed
+    array is refused with exit 2 before anything is sent."""
+    path = manifest(jobs(16, "stepped"), limits={"concurrency": 4})
+    out = out_dir(path)
+    ids = [f"stepped-{i}" for i in range(16)]
+    for k, task in enumerate((0, 2, 4, 6)):
+        extra = ("--deadline", "0") if task == 4 else ()  # this one submits nothing
+        code, err = await run_as(
+            path, sim, "--shards", "4", *extra, env=_array_env(task, 0, 6, 4, 2)
+        )
+        assert code == (4 if task == 4 else 0), err
+        assert (out / "shards" / f"{k}-of-4" / "ledger.jsonl").is_file()
+    assert orjson.loads((out / "shards" / "split.json").read_bytes()) == {
+        "n": 4,
+        "low": 0,
+        "step": 2,
+    }
+    assert sim.stats.tasks_created == 16 - len(slice_of(ids, 2, 4))
+    code, err = await run_as(path, sim, "--shards", "4", env=_array_env(4, 4, 4, 1))
+    assert code == 0, err
+    assert "part of the campaign's 4-way split" in err and "shard 2 of 4" in err
+    assert not (out / "shards" / "0-of-1").exists()
+    summary = orjson.loads((out / "shards" / "2-of-4" / "summary.json").read_bytes())
+    assert summary["jobs"]["done"] == len(slice_of(ids, 2, 4))
+    assert sim.stats.tasks_created == 16 and set(sim.stats.submissions_per_prompt.values()) == {1}
+    generated = sim.stats.count(endpoint="generate")
+    code, err = await run_as(path, sim, "--shards", "2", env=_array_env(3, 1, 3, 2))  # --array=1,3
+    assert code == 2 and "listed, not a range" in err, err
+    assert sim.stats.count(endpoint="generate") == generated

@@ -92,9 +92,11 @@ def resolve_shard(
     ``JOB_COMPLETION_INDEX`` (Kubernetes) or the Slurm array's variables (contiguous or
     stepped arrays; a listed one is refused); None: no sharding.
 
-    ``recorded`` is the campaign's split so far: an array that resubmits some indexes of
-    it (``sbatch --array=2``: N from ``SLURM_ARRAY_TASK_COUNT`` is then 1) runs those
-    shards of the recorded split, not a new split of the whole campaign."""
+    ``recorded`` is the campaign's split so far. An array of fewer tasks than N
+    (``sbatch --array=2`` with N written in the script) resubmits some indexes of it, as
+    does one with N = 1 (N from ``SLURM_ARRAY_TASK_COUNT``, an older recipe): those
+    shards of the recorded split run, with the recorded array's task ids; never a new
+    split of the whole campaign. A full array (N tasks) is a split of its own."""
     if shard is not None:
         m = _SHARD.match(shard.strip())
         if not m:
@@ -128,11 +130,39 @@ def resolve_shard(
     high = _int(env, "SLURM_ARRAY_TASK_MAX") if "SLURM_ARRAY_TASK_MAX" in env else None
     regular = step >= 1 and (count is None or high is None or low + (count - 1) * step == high)
     split = Split(n, low, max(step, 1))
-    if recorded is not None and recorded.n != n and (count or n) < recorded.n:
-        # Part of the recorded split run again (a failed index resubmitted alone).
+    # A partial array (fewer tasks than N: `sbatch --array=2` with N fixed in the script),
+    # or N taken from SLURM_ARRAY_TASK_COUNT by an older recipe and one index resubmitted
+    # (N = 1): some indexes of the recorded split run again. Their task ids are the
+    # recorded array's, whatever this array's own first index is.
+    partial = count is not None and count < n
+    legacy = recorded is not None and n == 1 < recorded.n
+    if recorded is not None and (partial or legacy):
+        if recorded.n != n and not legacy:
+            raise ManifestError(
+                f"this Slurm array has {count} tasks for --shards {n}, but the campaign's "
+                f"recorded split is {_describe(recorded)} (in shards/{SPLIT_NAME}): "
+                f"resubmit indexes with --shards {recorded.n}, or submit a whole new "
+                f"array of {n} tasks",
+                "--shards",
+            )
         k0 = recorded.index_of(task)
-        if k0 is not None:
-            return (k0, recorded.n), recorded
+        if k0 is None:
+            raise ManifestError(
+                f"SLURM_ARRAY_TASK_ID {task} is not an index of the campaign's recorded "
+                f"split ({_describe(recorded)}, in shards/{SPLIT_NAME}): resubmit "
+                "indexes of that array, or submit a whole new array of N tasks",
+                "--shards",
+            )
+        return (k0, recorded.n), recorded
+    if partial:
+        # No split recorded: the first index of a partial array says nothing about which
+        # shards it holds (--array=2 of 0-3 would read as shard 0).
+        raise ManifestError(
+            f"this Slurm array has {count} tasks for --shards {n}, and no split is "
+            f"recorded yet: submit the whole array first (--array=0-{n - 1}), or use "
+            "--shard K/N",
+            "--shards",
+        )
     if not regular:
         raise ManifestError(
             f"the Slurm array is listed, not a range (indexes {low}..{high}, {count} tasks): "
@@ -148,6 +178,12 @@ def resolve_shard(
             "--shards",
         )
     return (index, n), split
+
+
+def _describe(split: Split) -> str:
+    high = split.low + (split.n - 1) * split.step
+    step = f":{split.step}" if split.step != 1 else ""
+    return f"{split.n} shards, array {split.low}-{high}{step}"
 
 
 def _int(env: Mapping[str, str], name: str) -> int:

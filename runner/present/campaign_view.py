@@ -1,7 +1,9 @@
-"""The campaign view: one ``report.html``, ``results.jsonl``, ``summary.json`` and
-``metadata.jsonl`` in ``output.dir`` over every layout folder of a campaign (the
-unsharded one and every ``shards/K-of-N/``), written by ``--report`` without ``--shard``
-when the campaign has been split.
+"""The campaign view: ``campaign-report.html``, ``campaign-results.jsonl``,
+``campaign-summary.json`` and ``campaign-metadata.jsonl`` in ``output.dir`` over every
+layout folder of a campaign (the unsharded one and every ``shards/K-of-N/``), written by
+``--report`` without ``--shard`` when the campaign has been split. Their own names: the
+unsharded layout's folder is ``output.dir`` too, and its ``report.html``,
+``results.jsonl``, ``summary.json`` and ``metadata.jsonl`` stay that layout's.
 
 Every job counts once, in the furthest state any layout took it to
 (:class:`runner.state.layouts.CampaignView`); its images are linked where they are, with
@@ -12,7 +14,8 @@ in two) are counted by kind, for a warning and the summary.
 Only ``--report`` writes these: a run writes its own folder's files, never the campaign's
 (shards ending together would each reread every ledger and race for the same names).
 
-Owns: the campaign-level files. Must not know: how a run works on a layout.
+Owns: the campaign-level files and their names. Must not know: how a run works on a
+layout.
 """
 
 from __future__ import annotations
@@ -26,18 +29,34 @@ from runner.manifest.campaign import Campaign
 from runner.state.index import LedgerIndex
 from runner.state.layouts import CampaignView
 
+from .dataset import METADATA_NAME
 from .outputs import ledger_view, write_campaign_summary, write_results
-from .report import write_report
+from .report import REPORT_NAME, write_report
 
-__all__ = ["ORIGIN", "write_campaign_view"]
+__all__ = [
+    "CAMPAIGN_METADATA",
+    "CAMPAIGN_PREFIX",
+    "CAMPAIGN_REPORT",
+    "CAMPAIGN_RESULTS",
+    "CAMPAIGN_SUMMARY",
+    "ORIGIN",
+    "write_campaign_view",
+]
 
+#: the campaign view's files in ``output.dir``, beside the unsharded layout's own
+CAMPAIGN_PREFIX = "campaign-"
+CAMPAIGN_REPORT = CAMPAIGN_PREFIX + REPORT_NAME
+CAMPAIGN_RESULTS = CAMPAIGN_PREFIX + "results.jsonl"
+CAMPAIGN_SUMMARY = CAMPAIGN_PREFIX + "summary.json"
+CAMPAIGN_METADATA = CAMPAIGN_PREFIX + METADATA_NAME
 #: where the campaign report says its counts come from
 ORIGIN = "the ledgers of every layout of the campaign (this folder and shards/)"
 
 
 def _last_run(folder: Path, rel: str) -> dict[str, Any]:
     """The exit code and wall time of the last run in ``folder``, from its summary.json
-    (for ``output.dir``, a campaign summary keeps the unsharded folder's entry)."""
+    (one that an older version's campaign view wrote over the unsharded folder's keeps
+    that folder's entry)."""
     try:
         summary = orjson.loads((folder / "summary.json").read_bytes())
     except (OSError, orjson.JSONDecodeError):
@@ -81,10 +100,10 @@ def _layouts(view: CampaignView) -> list[dict[str, Any]]:
 def write_campaign_view(campaign: Campaign, view: CampaignView) -> tuple[Path, dict[str, int]]:
     """Write the campaign-level files in ``output.dir`` (each atomically) from ``view``;
     return the report's path and the jobs per kind of disagreement between layouts."""
-    layouts = _layouts(view)  # before summary.json is rewritten: it keeps the unsharded run
-    write_results(campaign, view)
+    layouts = _layouts(view)
+    write_results(campaign, view, CAMPAIGN_RESULTS)
     picture = ledger_view(campaign, view)
     disagreements = view.disagreements()
-    write_campaign_summary(campaign, picture, layouts, disagreements)
-    path = write_report(campaign, view, None, ORIGIN)
+    write_campaign_summary(campaign, picture, layouts, disagreements, CAMPAIGN_SUMMARY)
+    path = write_report(campaign, view, None, ORIGIN, CAMPAIGN_PREFIX)
     return path, disagreements

@@ -66,6 +66,8 @@ _ENDED_EARLY = {
 }
 
 
-def log_ended_early(code: int) -> None:
-    """The closing line of a run that ended with an error before writing its summary."""
-    final_log.info("finished with exit code %d: %s", code, _ENDED_EARLY.get(code, "see above"))
+def log_ended_early(code: int, said: str | None = None) -> None:
+    """The closing line of a run that ended with an error before writing its summary
+    (``said``: what it says instead of the code's usual words)."""
+    said = said or _ENDED_EARLY.get(code, "see above")
+    final_log.info("finished with exit code %d: %s", code, said)

@@ -130,10 +130,10 @@ class MetadataWriter:
     the manifest, then :meth:`commit` (or :meth:`abort`). Lines go to a temporary file at
     once, so memory does not grow with the number of images."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, name: str = METADATA_NAME) -> None:
         self.out = out
-        self.path = out / METADATA_NAME
-        self._tmp = out / f".{METADATA_NAME}.tmp"
+        self.path = out / name
+        self._tmp = out / f".{name}.tmp"
         self._f = self._tmp.open("wb")
         self.rows = 0
 

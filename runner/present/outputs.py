@@ -107,9 +107,9 @@ def job_states(
         yield job, rec, state
 
 
-def write_results(campaign: Campaign, index: LedgerIndex) -> None:
+def write_results(campaign: Campaign, index: LedgerIndex, name: str = "results.jsonl") -> None:
     """One line per manifest job that reached an end (done or failed)."""
-    write_atomic(campaign.output.dir / "results.jsonl", _result_lines(campaign, index))
+    write_atomic(campaign.output.dir / name, _result_lines(campaign, index))
 
 
 def _result_lines(campaign: Campaign, index: LedgerIndex) -> Iterator[bytes]:
@@ -248,9 +248,11 @@ def _money_and_counts(campaign: Campaign, view: LedgerView) -> dict[str, Any]:
     }
 
 
-def _write_summary(campaign: Campaign, summary: dict[str, Any]) -> dict[str, Any]:
+def _write_summary(
+    campaign: Campaign, summary: dict[str, Any], name: str = "summary.json"
+) -> dict[str, Any]:
     write_atomic(
-        campaign.output.dir / "summary.json",
+        campaign.output.dir / name,
         orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n",
     )
     return summary
@@ -290,8 +292,9 @@ def write_campaign_summary(
     view: LedgerView,
     layouts: list[dict[str, Any]],
     disagreements: dict[str, int],
+    name: str,
 ) -> dict[str, Any]:
-    """The campaign-level ``summary.json`` in ``output.dir`` (``--report`` over layouts):
+    """The campaign-level summary, ``name`` in ``output.dir`` (``--report`` over layouts):
     the counts of every job once, the money every layout's folder paid, and one entry per
     layout folder (``layouts``: its folder relative to ``output.dir``, and the exit code
     and wall time of its last run when its own summary says). No ``run`` section: it
@@ -309,4 +312,5 @@ def write_campaign_summary(
             "layouts": layouts,
             "disagreements": disagreements,
         },
+        name,
     )

@@ -45,7 +45,7 @@ from runner.state.index import LedgerIndex
 
 from . import report_data
 from .charts import NARROW, WIDE, completion_histogram, throughput_chart
-from .dataset import MetadataWriter
+from .dataset import METADATA_NAME, MetadataWriter
 from .outputs import write_atomic
 from .report_data import FAILURE_ROWS, GALLERY_JOBS, Collected, Problem, collect, data_json
 from .report_page import CSS, SCRIPT
@@ -176,7 +176,11 @@ def _summary_line(summary: Mapping[str, Any] | None) -> str:
 
 
 def _render(
-    campaign: Campaign, c: Collected, summary: Mapping[str, Any] | None, origin: str
+    campaign: Campaign,
+    c: Collected,
+    summary: Mapping[str, Any] | None,
+    origin: str,
+    prefix: str = "",
 ) -> str:
     name = _e(campaign.name)
     shown = {row[0] for row in c.rows}
@@ -188,7 +192,7 @@ def _render(
             f"{report_data.GALLERY_JOBS:,} in manifest order and up to "
             f"{report_data.FAILURE_ROWS:,} failed, lost or "
             "uncertain ones); the counts, problems and charts cover every job, "
-            "results.jsonl lists every one and every image is in images/.</p>"
+            f"{prefix}results.jsonl lists every one and every image is in images/.</p>"
         )
     pager = (
         "<div class='pager {0}'><button class='prev' type='button'>‹ previous</button>"
@@ -215,8 +219,8 @@ def _render(
         "<select id='f-sort' aria-label='sort'></select>"
         "<select id='f-per' aria-label='rows a page'></select></div>"
         f"{pager.format('top')}<div id='gallery'>"
-        "<noscript><p class='note'>The gallery needs JavaScript; results.jsonl lists "
-        "every job.</p></noscript></div>"
+        f"<noscript><p class='note'>The gallery needs JavaScript; {prefix}results.jsonl "
+        "lists every job.</p></noscript></div>"
         f"{pager.format('bottom')}</main>"
         "<div id='lightbox' class='lb' hidden role='dialog' aria-modal='true'>"
         "<div class='lb-box'><div class='lb-img' id='lb-img'></div><div class='lb-info'>"
@@ -224,8 +228,8 @@ def _render(
         "<button id='lb-next' type='button'>›</button><span id='lb-where' class='muted'>"
         "</span><span style='flex:1'></span><button id='lb-close' type='button' "
         "aria-label='close'>✕</button></div><div id='lb-text'></div></div></div></div>"
-        "<footer>Written by runner. Images link to the files in images/; results.jsonl, "
-        "summary.json and metadata.jsonl hold the same data.</footer>"
+        f"<footer>Written by runner. Images link to the files in images/; {prefix}results"
+        f".jsonl, {prefix}summary.json and {prefix}metadata.jsonl hold the same data.</footer>"
         f'<script type="application/json" id="report-data">{data_json(c)}</script>'
         f"<script>{SCRIPT}</script></body></html>\n"
     )
@@ -260,12 +264,15 @@ def write_report(
     index: LedgerIndex,
     summary: Mapping[str, Any] | None = None,
     origin: str | None = None,
+    prefix: str = "",
 ) -> Path:
     """Write ``report.html`` in the output folder (atomically) and return its path; in the
     same pass rewrite ``metadata.jsonl`` and make missing thumbnails. ``origin`` says
-    where the counts come from (default: the ledger in this folder)."""
+    where the counts come from (default: the ledger in this folder); ``prefix`` starts
+    the names of the files written and named on the page (the campaign view's
+    ``campaign-``)."""
     out = campaign.output.dir
-    metadata = MetadataWriter(out)
+    metadata = MetadataWriter(out, prefix + METADATA_NAME)
     try:
         c = collect(campaign, index, metadata.add)
     except BaseException:
@@ -273,6 +280,6 @@ def write_report(
         raise
     metadata.commit()
     _thumbnails(out, c, THUMB_BUDGET_S)
-    path = out / REPORT_NAME
-    write_atomic(path, _render(campaign, c, summary, origin or ORIGIN).encode())
+    path = out / (prefix + REPORT_NAME)
+    write_atomic(path, _render(campaign, c, summary, origin or ORIGIN, prefix).encode())
     return path

@@ -39,7 +39,7 @@ from typing import Any
 from runner.api.callback import SILENCE_S, CallbackReceiver, load_secret
 from runner.api.client import ApiClient
 from runner.clock import SYSTEM_CLOCK, Clock
-from runner.errors import FatalApiError, ManifestError
+from runner.errors import FatalApiError, LockedError, ManifestError
 from runner.manifest.campaign import Campaign
 from runner.present.outputs import RunCounters, ledger_view, write_results, write_summary
 from runner.present.progress import ProgressReporter, Snapshot
@@ -95,6 +95,8 @@ class Engine:
         self.fatal: FatalApiError | None = None
         #: the API said the configuration is wrong (exit 2)
         self.config_error: ManifestError | None = None
+        #: another run took this folder's lock over (a file lock whose heartbeat stopped)
+        self.lock_lost: LockedError | None = None
         self._stopping = asyncio.Event()
         limits = campaign.limits
         self.slots = Slots(limits.concurrency)
@@ -137,6 +139,8 @@ class Engine:
         started = self.clock.monotonic()
         lock = FolderLock(self.out)
         lock.acquire()
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        lock.on_lost = lambda error: loop.call_soon_threadsafe(self._lose_lock, error, task)
         try:
             self._open_ledger()
             async with connect(self.campaign, self.options.api_key, self.clock) as client:
@@ -145,9 +149,20 @@ class Engine:
                 async with self._webhooks():
                     await self._run_jobs(client)
             return self._finish(client, started)
+        except asyncio.CancelledError:
+            if self.lock_lost is None or task is None:
+                raise
+            task.uncancel()
+            raise self.lock_lost from None
         finally:
             self.ledger.close()
             lock.release()
+
+    def _lose_lock(self, error: LockedError, task: asyncio.Task[Any] | None) -> None:
+        """Another run took the folder over: stop at once, writing no summary (exit 5)."""
+        self.lock_lost = error
+        if task is not None:
+            task.cancel()
 
     def _open_ledger(self) -> None:
         self.ledger.open()

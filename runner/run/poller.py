@@ -56,6 +56,10 @@ class Poller:
     KEEP = 0.5
     #: exploring is decided every this many ticks (it weighs every watched task)
     EXPLORE_EVERY = 3
+    #: polls a task on average, over the run, beyond which budget left over is no longer
+    #: spent below the bar (a lowered bar, exploring): with its submission, a job's share
+    #: of the API's 10,000 requests a minute at 1,000 slots (5 a job) is not exceeded
+    SPARE_POLLS_PER_TASK = 4.0
 
     def __init__(
         self,
@@ -96,6 +100,8 @@ class Poller:
         self._due: asyncio.Queue[Watch] = asyncio.Queue()
         self._tokens = 0.0
         self._ticks = 0
+        self._watched = 0  # tasks watched in this run
+        self._polls = 0  # polls handed out in this run
         self._submits_seen = 0
         self._submit_rate = 0.0  # recent submissions per second (moving average)
         self.resolved_by_poll = 0
@@ -187,7 +193,8 @@ class Poller:
             job_id=job_id,
         )
         schedule.model.started(kind, sample)
-        w.next_at = now if poll_now else schedule.first_due(kind, started, self.live)
+        self._watched += 1
+        w.next_at = now if poll_now else schedule.first_due(w, self.live)
         self._watches[task_id] = w
         return w.future
 
@@ -262,8 +269,12 @@ class Poller:
             room = min(room, self._window_room())
         self._ticks += 1
         schedule = self.schedule
+        # Budget left over is spent below the bar while the run's polls stay within
+        # their average share per task.
+        spare_ok = self._polls < self.SPARE_POLLS_PER_TASK * self._watched
         explore = (
-            schedule.adaptive
+            spare_ok
+            and schedule.adaptive
             and self._ticks % self.EXPLORE_EVERY == 0
             and self._tokens > cap * self.KEEP
         )
@@ -281,7 +292,8 @@ class Poller:
                 candidates.append((value, w))
             elif explore:
                 rest.append(w)
-        schedule.relax(self._tokens / cap)  # the bar follows the unused budget
+        # the bar follows the unused budget
+        schedule.relax(self._tokens / cap if spare_ok else 0.0)
         if len(candidates) > room:
             candidates = heapq.nlargest(room, candidates, key=lambda c: c[0])
         self._send(candidates)
@@ -293,6 +305,7 @@ class Poller:
                 self._send(heapq.nlargest(spare, scored, key=lambda c: c[0]))
 
     def _send(self, chosen: list[tuple[float, Watch]]) -> None:
+        self._polls += len(chosen)
         for _, w in chosen:
             w.in_flight = True
             self._tokens -= 1

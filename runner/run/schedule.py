@@ -13,10 +13,12 @@ Callback mode: webhooks resolve tasks; polling is the safety net, with one early
 where 90 % of such tasks are done, and then the overdue mark (99th percentile plus a
 margin learned from webhook lag).
 
-Use it or lose it (both modes): budget that would otherwise be forfeited (the poller's
-bank is nearly full) is spent on :meth:`Schedule.explore`: the tasks likeliest to have
-finished since they were last looked at, even below the bar or before the recipe's
-first poll, so a wave of fast tasks or a lost webhook is found in seconds. A run can
+Use it or lose it: budget that would otherwise be forfeited (the poller's bank is more
+than half full) is spent on :meth:`Schedule.explore`: in poll mode, on tasks of a kind
+not known yet, before the recipe's first poll (a wave of fast tasks is found in seconds,
+and teaches the estimate); in callback mode, on the tasks likeliest to have finished
+since they were last looked at (a lost webhook costs seconds). Once a kind is known in
+poll mode, unused budget lowers the bar instead (:meth:`Schedule.relax`). A run can
 start warm: completion times of done jobs in the ledger seed the estimate
 (:meth:`runner.run.completion.CompletionModel.seed`).
 
@@ -60,6 +62,8 @@ class Watch:
     job_id: str = ""
     polls: int = 0
     in_flight: bool = False
+    #: poll mode, while its kind is not known: follows the recipe and explores
+    scout: bool = True
     seen_unknown: set[str] = field(default_factory=set)
 
 
@@ -113,15 +117,14 @@ class Schedule:
         """A new task's bar: the gain a poll must promise before it is spent on it."""
         return self.MIN_GAIN * random.uniform(1 - self.jitter, 1 + self.jitter)
 
-    def first_due(self, kind: Hashable, started: float, live: int) -> float:
-        """When a task of ``kind`` started at ``started`` is first due (recipe and
-        callback modes), ``live`` tasks being watched: scouts at the recipe's age, the
-        others at twice it."""
-        first = self.first_age(kind)
-        scout = random.random() < max(self.SCOUT_SHARE, 10 / (1 + live))
-        if self.adaptive and not self.callbacks and not scout:
+    def first_due(self, w: Watch, live: int) -> float:
+        """When task ``w`` is first due (recipe and callback modes), ``live`` tasks being
+        watched: scouts at the recipe's age, the others at twice it. Sets ``w.scout``."""
+        first = self.first_age(w.kind)
+        w.scout = random.random() < max(self.SCOUT_SHARE, 10 / (1 + live))
+        if self.adaptive and not self.callbacks and not w.scout:
             first *= 2  # not a scout
-        return started + self.jittered(first)
+        return w.submitted + self.jittered(first)
 
     def relax(self, fill: float) -> None:
         """Budget left over at the cap (``fill``: the share of it banked) means polls are
@@ -183,11 +186,19 @@ class Schedule:
             done_before = before[0] if before is not None else 0.0
             if done_before < 1.0 - 1e-9:
                 value = (done_now - done_before) / (1.0 - done_before)
+                # A chance that stopped growing (the estimate is flat: between the fast
+                # and the slow tasks of a kind) is not left stranded: it weighs more the
+                # longer it has waited past the recipe's interval.
+                waited = now - w.last_poll - self.interval_s
+                if waited > 0:
+                    value = min(1.0, value * (1.0 + waited / self.interval_s))
                 value = value if value >= w.threshold * self.thrift else 0.0
             if now - w.submitted <= longest:
                 return value  # within what the data covers, it alone decides
-            # Older than any completion seen: the recipe's interval is a floor.
-            w.next_at = max(w.next_at, w.last_poll + self.interval_s)
+            # Older than any completion seen: the recipe's interval is a floor. A task never
+            # polled waited (as a non-scout) only for want of knowledge: it is due now.
+            floor = w.last_poll + self.interval_s
+            w.next_at = floor if not w.polls else max(w.next_at, floor)
             if value:
                 return value
         if now < w.next_at:
@@ -196,9 +207,10 @@ class Schedule:
 
     def explore(self, w: Watch, now: float) -> float:
         """What a poll of this task is worth when the budget would otherwise be lost: the
-        chance that it finished since it was last looked at (a tie-breaker favours the
-        task looked at least recently, also while nothing is known of its kind); 0 for a
-        task looked at a moment ago, and in ``fixed`` mode."""
+        chance that it finished since it was last looked at, with a tie-breaker that
+        favours the task looked at least recently (all there is while nothing is known of
+        its kind). 0 for a task looked at a moment ago, in ``fixed`` mode, and in poll mode
+        once its kind is known (the bar, lowered while budget goes unused, then decides)."""
         since = now - w.last_poll
         if not self.adaptive or (w.polls and since < self.interval_s * self.MIN_SPACING):
             return 0.0
@@ -206,7 +218,10 @@ class Schedule:
         age = now - w.submitted
         known = self.model.cdf(w.kind, age)
         if known is None:
-            return fresh
+            # Nothing known: scouts look, the oldest first, each at most every interval.
+            return fresh * age if w.scout and since >= self.interval_s else 0.0
+        if not self.callbacks:
+            return 0.0
         done_now, longest = known
         if age > longest:
             return fresh + (1.0 - done_now) * 0.5  # past anything seen: worth a look
