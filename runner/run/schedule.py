@@ -186,12 +186,6 @@ class Schedule:
             done_before = before[0] if before is not None else 0.0
             if done_before < 1.0 - 1e-9:
                 value = (done_now - done_before) / (1.0 - done_before)
-                # A chance that stopped growing (the estimate is flat: between the fast
-                # and the slow tasks of a kind) is not left stranded: it weighs more the
-                # longer it has waited past the recipe's interval.
-                waited = now - w.last_poll - self.interval_s
-                if waited > 0:
-                    value = min(1.0, value * (1.0 + waited / self.interval_s))
                 value = value if value >= w.threshold * self.thrift else 0.0
             if now - w.submitted <= longest:
                 return value  # within what the data covers, it alone decides
