@@ -151,6 +151,7 @@ class Engine:
 
     def _open_ledger(self) -> None:
         self.ledger.open()
+        self.campaign.save_index()  # the job table, if the output folder was new
         check_api_kind(self.campaign, self.ledger.index)
         adopt_other_layouts(self.campaign, self.ledger, self.options.retry_failed)
         report = self.ledger.report

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 
 from runner.clock import Clock
 from runner.manifest.campaign import Campaign
-from runner.manifest.jobspec import Job
 from runner.present.outputs import RunCounters
 from runner.state.events import Reset
 from runner.state.ledger import Ledger
@@ -34,6 +33,9 @@ from .slots import Slots
 __all__ = ["Feeder"]
 
 log = logging.getLogger("runner")
+
+#: the feed lets other tasks run at least once every this many jobs
+YIELD_EVERY = 1024
 
 
 class Feeder:
@@ -58,28 +60,46 @@ class Feeder:
         self.counters = counters
         self.clock = clock
 
-    def passes(self) -> Iterator[Job]:
-        """Jobs with work already alive on the API first, then the rest in manifest order."""
+    def passes(self) -> Iterator[int]:
+        """The jobs, as rows of the campaign's table: those with work already alive on the
+        API first, then the rest in manifest order."""
+        table, rows = self.campaign.table, self.campaign.rows()
         resumable = {
             job_id
             for job_id, rec in self.ledger.index.items()
             if rec.phase in (Phase.LIVE, Phase.RESULT)
         }
         if resumable:
-            for job in self.campaign.jobs():
-                if job.id in resumable:
-                    yield job
-        for job in self.campaign.jobs():
-            if job.id not in resumable:
-                yield job
+            for row in rows:
+                if table.id(row) in resumable:
+                    yield row
+            for row in rows:
+                if table.id(row) not in resumable:
+                    yield row
+        else:
+            yield from rows
 
     async def feed(self, jobs: asyncio.TaskGroup) -> None:
         """Start every job's work (work already paid for first)."""
         flow, index = self.flow, self.ledger.index
+        table = self.campaign.table
         submitting = True
-        for job in self.passes():
+        for n, row in enumerate(self.passes(), 1):
+            if not n % YIELD_EVERY:
+                await asyncio.sleep(0)  # a walk over many done jobs lets the run go on
+            job_id = table.id(row)
             # A done job's record is read from its ledger line only to check its files.
-            rec = index.get(job.id)
+            rec = index.get(job_id)
+            if (
+                rec is not None
+                and rec.phase is Phase.DONE
+                and index.done_as(job_id, table.fp64[row])
+                and flow.downloader.files_present(rec)
+            ):
+                # What next_step says of it, without making the job whole again.
+                self.counters.skipped_done += 1
+                continue
+            job = table.job(row)
             if rec is not None and rec.fp != job.fingerprint:
                 # The content changed under this id: it runs again, but a task of the
                 # earlier content alive on the API is paid work: it is finished first

@@ -28,6 +28,7 @@ import orjson
 
 from runner.clock import SYSTEM_CLOCK, Clock
 
+from . import replay_index
 from .compaction import compact, worth_compacting
 from .events import Done, Event, Snap, decode, encode
 from .index import LedgerIndex
@@ -46,13 +47,17 @@ class ReplayReport:
 
 
 def _replay(path: Path, index: LedgerIndex) -> ReplayReport:
+    """Replay the ledger into the empty ``index``: from the state the start-up index kept
+    for this file, if one fits it (:mod:`runner.state.replay_index`), and on to its end."""
     report = ReplayReport()
     try:
         f = path.open("rb")
     except FileNotFoundError:
         return report
     with f:
-        offset = 0
+        since, report.lines, report.corrupt = replay_index.resume(f, index)
+        offset = report.good_bytes = since
+        f.seek(since)
         for line in f:
             if not line.endswith(b"\n"):
                 report.torn_tail = True  # a kill mid-write: ignore it
@@ -74,6 +79,7 @@ def _replay(path: Path, index: LedgerIndex) -> ReplayReport:
                     index.apply(decoded, start)
             else:
                 report.corrupt += 1
+        replay_index.keep(f, index, report.good_bytes, report.lines, report.corrupt, since)
     return report
 
 

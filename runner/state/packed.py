@@ -27,6 +27,9 @@ def _hash(job: str) -> int:
 
 
 class PackedDone:
+    #: the bucket of a key is its top bits: ``key >> BUCKET_SHIFT``
+    BUCKET_SHIFT = _BUCKET_SHIFT
+
     def __init__(self) -> None:
         buckets = 1 << (64 - _BUCKET_SHIFT)
         self._keys = [array("Q") for _ in range(buckets)]
@@ -76,3 +79,39 @@ class PackedDone:
 
     def __bool__(self) -> bool:
         return self._len > 0
+
+    def columns(self) -> tuple[list[array[int]], list[array[int]], list[array[int]]]:
+        """The buckets' sorted keys, fingerprint prefixes and metas (read, not changed)."""
+        return self._keys, self._fps, self._meta
+
+    def dump(self) -> dict[str, array[int]]:
+        """The whole map as four flat arrays (bucket lengths, keys, fps, metas)."""
+        lengths = array("Q", (len(bucket) for bucket in self._keys))
+        keys, fps, metas = array("Q"), array("Q"), array("Q")
+        for b, bucket in enumerate(self._keys):
+            keys += bucket
+            fps += self._fps[b]
+            metas += self._meta[b]
+        return {"lengths": lengths, "keys": keys, "fps": fps, "metas": metas}
+
+    @classmethod
+    def load(
+        cls, lengths: array[int], keys: array[int], fps: array[int], metas: array[int]
+    ) -> PackedDone:
+        """The map :meth:`dump` gave these arrays of; ValueError if they are not one."""
+        if len(lengths) != 1 << (64 - _BUCKET_SHIFT) or not len(keys) == len(fps) == len(metas):
+            raise ValueError("not a packed done map")
+        if sum(lengths) != len(keys):
+            raise ValueError("not a packed done map")
+        packed = cls()
+        start = 0
+        for b, n in enumerate(lengths):
+            end = start + n
+            packed._keys[b] = keys[start:end]
+            packed._fps[b] = fps[start:end]
+            packed._meta[b] = metas[start:end]
+            if any(k >> _BUCKET_SHIFT != b for k in packed._keys[b][:1]):
+                raise ValueError("not a packed done map")
+            start = end
+        packed._len = len(keys)
+        return packed
