@@ -26,7 +26,7 @@ import os
 import sys
 import zlib
 from array import array
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -54,6 +54,8 @@ _MAGIC = b"runner-index"
 
 #: a section: an array of numbers, or bytes
 Section: TypeAlias = "array[int] | bytes"
+#: what a section is written from: one, or chunks (arrays of one type code) laid end to end
+Chunks: TypeAlias = "array[int] | bytes | Sequence[array[int]]"
 
 #: the packages whose code decides what the cached state is (expansion, fingerprints,
 #: replay); a change to any of their files makes every index file stale
@@ -86,8 +88,16 @@ def _padding(n: int) -> bytes:
     return b"\0" * (-n % 8)
 
 
+def _chunks(data: Chunks) -> list[array[int]] | list[bytes]:
+    if isinstance(data, bytes):
+        return [data]
+    if isinstance(data, array):
+        return [data]
+    return list(data)
+
+
 def write_index_file(
-    folder: Path, name: str, key: Mapping[str, Any], sections: Mapping[str, Section]
+    folder: Path, name: str, key: Mapping[str, Any], sections: Mapping[str, Chunks]
 ) -> bool:
     """Write ``<folder>/.index/<name>``: ``key`` and ``sections``. False (and nothing
     written) when the folder does not exist or the file cannot be written."""
@@ -98,9 +108,14 @@ def write_index_file(
     crc = 0
     layout = []
     for section_name, data in sections.items():
-        code = data.typecode if isinstance(data, array) else "b"
-        layout.append([section_name, code, len(data)])
-        crc = zlib.crc32(data, crc)
+        chunks = _chunks(data)
+        codes = {c.typecode if isinstance(c, array) else "b" for c in chunks}
+        code = codes.pop() if len(codes) == 1 else ("b" if not codes else "?")
+        if code == "?":
+            raise ValueError(f"section {section_name} mixes types")
+        layout.append([section_name, code, sum(len(c) for c in chunks)])
+        for chunk in chunks:
+            crc = zlib.crc32(chunk, crc)
     header = {
         "format": FORMAT,
         "code": code_key(),
@@ -114,8 +129,11 @@ def write_index_file(
         with tmp.open("wb") as f:
             f.write(_MAGIC + b" " + orjson.dumps(header) + b"\n")
             for data in sections.values():
-                f.write(data)
-                f.write(_padding(memoryview(data).nbytes))
+                size = 0
+                for chunk in _chunks(data):
+                    f.write(chunk)
+                    size += memoryview(chunk).nbytes
+                f.write(_padding(size))
         os.replace(tmp, where / name)
     except OSError as exc:
         log.debug("start-up index: cannot write %s: %s", where / name, exc)
@@ -197,7 +215,9 @@ def _sections(f: Any, header: dict[str, Any]) -> dict[str, Section] | None:
                 if f.readinto(view) != view.nbytes:
                     return None
             crc = zlib.crc32(data, crc)
-            f.read(-memoryview(data).nbytes % 8)
+            pad = -memoryview(data).nbytes % 8
+            if f.read(pad) != b"\0" * pad:
+                return None
             out[str(section_name)] = data
         if f.read(1) or crc != header.get("crc"):
             return None

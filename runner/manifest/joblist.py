@@ -86,7 +86,7 @@ class JobList:
         warnings: list[str] = []
         jobs = images = duplicates = 0
         keys = [array("Q") for _ in range(1 << _BUCKET_BITS)]
-        rows = [array("Q") for _ in range(1 << _BUCKET_BITS)]
+        rows = [array("I") for _ in range(1 << _BUCKET_BITS)]
         twins: dict[str, int] = {}  # ids whose 64-bit hash an earlier, other id has
         shift = 64 - _BUCKET_BITS
         add, same_id, fp64s = builder.add, builder.id, builder.fp64

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -83,6 +84,9 @@ def source_key(files: Sequence[Path], extra: dict[str, Any]) -> SourceKey | None
     stamps: dict[str, tuple[int, int]] = {}
     for path in files:
         try:
+            # Not a FIFO or device: opening one could block (the check refuses it).
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                return None
             with path.open("rb") as f:
                 before = os.fstat(f.fileno())
                 digest = hashlib.file_digest(f, "sha256").hexdigest()

@@ -84,34 +84,34 @@ class PackedDone:
         """The buckets' sorted keys, fingerprint prefixes and metas (read, not changed)."""
         return self._keys, self._fps, self._meta
 
-    def dump(self) -> dict[str, array[int]]:
-        """The whole map as four flat arrays (bucket lengths, keys, fps, metas)."""
+    def dump(self) -> dict[str, list[array[int]]]:
+        """The whole map as four columns of chunks, one a bucket (bucket lengths, keys,
+        fps, metas): what :meth:`load` takes back, once each column is made one array."""
         lengths = array("Q", (len(bucket) for bucket in self._keys))
-        keys, fps, metas = array("Q"), array("Q"), array("Q")
-        for b, bucket in enumerate(self._keys):
-            keys += bucket
-            fps += self._fps[b]
-            metas += self._meta[b]
-        return {"lengths": lengths, "keys": keys, "fps": fps, "metas": metas}
+        return {"lengths": [lengths], "keys": self._keys, "fps": self._fps, "metas": self._meta}
 
     @classmethod
     def load(
         cls, lengths: array[int], keys: array[int], fps: array[int], metas: array[int]
     ) -> PackedDone:
-        """The map :meth:`dump` gave these arrays of; ValueError if they are not one."""
-        if len(lengths) != 1 << (64 - _BUCKET_SHIFT) or not len(keys) == len(fps) == len(metas):
-            raise ValueError("not a packed done map")
-        if sum(lengths) != len(keys):
+        """The map :meth:`dump` gave these arrays of (emptied as they are taken, so the
+        map never needs twice its memory); ValueError if they are not one."""
+        buckets = 1 << (64 - _BUCKET_SHIFT)
+        if len(lengths) != buckets or not len(keys) == len(fps) == len(metas) == sum(lengths):
             raise ValueError("not a packed done map")
         packed = cls()
-        start = 0
-        for b, n in enumerate(lengths):
-            end = start + n
-            packed._keys[b] = keys[start:end]
-            packed._fps[b] = fps[start:end]
-            packed._meta[b] = metas[start:end]
-            if any(k >> _BUCKET_SHIFT != b for k in packed._keys[b][:1]):
-                raise ValueError("not a packed done map")
-            start = end
         packed._len = len(keys)
+        end = len(keys)
+        for b in range(buckets - 1, -1, -1):  # from the end: each cut gives memory back
+            start = end - lengths[b]
+            packed._keys[b], packed._fps[b], packed._meta[b] = (
+                keys[start:],
+                fps[start:],
+                metas[start:],
+            )
+            del keys[start:], fps[start:], metas[start:]
+            bucket = packed._keys[b]
+            if bucket and (bucket[0] >> _BUCKET_SHIFT != b or bucket[-1] >> _BUCKET_SHIFT != b):
+                raise ValueError("not a packed done map")
+            end = start
         return packed
