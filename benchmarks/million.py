@@ -1,7 +1,9 @@
-"""Million-job scale: ``--dry-run`` of a 1,000,000-job JSONL manifest, the resume scan of
-a 1,000,000-line ledger, and the runner's memory during a run at 1,000 live tasks.
+"""Million-job scale: ``--dry-run`` of a 1,000,000-job JSONL manifest, the start-up of
+``--dry-run``, ``--status`` and a resumed run beside a ledger of 997,000 done jobs, the
+resume scan of a 1,000,000-line ledger, and the runner's memory during a run at 1,000 live
+tasks.
 
-    python benchmarks/million.py [--jobs 1000000] [--live 3000] [--run-s 60]
+    python benchmarks/million.py [--jobs 1000000] [--live 3000] [--run-s 60] [--skip-run]
 
 Builds in a temporary folder:
 
@@ -12,6 +14,14 @@ Builds in a temporary folder:
 * for the live run, a ledger where every job but ``--live`` is done (all pointing at one
   image file on disk), so that the run has ``--live`` jobs to do at concurrency 1000
   against the simulator in its own process, stopped by ``--deadline`` after ``--run-s``.
+
+Start-up (``startup``): each of ``--dry-run`` and ``--status`` twice, ``cold`` (the first
+start after the campaign was written: no start-up index in ``<out>/.index/``, so the
+manifest is checked and the ledger replayed whole, and the index is written) and ``warm``
+(the next start, which reads the index); and a resumed run against the simulator, cold
+and warm, timed from its start to the simulator's first generate request
+(``first_submission_s``), then killed (its ledger keeps what it wrote: the warm run
+replays that on top of the index).
 
 Prints one JSON object. Peak RSS of a child is its ``VmHWM`` sampled while it runs (its
 ``ru_maxrss`` from ``os.wait4`` would inherit the parent's high-water mark); for the live
@@ -25,6 +35,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +48,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import sim_get, simulator
+from common import _vm_hwm_kb, sim_get, simulator
 
 RESOLUTIONS = ("2K", "2K", "4K")
 ASPECTS = ("1:1", "16:9", "9:16", "4:3")
@@ -140,16 +151,24 @@ def run_child(
     env: dict[str, str],
     timeout_s: float,
     busy: Callable[[], bool] | None = None,
+    until: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Run a process to the end: exit code, wall time, peak RSS (sampled VmHWM), and the
-    largest RSS seen while ``busy()`` held (e.g. while 1,000 tasks are live)."""
+    largest RSS seen while ``busy()`` held (e.g. while 1,000 tasks are live). With
+    ``until``: the time from the start to when it first held (``until_s``), and the
+    process is then killed."""
     started = time.monotonic()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     hwm_kb = busy_kb = 0
+    until_s = None
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
+        if until is not None and until_s is None and until():
+            until_s = round(time.monotonic() - started, 2)
+            hwm_kb = max(hwm_kb, _vm_hwm_kb(proc.pid))
+            proc.kill()
         with contextlib.suppress(OSError, ValueError, IndexError):
             for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -158,9 +177,15 @@ def run_child(
                     busy_kb = max(busy_kb, int(line.split()[1]))
         if time.monotonic() - started > timeout_s:
             proc.kill()
-        time.sleep(0.05)
+        time.sleep(0.02 if until is not None else 0.05)
     out = proc.stdout.read() if proc.stdout else b""
     err = proc.stderr.read() if proc.stderr else b""
+    if until is not None:
+        return {
+            "first_submission_s": until_s,
+            "peak_rss_mb": round(hwm_kb / 1024, 1),
+            "stderr_tail": err.decode(errors="replace")[-600:] if until_s is None else "",
+        }
     return {
         "exit_code": os.waitstatus_to_exitcode(status),
         "wall_s": round(time.monotonic() - started, 2),
@@ -197,6 +222,48 @@ def scan(folder: Path, name: str) -> dict[str, Any]:
     with contextlib.suppress(json.JSONDecodeError):
         res.update(json.loads(res.pop("stdout_tail").strip().splitlines()[-1]))
     return res
+
+
+def startup(manifest: Path, command: str) -> dict[str, Any]:
+    """``--dry-run`` or ``--status`` beside the ledger: cold (no start-up index), then warm."""
+    index = manifest.parent / "out" / manifest.stem / ".index"
+    figures = {}
+    for kind in ("cold", "warm"):
+        if kind == "cold":
+            shutil.rmtree(index, ignore_errors=True)
+        argv = [sys.executable, "-m", "runner", str(manifest), command]
+        res = run_child(argv, dict(os.environ), 300)
+        figures[kind] = {k: res[k] for k in ("exit_code", "wall_s", "cpu_s", "peak_rss_mb")}
+    return figures
+
+
+def first_submissions(manifest: Path) -> dict[str, Any]:
+    """A resumed run, cold (no start-up index) and warm: the time from its start to the
+    simulator's first generate request, and its peak RSS until then."""
+    index = manifest.parent / "out" / manifest.stem / ".index"
+    figures = {}
+    with simulator("--time-scale", "0.05", "--rate", "1000000") as base_url:
+
+        def generates() -> int:
+            requests = sim_get(base_url, "/_sim/stats")["requests"]
+            return int(sum(requests.get("generate", {}).values()))
+
+        for kind in ("cold", "warm"):
+            if kind == "cold":
+                shutil.rmtree(index, ignore_errors=True)
+            before = generates()
+
+            def submitted(before: int = before) -> bool:
+                try:
+                    return generates() > before
+                except OSError:
+                    return False
+
+            argv = [sys.executable, "-m", "runner", str(manifest), "--base-url", base_url,
+                    "--concurrency", "1000", "--rate", "100000", "--no-progress"]  # fmt: skip
+            env = {**os.environ, "APIXO_API_KEY": "bench-key"}
+            figures[kind] = run_child(argv, env, 300, until=submitted)
+    return figures
 
 
 def live_run(manifest: Path, run_s: float) -> dict[str, Any]:
@@ -240,12 +307,15 @@ def main() -> None:
         figures["dry_run"] = run_child(
             [sys.executable, "-m", "runner", str(empty), "--dry-run"], dict(os.environ), 300
         )
-        figures["dry_run_with_ledger"] = run_child(
-            [sys.executable, "-m", "runner", str(manifest), "--dry-run"], dict(os.environ), 300
-        )
+        figures["startup"] = {
+            "dry_run": startup(manifest, "--dry-run"),
+            "status": startup(manifest, "--status"),
+        }
+        # The whole ledger replayed (no start-up index: a folder of its own).
         figures["scan_compact"] = scan(ledgers["compact"].parent, "ledger.jsonl")
         figures["scan_history"] = scan(ledgers["history"].parent, "history.jsonl")
         ledgers["history"].unlink()
+        figures["startup"]["resumed_run"] = first_submissions(manifest)
         if not args.skip_run:
             figures["live_run"] = live_run(manifest, args.run_s)
             results = root / "out" / "m" / "summary.json"

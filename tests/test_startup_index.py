@@ -252,16 +252,22 @@ async def test_compaction_makes_the_index_start_again(sim, tmp_path: Path) -> No
     path = _job_list(tmp_path / "m.jsonl", 3)
     out = out_dir(path)
     jobs = list(load_campaign(path).jobs())
-    ledger = Ledger(out)  # far more history than state: the next run compacts it
+    ledger = Ledger(out)
     ledger.open()
     ledger.append(jobs[0].id, Submit(jobs[0].fingerprint, 1))
     ledger.append(jobs[0].id, Task("t-0"))
+    ledger.close()
+    _verbose(path)  # keeps this ledger's state
+    kept_at = (out / "ledger.jsonl").stat().st_size
+    ledger = Ledger(out)  # then far more history than state: the next run compacts it
+    ledger.open()
     for _ in range(1200):
         ledger.append(jobs[0].id, Timeout("t-0"))
     ledger.close()
-    _verbose(path)  # keeps the state of this ledger
     history = (out / "ledger.jsonl").stat().st_size
-    assert f"{RESUMED} {history} " in _verbose(path)[1]
+    stdout, log = _verbose(path)
+    assert f"{RESUMED} {kept_at} " in log, "replayed on top of the kept state"
+    assert f"up to byte {history} kept" not in log, "a file the next run compacts: not kept"
     code, err = await run_cli(path, sim.base_url, "--deadline", "0", "--drain", "0")
     assert code in (0, 1, 4), err
     compacted = (out / "ledger.jsonl").stat().st_size
@@ -269,7 +275,7 @@ async def test_compaction_makes_the_index_start_again(sim, tmp_path: Path) -> No
     stdout, log = _verbose(path)
     found = re.search(RESUMED + r" (\d+) ", log)
     assert found, "the run kept the compacted ledger's state"
-    assert int(found[1]) <= compacted < history, "not the old file's state"
+    assert int(found[1]) <= compacted and int(found[1]) != kept_at, "not the old file's state"
     (out / INDEX_DIR / "ledger.bin").unlink()
     assert _verbose(path)[0] == stdout
 

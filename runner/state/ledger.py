@@ -48,7 +48,8 @@ class ReplayReport:
 
 def _replay(path: Path, index: LedgerIndex) -> ReplayReport:
     """Replay the ledger into the empty ``index``: from the state the start-up index kept
-    for this file, if one fits it (:mod:`runner.state.replay_index`), and on to its end."""
+    for this file, if one fits it (:mod:`runner.state.replay_index`), and on to its end;
+    then keep the state reached there, unless the next run is to compact the file."""
     report = ReplayReport()
     try:
         f = path.open("rb")
@@ -79,7 +80,8 @@ def _replay(path: Path, index: LedgerIndex) -> ReplayReport:
                     index.apply(decoded, start)
             else:
                 report.corrupt += 1
-        replay_index.keep(f, index, report.good_bytes, report.lines, report.corrupt, since)
+        if not worth_compacting(report.lines, len(index)):
+            replay_index.keep(f, index, report.good_bytes, report.lines, report.corrupt, since)
     return report
 
 
