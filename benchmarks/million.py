@@ -21,7 +21,9 @@ manifest is checked and the ledger replayed whole, and the index is written) and
 (the next start, which reads the index); and a resumed run against the simulator, cold
 and warm, timed from its start to the simulator's first generate request
 (``first_submission_s``), then killed (its ledger keeps what it wrote: the warm run
-replays that on top of the index).
+replays that on top of the index): ``resumed_run`` with the ``--live`` jobs to do first
+in the manifest, ``resumed_run_last_jobs_to_do`` with them last (a campaign run in
+manifest order and stopped near its end, the usual case: 997,000 done jobs come first).
 
 Prints one JSON object. Peak RSS of a child is its ``VmHWM`` sampled while it runs (its
 ``ru_maxrss`` from ``os.wait4`` would inherit the parent's high-water mark); for the live
@@ -125,20 +127,29 @@ def history_lines(job_id: str, fp: str, t: float, image: str) -> list[bytes]:
     return [*(orjson.dumps(ev) for ev in events), done_line(job_id, fp, t, image)]
 
 
-def write_ledgers(manifest: Path, folder: Path, live: int, lines: int) -> dict[str, Path]:
-    """The compacted ledger (every job but the first ``live`` done), and one of ``lines``
-    lines of five-event histories."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_ledgers(
+    manifest: Path, folder: Path, live: int, lines: int, tail: Path
+) -> dict[str, Path]:
+    """The compacted ledger (every job but the first ``live`` done), one of ``lines``
+    lines of five-event histories, and in the folder ``tail`` a compacted ledger of every
+    job but the last ``live`` done (a campaign run in manifest order, stopped near its
+    end: what a cron batch resumes)."""
     image = "images/shared.png"
-    (folder / "images").mkdir(exist_ok=True)
-    (folder / image).write_bytes(b"\x89PNG" + b"\0" * 66)
+    for where in (folder, tail):
+        (where / "images").mkdir(parents=True, exist_ok=True)
+        (where / image).write_bytes(b"\x89PNG" + b"\0" * 66)
     t = time.time() - 3600
     compact, history = folder / "ledger.jsonl", folder / "history.jsonl"
+    jobs = sum(1 for _ in manifest.open("rb"))
     written = 0
-    with compact.open("wb") as fc, history.open("wb") as fh:
+    ledger_of_tail = tail / "ledger.jsonl"
+    with compact.open("wb") as fc, history.open("wb") as fh, ledger_of_tail.open("wb") as ft:
         for n, (job_id, fp) in enumerate(fingerprints(manifest)):
+            line = done_line(job_id, fp, t, image) + b"\n"
             if n >= live:
-                fc.write(done_line(job_id, fp, t, image) + b"\n")
+                fc.write(line)
+            if n < jobs - live:
+                ft.write(line)
             if written < lines:
                 chunk = history_lines(job_id, fp, t, image)
                 fh.write(b"".join(x + b"\n" for x in chunk))
@@ -296,7 +307,11 @@ def main() -> None:
         manifest = root / "m.jsonl"
         t0 = time.perf_counter()
         write_manifest(manifest, args.jobs)
-        ledgers = write_ledgers(manifest, root / "out" / "m", args.live, args.jobs)
+        tail = root / "tail.jsonl"  # the same jobs; its folder's ledger: the last ones to do
+        os.link(manifest, tail)
+        ledgers = write_ledgers(
+            manifest, root / "out" / "m", args.live, args.jobs, root / "out" / "tail"
+        )
         figures["setup_s"] = round(time.perf_counter() - t0, 1)
         figures["ledger_lines"] = {
             k: sum(1 for _ in v.open("rb")) for k, v in ledgers.items()
@@ -316,6 +331,7 @@ def main() -> None:
         figures["scan_history"] = scan(ledgers["history"].parent, "history.jsonl")
         ledgers["history"].unlink()
         figures["startup"]["resumed_run"] = first_submissions(manifest)
+        figures["startup"]["resumed_run_last_jobs_to_do"] = first_submissions(tail)
         if not args.skip_run:
             figures["live_run"] = live_run(manifest, args.run_s)
             results = root / "out" / "m" / "summary.json"

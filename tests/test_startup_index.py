@@ -29,6 +29,7 @@ from runner.state.events import (
     TaskFailed,
     Timeout,
     Uncertain,
+    decode,
 )
 from runner.state.index import LedgerIndex
 from runner.state.ledger import Ledger, read_index
@@ -325,3 +326,41 @@ def test_the_table_and_the_ledger_hash_ids_alike() -> None:
     """The table finds done jobs in the ledger's packed index by their id hash."""
     for job_id in ("a", "job-0000001", "hero.16-9", "j" + "f" * 16):
         assert id_hash(job_id) == PackedDone()._find(job_id)[0]
+
+
+def test_replay_takes_done_lines_as_apply_does(tmp_path: Path) -> None:
+    """Replay packs a ``done`` line without making its record (the fast way): the state
+    is the one ``LedgerIndex.apply`` reaches line by line, odd lines included."""
+    path, jobs = _campaign(tmp_path)
+    out = out_dir(path)
+    odd = [
+        {"e": "done", "job": "x-badfp", "t": 1, "fp": "zz", "files": [{"i": 0}]},
+        {"e": "done", "job": "x-early", "t": 1},  # written before done lines carried it all
+        {"e": "done", "job": jobs[0].id, "t": 2, "fp": "ab" * 32, "billed": True},
+        {"e": "done", "job": "x-unc", "t": 3, "fp": "cd" * 32, "unc": 300, "unc_imgs": 7},
+        {"e": "done", "job": "x-twice", "t": 4, "fp": "ef" * 32, "files": [{"i": 1}, {"i": 1}]},
+        {"e": "done", "job": "x-urls", "t": 5, "fp": "01" * 32, "urls": ["a", "b"], "ft": 2},
+    ]
+    with (out / "ledger.jsonl").open("ab") as f:
+        f.writelines(orjson.dumps(line) + b"\n" for line in odd)
+    compacted = tmp_path / "compacted"
+    compacted.mkdir()
+    whole = _replayed_whole(out)
+    from runner.state.compaction import compact
+
+    (compacted / "ledger.jsonl").write_bytes((out / "ledger.jsonl").read_bytes())
+    compact(compacted / "ledger.jsonl", whole, 10.0)
+    whole.close()
+    for folder in (out, compacted):
+        fast = _replayed_whole(folder)
+        slow = LedgerIndex(folder / "ledger.jsonl")
+        offset = 0
+        for raw in (folder / "ledger.jsonl").read_bytes().splitlines(keepends=True):
+            decoded = decode(orjson.loads(raw))
+            assert decoded is not None
+            slow.apply(decoded, offset)
+            offset += len(raw)
+        _same_state(fast, slow)
+        assert len(fast.done) > 40 and "x-badfp" in fast.records and "x-unc" in fast.done
+        fast.close()
+        slow.close()

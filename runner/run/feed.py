@@ -1,7 +1,10 @@
 """The feed: the order jobs start in, and the places each takes before it starts.
 
 Jobs with work already alive on the API go first (their tasks hold slots there right
-now), then the rest in manifest order. Before a job's coroutine is created it takes, in
+now), then the rest in manifest order. Done jobs (in the ledger's packed done index, same
+content) are walked beside them, also in manifest order, for a look at their images on
+disk: a campaign done up to its last thousand jobs submits those at once instead of after
+a million such looks. Before a job's coroutine is created it takes, in
 this order: a place in the pipeline (tasks and downloads, bounded, so memory follows
 the limits and not the manifest's length), its images' room under the budget cap (new
 spending only), and a task slot (``limits.concurrency``; not for a download). A job that
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from runner.clock import Clock
 from runner.manifest.campaign import Campaign
@@ -59,11 +62,13 @@ class Feeder:
         self._stopping = stopping
         self.counters = counters
         self.clock = clock
+        #: false once the budget cap refused a submission: no more are tried
+        self._submitting = True
 
-    def passes(self) -> Iterator[int]:
-        """The jobs, as rows of the campaign's table: those with work already alive on the
-        API first, then the rest in manifest order."""
-        table, rows = self.campaign.table, self.campaign.rows()
+    def passes(self, rows: Sequence[int]) -> Iterator[int]:
+        """``rows`` of the campaign's table, those with work already alive on the API
+        first, then the rest in manifest order."""
+        table = self.campaign.table
         resumable = {
             job_id
             for job_id, rec in self.ledger.index.items()
@@ -80,13 +85,28 @@ class Feeder:
             yield from rows
 
     async def feed(self, jobs: asyncio.TaskGroup) -> None:
-        """Start every job's work (work already paid for first)."""
+        """Start every job's work (work already paid for first).
+
+        Two walks, each in manifest order: one over the jobs not done (alive on the API
+        first), one beside it over the done jobs, which only checks that their images
+        are still on disk (a done job's paths are in its ledger line, read back). So a
+        campaign done up to its last jobs submits those at once, while the check of a
+        million done jobs goes on; an image found missing is downloaded again (paid
+        work) through the same admission."""
+        table, index = self.campaign.table, self.ledger.index
+        rows = self.campaign.rows()
+        done, _, _, rest = index.done_rows(table.idh, table.fp64, rows)
+        async with asyncio.TaskGroup() as walks:
+            walks.create_task(self._walk(jobs, self.passes(rest)))
+            if done:
+                walks.create_task(self._walk(jobs, _others(rows, rest)))
+
+    async def _walk(self, jobs: asyncio.TaskGroup, rows: Iterable[int]) -> None:
         flow, index = self.flow, self.ledger.index
         table = self.campaign.table
-        submitting = True
-        for n, row in enumerate(self.passes(), 1):
+        for n, row in enumerate(rows, 1):
             if not n % YIELD_EVERY:
-                await asyncio.sleep(0)  # a walk over many done jobs lets the run go on
+                await asyncio.sleep(0)  # the other walk and the run go on
             job_id = table.id(row)
             # A done job's record is read from its ledger line only to check its files.
             rec = index.get(job_id)
@@ -112,8 +132,8 @@ class Feeder:
             if step is None:
                 continue
             stopping = self._stopping.is_set()
-            if not step.paid and (stopping or not submitting):
-                self.counters.budget_refused += not submitting
+            if not step.paid and (stopping or not self._submitting):
+                self.counters.budget_refused += not self._submitting
                 continue  # no new spending; keep looking for paid work
             # After a stop the slots are closed to submissions; paid work takes its place
             # without waiting (a task alive on the API holds a slot there already).
@@ -131,7 +151,7 @@ class Feeder:
                 if flow.budget.exhausted:
                     self.counters.budget_stopped = True
                     self.counters.budget_refused += 1
-                    submitting = False
+                    self._submitting = False
                     log.warning(
                         "budget reached: %d images paid or reserved; submitting no more",
                         flow.budget.spent + flow.budget.reserved,
@@ -154,3 +174,13 @@ class Feeder:
             else:
                 work = flow.task_job(job)
             jobs.create_task(flow.guard(job, work, self.pipeline.release))
+
+
+def _others(rows: Sequence[int], rest: Sequence[int]) -> Iterator[int]:
+    """``rows`` (ascending) but those in ``rest`` (a subsequence of them)."""
+    i, n = 0, len(rest)
+    for row in rows:
+        if i < n and rest[i] == row:
+            i += 1
+        else:
+            yield row

@@ -313,6 +313,38 @@ class LedgerIndex:
             rec.failed_tasks = 0
         # timeout (and a kind this runner does not know) changes nothing
 
+    def apply_done(self, raw: dict[str, Any], offset: int) -> bool:
+        """Apply the parsed line ``raw`` as :meth:`apply` would if it is a ``done`` line
+        carrying a whole record, for a job the index holds nothing of, that packs (a
+        compacted ledger's every done job): the same numbers, without making the record.
+        False, with nothing changed, for any other line: :meth:`apply` it."""
+        job = raw.get("job")
+        if raw.get("e") != "done" or "fp" not in raw or not isinstance(job, str):
+            return False
+        if job in self.records:
+            return False
+        try:
+            # What events._record makes of these keys, as far as packing uses them.
+            fp64 = _fp64(str(raw.get("fp", "")))
+            files = {int(f.get("i", 0)) for f in raw.get("files") or () if isinstance(f, dict)}
+            urls = tuple(raw.get("urls") or ())
+            billed = raw.get("billed")
+            billed = billed if isinstance(billed, int) else len(urls)
+            uncertain = int(raw.get("unc") or 0)
+            uncertain_images = int(raw.get("unc_imgs") or 0)
+            int(raw.get("submits") or 0), int(raw.get("ft") or 0)  # as _record checks them
+        except (TypeError, ValueError, AttributeError):
+            return False
+        images = len(files)
+        if fp64 is None or images >> _IMG_BITS or offset >> _OFFSET_BITS or uncertain < 0:
+            return False
+        unc = min(uncertain, (1 << _UNC_BITS) - 1)
+        if not self.done.put_new(job, fp64, (offset << _UNC_BITS | unc) << _IMG_BITS | images):
+            return False  # packed already: its earlier line no longer counts (apply)
+        self._packed_billed_extra += billed - images
+        self._packed_uncertain_images += uncertain_images
+        return True
+
     def _pack(self, job: str, whole: JobRecord, offset: int) -> None:
         """A done line: keep the job as two numbers, or whole where they cannot hold it."""
         fp64, images = _fp64(whole.fp), len(whole.files)

@@ -75,6 +75,8 @@ def _replay(path: Path, index: LedgerIndex) -> ReplayReport:
                 continue
             if isinstance(ev, dict):
                 report.lines += 1
+                if index.apply_done(ev, start):  # a done line, taken as apply would
+                    continue
                 decoded = decode(ev)
                 if decoded is not None:
                     index.apply(decoded, start)

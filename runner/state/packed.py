@@ -59,6 +59,17 @@ class PackedDone:
         self._meta[b].insert(i, meta)
         self._len += 1
 
+    def put_new(self, job: str, fp: int, meta: int) -> bool:
+        """Add ``job`` if it is not there; False (nothing changed) if it is."""
+        h, b, i, found = self._find(job)
+        if found:
+            return False
+        self._keys[b].insert(i, h)
+        self._fps[b].insert(i, fp)
+        self._meta[b].insert(i, meta)
+        self._len += 1
+        return True
+
     def pop(self, job: str) -> bool:
         """Remove ``job``; False if it was not there."""
         _, b, i, found = self._find(job)
