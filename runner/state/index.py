@@ -3,7 +3,10 @@ kept in bounded memory.
 
 :meth:`LedgerIndex.apply` is the single place an event changes a job: the writer applies
 each event as it appends it, and replay applies every line of the file the same way, so
-what a resumed run believes is exactly what the previous run wrote.
+what a resumed run believes is exactly what the previous run wrote. (Replay takes the
+commonest line, a whole ``done`` line for a job it holds nothing of, through
+:meth:`LedgerIndex.apply_done`, which packs the same numbers without making the record;
+``tests/test_startup_index.py`` replays ledgers both ways.)
 
 Memory: a full :class:`~runner.state.record.JobRecord` for every job with work in hand
 (or a history short of done), and for every done job about 24 bytes
