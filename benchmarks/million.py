@@ -50,7 +50,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import _vm_hwm_kb, sim_get, simulator
+from common import _vm_hwm_kb, sim_get, simulator, snapshot_code
 
 RESOLUTIONS = ("2K", "2K", "4K")
 ASPECTS = ("1:1", "16:9", "9:16", "4:3")
@@ -304,6 +304,9 @@ def main() -> None:
     figures: dict[str, Any] = {"jobs": args.jobs}
     with tempfile.TemporaryDirectory(prefix="million-") as tmp:
         root = Path(tmp)
+        # Every process imports a copy of the code taken now (the tree may change meanwhile).
+        (root / "code").mkdir()
+        figures["code"] = snapshot_code(root / "code")
         manifest = root / "m.jsonl"
         t0 = time.perf_counter()
         write_manifest(manifest, args.jobs)
