@@ -315,6 +315,8 @@ def test_the_job_table_rebuilds_whole_jobs_from_their_lines(tmp_path: Path) -> N
     assert [warm.table.job(row) for row in warm.rows()] == expected
     assert [warm.table.id(row) for row in warm.rows()] == [job.id for job in expected]
     assert list(warm.jobs()) == expected
+    warm.release_table()  # a run's end lets the table go; a later use checks again
+    assert [warm.table.job(row) for row in warm.rows()] == expected
     (tmp_path / "jobs.jsonl").write_text(
         (tmp_path / "jobs.jsonl").read_text().replace("two", "owt")
     )

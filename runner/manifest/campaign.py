@@ -95,10 +95,18 @@ class Campaign:
 
     @property
     def table(self) -> JobTable:
-        """The unique jobs of the whole manifest as columns (:mod:`runner.manifest.jobtable`)."""
+        """The unique jobs of the whole manifest as columns (:mod:`runner.manifest.jobtable`);
+        after :meth:`release_table`, made again by checking the manifest."""
+        if self._jobs.table is None:
+            self._jobs.validate()
         table = self._jobs.table
-        assert table is not None, "a loaded campaign has its table"
+        assert table is not None
         return table
+
+    def release_table(self) -> None:
+        """Let the table's memory go (a run's end, before its report: what needs memory
+        most); :attr:`table` checks the manifest again if it is wanted after all."""
+        self._jobs.table = None
 
     def rows(self) -> Sequence[int]:
         """The rows of :attr:`table` that are this campaign's jobs (a shard's), in order:
