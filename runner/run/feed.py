@@ -39,6 +39,10 @@ log = logging.getLogger("runner")
 
 #: the feed lets other tasks run at least once every this many jobs
 YIELD_EVERY = 1024
+#: the walk over done jobs goes this many jobs at a time (a fraction of a millisecond),
+#: then pauses this long while other work is in flight (a sixth of a core at most)
+BACKGROUND_STEP = 32
+BACKGROUND_PAUSE_S = 0.002
 
 
 class Feeder:
@@ -99,14 +103,22 @@ class Feeder:
         async with asyncio.TaskGroup() as walks:
             walks.create_task(self._walk(jobs, self.passes(rest)))
             if done:
-                walks.create_task(self._walk(jobs, _others(rows, rest)))
+                walks.create_task(self._walk(jobs, _others(rows, rest), background=True))
 
-    async def _walk(self, jobs: asyncio.TaskGroup, rows: Iterable[int]) -> None:
+    async def _walk(
+        self, jobs: asyncio.TaskGroup, rows: Iterable[int], background: bool = False
+    ) -> None:
+        """Start the work of ``rows``. In the ``background`` (the done jobs' walk), a
+        short step at a time, with a pause after each while other work is in flight:
+        a look at a million done jobs must not slow the submissions and polls (nor the
+        machine's other processes) that go on beside it."""
         flow, index = self.flow, self.ledger.index
         table = self.campaign.table
+        every = BACKGROUND_STEP if background else YIELD_EVERY
         for n, row in enumerate(rows, 1):
-            if not n % YIELD_EVERY:
-                await asyncio.sleep(0)  # the other walk and the run go on
+            if not n % every:
+                busy = background and self.pipeline.used
+                await asyncio.sleep(BACKGROUND_PAUSE_S if busy else 0)
             job_id = table.id(row)
             # A done job's record is read from its ledger line only to check its files.
             rec = index.get(job_id)
