@@ -128,6 +128,11 @@ def _parser() -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="only warnings, errors and the closing line"
     )
     p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also debug lines (e.g. what the start-up index in <output>/.index/ saved)",
+    )
+    p.add_argument(
         "--no-progress",
         action="store_true",
         help="no progress at all (by default: a live panel when stderr is a terminal, "
@@ -287,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     install_console(args.log_format, args.quiet, not args.no_progress, sys.stderr)
     ended = None
+    if args.verbose and not args.quiet:
+        logging.getLogger("runner").setLevel(logging.DEBUG)
     try:
         campaign = load_campaign(args.manifest, _overrides(args))
         root = campaign.output.dir

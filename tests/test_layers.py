@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "runner"
 LAYERS: dict[str, int] = {
     "runner.errors": 0,
     "runner.clock": 0,
+    "runner.indexfile": 0,
     "runner.sim": 0,
     "runner.manifest": 1,
     "runner.api": 2,

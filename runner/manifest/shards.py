@@ -27,6 +27,7 @@ from runner.errors import ManifestError
 __all__ = [
     "SPLIT_NAME",
     "Split",
+    "id_hash",
     "parse_shard_folder",
     "read_split",
     "record_split",
@@ -42,9 +43,14 @@ _SHARD = re.compile(r"^(\d+)/(\d+)$")
 _FOLDER = re.compile(r"^(\d+)-of-(\d+)$")
 
 
+def id_hash(job_id: str) -> int:
+    """A job id's 64-bit hash: what places a job in a shard, and the key of a done job
+    in the ledger's packed index (:mod:`runner.state.packed`, the same function)."""
+    return int.from_bytes(hashlib.blake2b(job_id.encode(), digest_size=8).digest(), "big")
+
+
 def shard_of(job_id: str, shards: int) -> int:
-    digest = hashlib.blake2b(job_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % shards
+    return id_hash(job_id) % shards
 
 
 @dataclass(frozen=True, slots=True)

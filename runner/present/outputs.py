@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from runner.manifest.campaign import Campaign
-from runner.manifest.fields import aspect_ratio, resolution
 from runner.manifest.jobspec import Job
 from runner.state.index import LedgerIndex
 from runner.state.record import JobRecord, JobState
@@ -182,55 +181,82 @@ def _note(ids: dict[str, list[str]], kind: str, job_id: str) -> None:
 
 
 def ledger_view(campaign: Campaign, index: LedgerIndex) -> LedgerView:
-    """One pass over the manifest: counts per state, the plan's mix, failures by code.
-    Reads nothing beyond the index (a done job's counts are in its packed entry)."""
+    """One pass over the manifest's jobs as rows of its table (a few numbers a job, no
+    job object): counts per state, the plan's mix, failures by code. Reads nothing beyond
+    the index and the table: a done job's counts are in its packed entry, and a job is
+    made whole again from the manifest only when the ledger knows it otherwise (failed,
+    in flight, edited since done)."""
     view = LedgerView()
     view.images_paid = index.billed_images()
     view.images_uncertain = index.uncertain_images()
-    mix = campaign.mix()
-    if not index and mix is not None:
-        # Nothing in the ledger: the plan is what checking the manifest counted, with no
-        # second pass over a file that may hold millions of lines.
-        view.jobs, view.images_planned = campaign.job_count, campaign.image_count
+    view.jobs, view.images_planned = campaign.job_count, campaign.image_count
+    view.resolutions, view.aspect_ratios = campaign.mix()
+    if not index and view.jobs:
+        # Nothing in the ledger: the plan is what checking the manifest counted.
         view.images_pending = campaign.image_count
-        view.resolutions, view.aspect_ratios = mix
         view.states[JobState.PENDING] = campaign.job_count
         return view
-    for job in campaign.jobs():
-        state, rec, images, uncertain = index.status(job.id, job.fingerprint)
-        view.jobs += 1
-        view.images_planned += job.max_images
-        inp = job.input
-        view.resolutions[resolution(inp)] += 1
-        view.aspect_ratios[aspect_ratio(inp)] += 1
-        view.states[state] += 1
-        if state is JobState.PENDING:  # work in flight is paid for already
-            view.images_pending += job.max_images
-        if state is JobState.PENDING and index.changed_since_done(job.id, job.fingerprint):
-            view.changed += 1
-            view.changed_images += job.max_images
-            _note(view.ids, "changed", job.id)
-        elif state is JobState.LOST:
-            view.lost_images += job.max_images
-            view.lost_codes[(rec.fail_code if rec else None) or "LOST"] += 1
-            _note(view.ids, "lost", job.id)
-        view.uncertain += uncertain
-        if state is JobState.DONE:
-            view.images_done += images
-        elif state is JobState.FAILED and rec is not None:
-            code = rec.fail_code or "FAILED"
-            view.failures[code] += 1
-            examples = view.examples.setdefault(code, [])
-            if len(examples) < 3:
-                prompt = inp.get("prompt")
-                examples.append(
-                    {
-                        "id": job.id,
-                        "prompt": _cut(prompt if isinstance(prompt, str) else ""),
-                        "message": _cut(rec.fail_msg or "", 200),
-                    }
-                )
+    table, rows = campaign.table, campaign.rows()
+    done, view.images_done, view.uncertain, rest = index.done_rows(table.idh, table.fp64, rows)
+    states: Counter[JobState] = Counter()
+    #: the first row in each state: the views list states in the order the jobs meet them
+    first: dict[JobState, int] = {}
+    if done:
+        states[JobState.DONE] = done
+        first[JobState.DONE] = _first_not_in(rows, rest)
+    imgs = table.imgs
+    for row in rest:
+        job_id = table.id(row)
+        if not index.knows(job_id):  # pending, and never changed: what status() says
+            state = JobState.PENDING
+            view.images_pending += imgs[row]
+        else:
+            state = _tally(view, index, table.job(row))
+        states[state] += 1
+        first.setdefault(state, row)
+    view.states = Counter({state: states[state] for state in sorted(first, key=first.__getitem__)})
     return view
+
+
+def _first_not_in(rows: Sequence[int], rest: Sequence[int]) -> int:
+    """The first of ``rows`` (ascending) that ``rest`` (a subsequence of them) lacks."""
+    for i, row in enumerate(rows):
+        if i >= len(rest) or rest[i] != row:
+            return row
+    raise ValueError("every row is in rest")
+
+
+def _tally(view: LedgerView, index: LedgerIndex, job: Job) -> JobState:
+    """Count one job the ledger knows something of, but its state, which it returns."""
+    state, rec, images, uncertain = index.status(job.id, job.fingerprint)
+    inp = job.input
+    if state is JobState.PENDING:  # work in flight is paid for already
+        view.images_pending += job.max_images
+    if state is JobState.PENDING and index.changed_since_done(job.id, job.fingerprint):
+        view.changed += 1
+        view.changed_images += job.max_images
+        _note(view.ids, "changed", job.id)
+    elif state is JobState.LOST:
+        view.lost_images += job.max_images
+        view.lost_codes[(rec.fail_code if rec else None) or "LOST"] += 1
+        _note(view.ids, "lost", job.id)
+    view.uncertain += uncertain
+    if state is JobState.DONE:
+        view.images_done += images
+    elif state is JobState.FAILED and rec is not None:
+        code = rec.fail_code or "FAILED"
+        view.failures[code] += 1
+        examples = view.examples.setdefault(code, [])
+        if len(examples) < 3:
+            prompt = inp.get("prompt")
+            examples.append(
+                {
+                    "id": job.id,
+                    "prompt": _cut(prompt if isinstance(prompt, str) else ""),
+                    "message": _cut(rec.fail_msg or "", 200),
+                }
+            )
+    return state
 
 
 def _money_and_counts(campaign: Campaign, view: LedgerView) -> dict[str, Any]:

@@ -166,6 +166,7 @@ class Engine:
 
     def _open_ledger(self) -> None:
         self.ledger.open()
+        self.campaign.save_index()  # the job table, if the output folder was new
         check_api_kind(self.campaign, self.ledger.index)
         adopt_other_layouts(self.campaign, self.ledger, self.options.retry_failed)
         report = self.ledger.report
@@ -329,6 +330,7 @@ class Engine:
     def _finish(self, client: ApiClient, started: float) -> dict[str, Any]:
         """The run's end: its exit code, and what it leaves beside the images."""
         view = ledger_view(self.campaign, self.ledger.index)
+        self.campaign.release_table()  # the last use: the outputs stream the manifest
         ended = sum(n for state, n in view.states.items() if state.ended)
         failed = view.states[JobState.FAILED] + view.states[JobState.LOST]
         end = RunEnd(

@@ -1,7 +1,10 @@
 """The feed: the order jobs start in, and the places each takes before it starts.
 
 Jobs with work already alive on the API go first (their tasks hold slots there right
-now), then the rest in manifest order. Before a job's coroutine is created it takes, in
+now), then the rest in manifest order. Done jobs (in the ledger's packed done index, same
+content) are walked beside them, also in manifest order, for a look at their images on
+disk: a campaign done up to its last thousand jobs submits those at once instead of after
+a million such looks. Before a job's coroutine is created it takes, in
 this order: a place in the pipeline (tasks and downloads, bounded, so memory follows
 the limits and not the manifest's length), its images' room under the budget cap (new
 spending only), and a task slot (``limits.concurrency``; not for a download). A job that
@@ -18,11 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 
 from runner.clock import Clock
 from runner.manifest.campaign import Campaign
-from runner.manifest.jobspec import Job
+from runner.manifest.shards import id_hash
 from runner.present.outputs import RunCounters
 from runner.state.events import Reset
 from runner.state.ledger import Ledger
@@ -34,6 +37,13 @@ from .slots import Slots
 __all__ = ["Feeder"]
 
 log = logging.getLogger("runner")
+
+#: the feed lets other tasks run at least once every this many jobs
+YIELD_EVERY = 1024
+#: the walk over done jobs goes this many jobs at a time (a fraction of a millisecond),
+#: then pauses this long while other work is in flight (a sixth of a core at most)
+BACKGROUND_STEP = 32
+BACKGROUND_PAUSE_S = 0.002
 
 
 class Feeder:
@@ -57,29 +67,106 @@ class Feeder:
         self._stopping = stopping
         self.counters = counters
         self.clock = clock
+        #: false once the budget cap refused a submission: no more are tried
+        self._submitting = True
 
-    def passes(self) -> Iterator[Job]:
-        """Jobs with work already alive on the API first, then the rest in manifest order."""
+    def passes(self, rows: Sequence[int]) -> Iterator[int]:
+        """``rows`` of the campaign's table, those with work already alive on the API
+        first, then the rest in manifest order."""
+        table = self.campaign.table
         resumable = {
             job_id
             for job_id, rec in self.ledger.index.items()
             if rec.phase in (Phase.LIVE, Phase.RESULT)
         }
         if resumable:
-            for job in self.campaign.jobs():
-                if job.id in resumable:
-                    yield job
-        for job in self.campaign.jobs():
-            if job.id not in resumable:
-                yield job
+            for row in rows:
+                if table.id(row) in resumable:
+                    yield row
+            for row in rows:
+                if table.id(row) not in resumable:
+                    yield row
+        else:
+            yield from rows
 
     async def feed(self, jobs: asyncio.TaskGroup) -> None:
-        """Start every job's work (work already paid for first)."""
+        """Start every job's work (work already paid for first).
+
+        Two walks, each in manifest order: one over the jobs not done (alive on the API
+        first), one beside it over the done jobs, which only checks that their images
+        are still on disk (a done job's paths are in its ledger line, read back). So a
+        campaign done up to its last jobs submits those at once, while the check of a
+        million done jobs goes on; an image found missing is downloaded again (paid
+        work) through the same admission."""
+        table, index = self.campaign.table, self.ledger.index
+        rows = self.campaign.rows()
+        self.warm_start()
+        done, _, _, rest = index.done_rows(table.idh, table.fp64, rows)
+        async with asyncio.TaskGroup() as walks:
+            walks.create_task(self._walk(jobs, self.passes(rest)))
+            if done:
+                walks.create_task(self._walk(jobs, _others(rows, rest), background=True))
+
+    def warm_start(self) -> None:
+        """Hand the poller the API timings of the most recently finished tasks in the
+        ledger (its last few MB), of jobs the manifest still holds unchanged, so that the
+        first wave is polled as well as the steady state."""
+        timings = self.ledger.recent_timings()
+        if not timings:
+            return
+        table, index = self.campaign.table, self.ledger.index
+        wanted = {id_hash(job): job for job, _, _ in timings}
+        rows = {
+            wanted[h]: row
+            for row, h in enumerate(table.idh)
+            if h in wanted and table.id(row) == wanted[h]
+        }
+        kinds: dict[int, Hashable | None] = {}
+        seen: set[tuple[str, int]] = set()  # a task's timings appear on more than one line
+        for job_id, created, completed in timings:
+            row = rows.get(job_id)
+            if row is None or (job_id, created) in seen:
+                continue  # not in this manifest, or counted
+            seen.add((job_id, created))
+            if row not in kinds:
+                kinds[row] = None
+                if index.done_as(job_id, table.fp64[row]):
+                    kinds[row] = table.job(row).timing_kind
+                else:
+                    rec, job = index.records.get(job_id), table.job(row)
+                    if rec is not None and rec.phase is Phase.DONE and rec.fp == job.fingerprint:
+                        kinds[row] = job.timing_kind
+            kind = kinds[row]
+            if kind is not None:  # done under the manifest's content: its kind is known
+                self.flow.poller.seed(kind, created, completed)
+
+    async def _walk(
+        self, jobs: asyncio.TaskGroup, rows: Iterable[int], background: bool = False
+    ) -> None:
+        """Start the work of ``rows``. In the ``background`` (the done jobs' walk), a
+        short step at a time, with a pause after each while other work is in flight:
+        a look at a million done jobs must not slow the submissions and polls (nor the
+        machine's other processes) that go on beside it."""
         flow, index = self.flow, self.ledger.index
-        submitting = True
-        for job in self.passes():
+        table = self.campaign.table
+        every = BACKGROUND_STEP if background else YIELD_EVERY
+        for n, row in enumerate(rows, 1):
+            if not n % every:
+                busy = background and self.pipeline.used
+                await asyncio.sleep(BACKGROUND_PAUSE_S if busy else 0)
+            job_id = table.id(row)
             # A done job's record is read from its ledger line only to check its files.
-            rec = index.get(job.id)
+            rec = index.get(job_id)
+            if (
+                rec is not None
+                and rec.phase is Phase.DONE
+                and index.done_as(job_id, table.fp64[row])
+                and flow.downloader.files_present(rec)
+            ):
+                # What next_step says of it, without making the job whole again.
+                self.counters.skipped_done += 1
+                continue
+            job = table.job(row)
             if rec is not None and rec.fp != job.fingerprint:
                 # The content changed under this id: it runs again, but a task of the
                 # earlier content alive on the API is paid work: it is finished first
@@ -90,12 +177,10 @@ class Feeder:
                     self.counters.changed_in_flight += 1
             step = flow.next_step(job, rec)
             if step is None:
-                if rec is not None and rec.phase is Phase.DONE:
-                    flow.poller.seed(job.timing_kind, rec.create_ms, rec.complete_ms)
                 continue
             stopping = self._stopping.is_set()
-            if not step.paid and (stopping or not submitting):
-                self.counters.budget_refused += not submitting
+            if not step.paid and (stopping or not self._submitting):
+                self.counters.budget_refused += not self._submitting
                 continue  # no new spending; keep looking for paid work
             # After a stop the slots are closed to submissions; paid work takes its place
             # without waiting (a task alive on the API holds a slot there already).
@@ -113,7 +198,7 @@ class Feeder:
                 if flow.budget.exhausted:
                     self.counters.budget_stopped = True
                     self.counters.budget_refused += 1
-                    submitting = False
+                    self._submitting = False
                     log.warning(
                         "budget reached: %d images paid or reserved; submitting no more",
                         flow.budget.spent + flow.budget.reserved,
@@ -136,3 +221,13 @@ class Feeder:
             else:
                 work = flow.task_job(job)
             jobs.create_task(flow.guard(job, work, self.pipeline.release))
+
+
+def _others(rows: Sequence[int], rest: Sequence[int]) -> Iterator[int]:
+    """``rows`` (ascending) but those in ``rest`` (a subsequence of them)."""
+    i, n = 0, len(rest)
+    for row in rows:
+        if i < n and rest[i] == row:
+            i += 1
+        else:
+            yield row

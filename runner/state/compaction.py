@@ -9,6 +9,8 @@ per job: a done job's own full ``done`` line, copied as it is, and for any other
 The rewrite goes to ``.ledger.jsonl.compact`` beside it, is fsynced, and is renamed over
 the ledger (then the folder is fsynced): a kill at any moment leaves either the old file
 or the new one whole. A stale temporary file from a killed compaction is overwritten.
+The state the start-up index kept for the old file is forgotten (it would not fit the
+new one anyway: another inode, other bytes).
 
 Owns: when to compact, and the rewrite. Must not know: what events mean.
 """
@@ -19,6 +21,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import replay_index
 from .events import Done, Snap, encode
 from .index import LedgerIndex
 from .record import Phase
@@ -51,6 +54,7 @@ def compact(path: Path, index: LedgerIndex, now: float) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    replay_index.forget(path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

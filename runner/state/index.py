@@ -3,7 +3,10 @@ kept in bounded memory.
 
 :meth:`LedgerIndex.apply` is the single place an event changes a job: the writer applies
 each event as it appends it, and replay applies every line of the file the same way, so
-what a resumed run believes is exactly what the previous run wrote.
+what a resumed run believes is exactly what the previous run wrote. (Replay takes the
+commonest line, a whole ``done`` line for a job it holds nothing of, through
+:meth:`LedgerIndex.apply_done`, which packs the same numbers without making the record;
+``tests/test_startup_index.py`` replays ledgers both ways.)
 
 Memory: a full :class:`~runner.state.record.JobRecord` for every job with work in hand
 (or a history short of done), and for every done job about 24 bytes
@@ -17,7 +20,9 @@ from disk (:mod:`runner.state.ledger`), the manifest, the network.
 
 from __future__ import annotations
 
-from collections.abc import ItemsView, Iterator, ValuesView
+from array import array
+from bisect import bisect_left
+from collections.abc import ItemsView, Iterable, Iterator, Sequence, ValuesView
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,6 +44,7 @@ from .events import (
     Uncertain,
     Unsent,
     decode,
+    encode,
 )
 from .packed import PackedDone
 from .record import JobRecord, JobState, Phase
@@ -145,6 +151,70 @@ class LedgerIndex:
         paid = (Phase.DONE, Phase.LIVE, Phase.RESULT)  # or paid for and still in flight
         return rec is not None and rec.fp != fp and rec.phase in paid
 
+    def done_as(self, job: str, fp64: int) -> bool:
+        """``job`` is a packed done job whose content's fingerprint starts with the 64
+        bits ``fp64`` (what :meth:`status` calls done)."""
+        packed = self.done.get(job)
+        return packed is not None and packed[0] == fp64
+
+    def knows(self, job: str) -> bool:
+        """The ledger has a line about ``job`` (under any content)."""
+        return job in self
+
+    def done_rows(
+        self, idh: Sequence[int], fp64: Sequence[int], rows: Iterable[int]
+    ) -> tuple[int, int, int, array[int]]:
+        """Of ``rows`` (positions into ``idh``, the ids' 64-bit hashes, and ``fp64``, their
+        fingerprints' first 64 bits), the jobs done under that content with their packed
+        entry, counted without a look at their ids: (jobs, their images, their uncertain
+        submissions), and the other rows, in order, each for :meth:`status` to answer.
+        What :meth:`status` says of each row counted (``done``), in one pass of numbers."""
+        keys_b, fps_b, metas_b = self.done.columns()
+        shift = PackedDone.BUCKET_SHIFT
+        img_mask, unc_mask = (1 << _IMG_BITS) - 1, (1 << _UNC_BITS) - 1
+        jobs = images = uncertain = 0
+        rest = array("Q")
+        keep = rest.append
+        for row in rows:
+            h = idh[row]
+            b = h >> shift
+            keys = keys_b[b]
+            i = bisect_left(keys, h)
+            if i < len(keys) and keys[i] == h and fps_b[b][i] == fp64[row]:
+                meta = metas_b[b][i]
+                jobs += 1
+                images += meta & img_mask
+                uncertain += meta >> _IMG_BITS & unc_mask
+            else:
+                keep(row)
+        return jobs, images, uncertain, rest
+
+    def saved(self) -> tuple[dict[str, int], dict[str, Any]]:
+        """This state as numbers and sections, for :mod:`runner.state.replay_index`: the
+        packed done map's arrays, and every full record as its ``snap`` line."""
+        numbers = {
+            "billed_extra": self._packed_billed_extra,
+            "uncertain_images": self._packed_uncertain_images,
+        }
+        records = b"".join(encode(job, Snap(rec), 0) for job, rec in self.records.items())
+        return numbers, {**self.done.dump(), "records": records}
+
+    def restore(self, numbers: dict[str, Any], sections: dict[str, Any]) -> None:
+        """Take the state :meth:`saved` gave (this index must be empty). Raises
+        ValueError (or KeyError, TypeError) if they are not such a state."""
+        done = PackedDone.load(
+            sections["lengths"], sections["keys"], sections["fps"], sections["metas"]
+        )
+        records: dict[str, JobRecord] = {}
+        for raw in bytes(sections["records"]).splitlines():
+            line = decode(orjson.loads(raw))
+            if line is None or not isinstance(line[2], Snap):
+                raise ValueError("not a record")
+            records[line[0]] = line[2].record
+        self.done, self.records = done, records
+        self._packed_billed_extra = int(numbers["billed_extra"])
+        self._packed_uncertain_images = int(numbers["uncertain_images"])
+
     def get(self, job: str) -> JobRecord | None:
         """The full record of ``job`` (a done one is read from its line, not kept)."""
         rec = self.records.get(job)
@@ -245,6 +315,38 @@ class LedgerIndex:
             rec.phase = Phase.NEW
             rec.failed_tasks = 0
         # timeout (and a kind this runner does not know) changes nothing
+
+    def apply_done(self, raw: dict[str, Any], offset: int) -> bool:
+        """Apply the parsed line ``raw`` as :meth:`apply` would if it is a ``done`` line
+        carrying a whole record, for a job the index holds nothing of, that packs (a
+        compacted ledger's every done job): the same numbers, without making the record.
+        False, with nothing changed, for any other line: :meth:`apply` it."""
+        job = raw.get("job")
+        if raw.get("e") != "done" or "fp" not in raw or not isinstance(job, str):
+            return False
+        if job in self.records:
+            return False
+        try:
+            # What events._record makes of these keys, as far as packing uses them.
+            fp64 = _fp64(str(raw.get("fp", "")))
+            files = {int(f.get("i", 0)) for f in raw.get("files") or () if isinstance(f, dict)}
+            urls = tuple(raw.get("urls") or ())
+            billed = raw.get("billed")
+            billed = billed if isinstance(billed, int) else len(urls)
+            uncertain = int(raw.get("unc") or 0)
+            uncertain_images = int(raw.get("unc_imgs") or 0)
+            int(raw.get("submits") or 0), int(raw.get("ft") or 0)  # as _record checks them
+        except (TypeError, ValueError, AttributeError):
+            return False
+        images = len(files)
+        if fp64 is None or images >> _IMG_BITS or offset >> _OFFSET_BITS or uncertain < 0:
+            return False
+        unc = min(uncertain, (1 << _UNC_BITS) - 1)
+        if not self.done.put_new(job, fp64, (offset << _UNC_BITS | unc) << _IMG_BITS | images):
+            return False  # packed already: its earlier line no longer counts (apply)
+        self._packed_billed_extra += billed - images
+        self._packed_uncertain_images += uncertain_images
+        return True
 
     def _pack(self, job: str, whole: JobRecord, offset: int) -> None:
         """A done line: keep the job as two numbers, or whole where they cannot hold it."""

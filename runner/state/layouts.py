@@ -22,6 +22,8 @@ import dataclasses
 import os
 import posixpath
 import shlex
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,6 +151,11 @@ class CampaignIndex(LedgerIndex):
                     best = seen
         return best
 
+    def knows(self, job: str) -> bool:
+        return super().knows(job) or any(
+            layout.owns(job) and index.knows(job) for layout, index in self.others
+        )
+
     def get(self, job: str) -> JobRecord | None:
         rec = super().get(job)
         for layout, index in self.others:
@@ -190,6 +197,13 @@ class CampaignView(CampaignIndex):
         self.root = campaign.output.dir
         self.disagreeing: dict[str, set[str]] = {kind: set() for kind in DISAGREEMENTS}
         self._last: tuple[str, LedgerIndex, str] | None = None
+
+    def done_rows(
+        self, idh: Sequence[int], fp64: Sequence[int], rows: Iterable[int]
+    ) -> tuple[int, int, int, array[int]]:
+        """None counted here: every job goes through :meth:`status`, which tallies where
+        layouts disagree (a job done here may have failed in another)."""
+        return 0, 0, 0, array("Q", rows)
 
     def prefix(self, layout: Layout) -> str:
         """The layout's folder relative to ``output.dir`` ("" for the unsharded one)."""

@@ -28,6 +28,7 @@ import orjson
 
 from runner.clock import SYSTEM_CLOCK, Clock
 
+from . import replay_index
 from .compaction import compact, worth_compacting
 from .events import Done, Event, Snap, decode, encode
 from .index import LedgerIndex
@@ -46,13 +47,18 @@ class ReplayReport:
 
 
 def _replay(path: Path, index: LedgerIndex) -> ReplayReport:
+    """Replay the ledger into the empty ``index``: from the state the start-up index kept
+    for this file, if one fits it (:mod:`runner.state.replay_index`), and on to its end;
+    then keep the state reached there, unless the next run is to compact the file."""
     report = ReplayReport()
     try:
         f = path.open("rb")
     except FileNotFoundError:
         return report
     with f:
-        offset = 0
+        since, report.lines, report.corrupt = replay_index.resume(f, index)
+        offset = report.good_bytes = since
+        f.seek(since)
         for line in f:
             if not line.endswith(b"\n"):
                 report.torn_tail = True  # a kill mid-write: ignore it
@@ -69,11 +75,15 @@ def _replay(path: Path, index: LedgerIndex) -> ReplayReport:
                 continue
             if isinstance(ev, dict):
                 report.lines += 1
+                if index.apply_done(ev, start):  # a done line, taken as apply would
+                    continue
                 decoded = decode(ev)
                 if decoded is not None:
                     index.apply(decoded, start)
             else:
                 report.corrupt += 1
+        if not worth_compacting(report.lines, len(index)):
+            replay_index.keep(f, index, report.good_bytes, report.lines, report.corrupt, since)
     return report
 
 
@@ -116,6 +126,33 @@ class Ledger:
             os.ftruncate(fd, self.report.good_bytes)
         self._size = os.fstat(fd).st_size
         self._fd = fd
+
+    def recent_timings(self, tail_bytes: int = 4 << 20) -> list[tuple[str, int, int]]:
+        """``(job, create_ms, complete_ms)`` of the tasks that the last ``tail_bytes`` of
+        the ledger say succeeded (the API's own timings), oldest first: what a run learns
+        completion times from before its own tasks finish. Unreadable lines are skipped."""
+        try:
+            with self.path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - tail_bytes))
+                data = f.read()
+        except OSError:
+            return []
+        lines = data.split(b"\n")
+        if size > tail_bytes:
+            lines = lines[1:]  # the first is cut
+        out: list[tuple[str, int, int]] = []
+        for line in lines:
+            if b'"complete_ms"' not in line:
+                continue
+            try:
+                raw = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            job, created, completed = raw.get("job"), raw.get("create_ms"), raw.get("complete_ms")
+            if isinstance(job, str) and type(created) is int and type(completed) is int:
+                out.append((job, created, completed))
+        return out
 
     def append(self, job: str, event: Event, t: float | None = None) -> None:
         """Write one event durably (against a kill) and apply it to the index. ``t``:

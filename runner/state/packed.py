@@ -27,6 +27,9 @@ def _hash(job: str) -> int:
 
 
 class PackedDone:
+    #: the bucket of a key is its top bits: ``key >> BUCKET_SHIFT``
+    BUCKET_SHIFT = _BUCKET_SHIFT
+
     def __init__(self) -> None:
         buckets = 1 << (64 - _BUCKET_SHIFT)
         self._keys = [array("Q") for _ in range(buckets)]
@@ -56,6 +59,17 @@ class PackedDone:
         self._meta[b].insert(i, meta)
         self._len += 1
 
+    def put_new(self, job: str, fp: int, meta: int) -> bool:
+        """Add ``job`` if it is not there; False (nothing changed) if it is."""
+        h, b, i, found = self._find(job)
+        if found:
+            return False
+        self._keys[b].insert(i, h)
+        self._fps[b].insert(i, fp)
+        self._meta[b].insert(i, meta)
+        self._len += 1
+        return True
+
     def pop(self, job: str) -> bool:
         """Remove ``job``; False if it was not there."""
         _, b, i, found = self._find(job)
@@ -76,3 +90,39 @@ class PackedDone:
 
     def __bool__(self) -> bool:
         return self._len > 0
+
+    def columns(self) -> tuple[list[array[int]], list[array[int]], list[array[int]]]:
+        """The buckets' sorted keys, fingerprint prefixes and metas (read, not changed)."""
+        return self._keys, self._fps, self._meta
+
+    def dump(self) -> dict[str, list[array[int]]]:
+        """The whole map as four columns of chunks, one a bucket (bucket lengths, keys,
+        fps, metas): what :meth:`load` takes back, once each column is made one array."""
+        lengths = array("Q", (len(bucket) for bucket in self._keys))
+        return {"lengths": [lengths], "keys": self._keys, "fps": self._fps, "metas": self._meta}
+
+    @classmethod
+    def load(
+        cls, lengths: array[int], keys: array[int], fps: array[int], metas: array[int]
+    ) -> PackedDone:
+        """The map :meth:`dump` gave these arrays of (emptied as they are taken, so the
+        map never needs twice its memory); ValueError if they are not one."""
+        buckets = 1 << (64 - _BUCKET_SHIFT)
+        if len(lengths) != buckets or not len(keys) == len(fps) == len(metas) == sum(lengths):
+            raise ValueError("not a packed done map")
+        packed = cls()
+        packed._len = len(keys)
+        end = len(keys)
+        for b in range(buckets - 1, -1, -1):  # from the end: each cut gives memory back
+            start = end - lengths[b]
+            packed._keys[b], packed._fps[b], packed._meta[b] = (
+                keys[start:],
+                fps[start:],
+                metas[start:],
+            )
+            del keys[start:], fps[start:], metas[start:]
+            bucket = packed._keys[b]
+            if bucket and (bucket[0] >> _BUCKET_SHIFT != b or bucket[-1] >> _BUCKET_SHIFT != b):
+                raise ValueError("not a packed done map")
+            end = start
+        return packed
