@@ -57,6 +57,10 @@ T = TypeVar("T")
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _MAX_ANSWER_BYTES = 1 << 20  # an API answer is a few hundred bytes; refuse megabytes
+#: a result file's read buffer: aiohttp stops reading the socket at twice this until the
+#: reader catches up; its default (64 KiB) pauses and resumes a 1 MB image several times
+_FILE_READ_BUFFER = 1 << 18
+_FILE_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
 
 
 @dataclass(slots=True)
@@ -79,11 +83,14 @@ class FileStream:
     content_type: str
     _response: aiohttp.ClientResponse
 
-    async def chunks(self, size: int = 1 << 16) -> AsyncIterator[bytes]:
-        """The body, chunk by chunk; a transport failure becomes the policy's error for a
-        lost connection (RETRY)."""
+    async def chunks(self, size: int | None = None) -> AsyncIterator[bytes]:
+        """The body, chunk by chunk: of ``size`` bytes, or (None) as they came off the
+        socket, with no copy; a transport failure becomes the policy's error for a lost
+        connection (RETRY)."""
+        content = self._response.content
+        body = content.iter_any() if size is None else content.iter_chunked(size)
         try:
-            async for chunk in self._response.content.iter_chunked(size):
+            async for chunk in body:
                 yield chunk
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise policy_error(
@@ -296,9 +303,7 @@ class ApiClient:
         in_caller = False
         try:
             async with self.session.get(
-                url,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
+                url, headers=headers, timeout=_FILE_TIMEOUT, read_bufsize=_FILE_READ_BUFFER
             ) as resp:
                 status = resp.status
                 if status == 416 and offset:
