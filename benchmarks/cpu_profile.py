@@ -1,14 +1,15 @@
-"""Where a runner process spends its CPU: per-thread CPU time from ``/proc`` and a py-spy
+"""Where a runner process spends its CPU: CPU time by thread from ``/proc`` and a py-spy
 sampling profile of a stretch of its life, summarised by area (HTTP client, download,
 ledger, poller, ...).
 
-py-spy samples stacks at a fixed rate whether a thread is computing or waiting, and its
-own idle detection does not work on a paused process, so the summary counts only the
-main thread's samples that are not waiting for the event loop's selector, and turns
-their shares into milliseconds with the main thread's CPU time measured by the kernel.
-The worker threads (file writes, fsync, reads behind ``asyncio.to_thread`` and aiofiles)
-mostly wait in system calls, so their samples say nothing about CPU: their CPU time is
-reported as one figure, from ``/proc``.
+py-spy samples with ``--gil``: a sample is taken only from the thread holding the GIL,
+so every sample is Python at work (or C code that keeps the GIL), in whichever thread,
+and a thread waiting for the GIL or for the disk counts for nothing (without ``--gil``
+py-spy cannot tell waiting from working here: its idle detection fails on a process it
+pauses). Each sample stands for 1/rate seconds, so an area's samples give its CPU in ms
+per task directly. What the kernel measured beyond that is CPU spent with the GIL
+released: hashing and CRCs of large buffers (sha256, zlib), system calls (socket sends
+and receives, file writes, fsync, renames) and page faults; it is reported as one figure.
 
 py-spy must be installed (``pip install py-spy``) and allowed to attach to the process
 (root, or ``kernel.yama.ptrace_scope = 0``).
@@ -28,8 +29,6 @@ from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-#: leaf frames of a main thread that waits rather than computes
-_IDLE_LEAVES = ("EpollSelector.select (selectors.py", "select (selectors.py")
 #: runner frames that every main-thread stack holds: not a place work happens
 _ROOT_FILES = ("runner/cli.py", "runner/__main__.py")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]*)(?::(?P<line>\d+))?\)$")
@@ -75,7 +74,7 @@ class PySpy:
         if self.proc is not None:
             return
         self.proc = subprocess.Popen(
-            [self.exe, "record", "--pid", str(pid), "--format", "raw", "--rate",
+            [self.exe, "record", "--pid", str(pid), "--format", "raw", "--gil", "--nonblocking", "--rate",
              str(self.rate), "--output", str(self.path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -101,9 +100,10 @@ class PySpy:
 
 
 def area_of(frames: list[str]) -> str:
-    """The area a main-thread sample belongs to, from its stack (root first): the
-    deepest runner module on it decides; a stack with none is an event-loop callback
-    (socket reads and HTTP parsing, the loop's side of a thread hop, timers)."""
+    """The area a sample belongs to, from its stack (root first): the deepest runner
+    module on it decides; a stack with none is an event-loop callback (socket reads and
+    HTTP parsing, the loop's side of a thread hop, timers) or a worker thread's own
+    machinery."""
     for frame in reversed(frames):
         m = _FRAME.match(frame)
         path = m["file"] if m else ""
@@ -125,6 +125,8 @@ def area_of(frames: list[str]) -> str:
             return "manifest"
         return "jobs, feed, engine"
     joined = ";".join(frames)
+    if not frames[0].startswith("_run_module_as_main"):
+        return "worker threads (pool machinery)"
     if "aiohttp/" in joined or "_SelectorSocketTransport._read_ready" in joined:
         return "http client: socket reads and parsing (aiohttp callbacks)"
     if "_chain_future" in joined or "_read_from_self" in joined or "concurrent/futures" in joined:
@@ -153,25 +155,20 @@ def read_raw(path: Path) -> Iterable[tuple[list[str], int]]:
 
 
 def summarise(
-    path: Path, *, main_cpu_ms_per_task: float, other_cpu_ms_per_task: float, top: int = 20
+    path: Path, *, rate: int, tasks: int, cpu_s: dict[str, float], top: int = 20
 ) -> dict[str, Any]:
-    """Shares of the main thread's busy samples by area, in ms of CPU per task (the
-    main thread's measured CPU shared out by sample counts), its hottest functions
-    (self time) and runner lines (the deepest runner frame of a sample), and the worker
-    threads' CPU as one figure."""
+    """The samples in ``path`` (taken at ``rate`` a second while ``tasks`` tasks were
+    created, the process using ``cpu_s`` seconds of CPU: ``total``, ``main``, ``user``,
+    ``system``) as ms of CPU per task: by area, the hottest functions (self time) and
+    runner lines (the deepest runner frame of a sample), and what ran with the GIL
+    released."""
     areas: Counter[str] = Counter()
     functions: Counter[str] = Counter()
     lines: Counter[str] = Counter()
     function_area: dict[str, str] = {}
-    busy = idle = threads = 0
+    samples = 0
     for frames, n in read_raw(path):
-        if not frames[0].startswith("_run_module_as_main"):
-            threads += n
-            continue
-        if frames[-1].startswith(_IDLE_LEAVES):
-            idle += n
-            continue
-        busy += n
+        samples += n
         area = area_of(frames)
         areas[area] += n
         leaf = re.sub(r":\d+\)$", ")", frames[-1])
@@ -182,24 +179,35 @@ def summarise(
             if m and m["file"].startswith("runner/") and not m["file"].startswith(_ROOT_FILES):
                 lines[frame] += n
                 break
-    if not busy:
-        return {"error": "no samples of the main thread at work"}
+    tasks = max(tasks, 1)
 
-    def ms(n: int) -> float:
-        return round(main_cpu_ms_per_task * n / busy, 3)
+    def per_task(seconds: float) -> float:
+        return round(1000 * seconds / tasks, 3)
 
+    def ms(n: int) -> float:  # n samples, each 1/rate s with the GIL held
+        return per_task(n / rate)
+
+    with_gil = samples / rate
     return {
         "raw_stacks": str(path),
-        "main_thread_samples": {"busy": busy, "waiting_in_select": idle},
+        "samples": samples,
         "cpu_ms_per_task": {
-            "main_thread": round(main_cpu_ms_per_task, 3),
-            "worker_threads (file I/O, fsync; from /proc)": round(other_cpu_ms_per_task, 3),
+            "all threads (from /proc)": per_task(cpu_s["total"]),
+            "main thread (from /proc)": per_task(cpu_s["main"]),
+            "worker threads (from /proc)": per_task(cpu_s["total"] - cpu_s["main"]),
+            "user (from /proc)": per_task(cpu_s["user"]),
+            "system (from /proc)": per_task(cpu_s["system"]),
+            "holding the GIL (sampled)": per_task(with_gil),
+            "GIL released: sha256, zlib, system calls, page faults": per_task(
+                max(0.0, cpu_s["total"] - with_gil)
+            ),
         },
-        "main_thread_by_area_ms_per_task": {a: ms(n) for a, n in areas.most_common()},
-        "main_thread_by_area_share": {a: round(n / busy, 4) for a, n in areas.most_common()},
-        "top_functions_self": [
-            {"function": f, "area": function_area[f], "ms_per_task": ms(n)}
+        "gil_held_by_area_ms_per_task": {a: ms(n) for a, n in areas.most_common()},
+        "top_functions_self_ms_per_task": [
+            {"function": f, "area": function_area[f], "ms": ms(n)}
             for f, n in functions.most_common(top)
         ],
-        "top_runner_lines": [{"line": f, "ms_per_task": ms(n)} for f, n in lines.most_common(top)],
+        "top_runner_lines_ms_per_task": [
+            {"line": f, "ms": ms(n)} for f, n in lines.most_common(top)
+        ],
     }

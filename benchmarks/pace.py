@@ -16,11 +16,11 @@ the samples at its two ends. ``cpu_fraction_at_33_tasks_per_s`` is the CPU per t
 the API's full pace. Prints one JSON object.
 
 ``--profile PATH`` attaches py-spy (``pip install py-spy``; root or ptrace allowed) to
-the runner for the steady state only and adds ``profile``: the main thread's CPU per task
-shared out by area (HTTP client by request kind, download, ledger, poller, thread hops,
-event loop), its hottest functions and runner lines, and the worker threads' CPU (file
-writes, fsync) from ``/proc`` (see ``benchmarks/cpu_profile.py``). py-spy pauses the
-process to sample it, which costs the runner a little CPU: take the headline figures
+the runner for the steady state only and adds ``profile``: CPU ms per task by thread
+(``/proc``), the Python part by area (HTTP client by request kind, download, ledger,
+poller, thread hops, event loop), the hottest functions and runner lines, and what ran
+with the GIL released (hashing, system calls); see ``benchmarks/cpu_profile.py``. py-spy
+pauses the process to sample it, which costs the runner CPU: take the headline figures
 from a run without ``--profile``. The collapsed stacks stay in PATH (flamegraph.pl or
 speedscope read them).
 """
@@ -99,17 +99,20 @@ class Sampler:
                 self.profiler.stop()
                 self.profiled = (self.profiled[0], t)
 
-    def stretch(self, start: float, end: float) -> dict[str, float] | None:
-        """CPU ms per task over the samples from ``start`` to ``end`` (times): all
-        threads, the main thread, the others."""
+    def stretch(self, start: float, end: float) -> tuple[int, dict[str, float]] | None:
+        """Tasks created and CPU seconds used (``total``, ``main`` thread, ``user``,
+        ``system``) between the samples at times ``start`` and ``end``."""
         inside = [x for x in self.samples if start <= x["t"] <= end]
         if len(inside) < 2:
             return None
         a, b = inside[0], inside[-1]
-        tasks = max(b["tasks_created"] - a["tasks_created"], 1)
-        main = 1000 * (b["cpu_main_s"] - a["cpu_main_s"]) / tasks
-        total = 1000 * (b["cpu_s"] - a["cpu_s"]) / tasks
-        return {"total": total, "main": main, "other": total - main}
+        cpu = {
+            "total": b["cpu_s"] - a["cpu_s"],
+            "main": b["cpu_main_s"] - a["cpu_main_s"],
+            "user": b["cpu_user_s"] - a["cpu_user_s"],
+            "system": b["cpu_system_s"] - a["cpu_system_s"],
+        }
+        return int(b["tasks_created"] - a["tasks_created"]), cpu
 
     def steady(self, concurrency: int, jobs: int) -> dict[str, Any]:
         """Rates over the steady state: from the first wave's end (twice as many tasks
@@ -276,14 +279,13 @@ def profile_report(sampler: Sampler, profiler: PySpy) -> dict[str, Any]:
         return {"error": "the steady state never began: nothing profiled (raise --jobs)"}
     if not profiler.path.is_file():
         return {"error": f"py-spy wrote nothing: {profiler.error}"}
-    cpu = sampler.stretch(*sampler.profiled)
-    if cpu is None:
+    stretch = sampler.stretch(*sampler.profiled)
+    if stretch is None:
         return {"error": "the profiled stretch was too short"}
-    report = summarise(
-        profiler.path, main_cpu_ms_per_task=cpu["main"], other_cpu_ms_per_task=cpu["other"]
-    )
+    tasks, cpu = stretch
+    report = summarise(profiler.path, rate=profiler.rate, tasks=tasks, cpu_s=cpu)
     report["profiled_s"] = [round(t, 1) for t in sampler.profiled]
-    report["cpu_ms_per_task_while_profiled"] = round(cpu["total"], 3)
+    report["tasks_profiled"] = tasks
     return report
 
 
