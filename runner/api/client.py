@@ -122,7 +122,12 @@ class ApiClient:
         #: how RETRY outcomes are retried: ``attempts`` tries per request
         self.backoff = Backoff(attempts, backoff_s, backoff_max_s, retry_window_s)
         self.stats = ClientStats()
-        self._auth = {"Authorization": f"Bearer {api_key}"}
+        # The headers of API requests, built once (aiohttp copies them, never changes them)
+        self._get_headers = {"Authorization": f"Bearer {api_key}"}
+        self._post_headers = {**self._get_headers, "Content-Type": "application/json"}
+        model_path = quote(model, safe="")
+        self._submit_url = f"{self.base_url}/generateTask/{model_path}"
+        self._status_url = f"{self.base_url}/statusTask/{model_path}?taskId="
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=10)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
@@ -158,9 +163,7 @@ class ApiClient:
         if submit and self.halt is not None and self.halt.is_set():
             raise policy_error(request, Fault.NOT_SENT, "submit: not sent, the run is stopping")
         self.stats.requests[kind] += 1
-        headers = dict(self._auth)
-        if body is not None:
-            headers["Content-Type"] = "application/json"
+        headers = self._get_headers if body is None else self._post_headers
         try:
             async with self.session.request(
                 method, url, data=body, headers=headers, timeout=self._timeout
@@ -264,7 +267,7 @@ class ApiClient:
         the error of any other outcome at once, so the caller records it before anything
         is sent again: UNCERTAIN (a task may exist that no one will ever see), WAIT_SLOT
         (429), PERMANENT, FATAL; or RETRY once the retries are spent."""
-        url = f"{self.base_url}/generateTask/{quote(self.model, safe='')}"
+        url = self._submit_url
         body = orjson.dumps(payload)
 
         async def once() -> str:
@@ -281,7 +284,7 @@ class ApiClient:
     async def status(self, task_id: str) -> TaskStatus:
         """Poll one task. An answer that cannot be read is asked for again (RETRY); a 404
         raises LOST (TASK_GONE): the API no longer knows the task."""
-        url = f"{self.base_url}/statusTask/{quote(self.model, safe='')}?taskId={quote(task_id)}"
+        url = self._status_url + quote(task_id)
 
         async def once() -> TaskStatus:
             data = await self._send(Request.STATUS, "GET", url, None)
