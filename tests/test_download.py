@@ -12,7 +12,9 @@ import itertools
 import json
 import os
 import struct
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -226,3 +228,34 @@ def _read_some(fd: int) -> bytes:
         return os.read(fd, 1 << 16)
     except BlockingIOError:
         return b""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+async def test_a_write_cancelled_while_it_waits_for_a_thread_still_closes_the_file(
+    tmp_path: Path,
+) -> None:
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(pool)
+    before = _open_fds()
+    out = download._PartFile(tmp_path / "x.part", resume=False)
+    await out.write([b"first"], last=False)  # the file is open now
+    assert _open_fds() == before + 1
+    gate = threading.Event()
+    busy = loop.run_in_executor(None, gate.wait)  # the only thread is taken
+    task = asyncio.create_task(out.write([b" second"], last=False))
+    await asyncio.sleep(0.01)  # the write waits in the pool's queue
+    task.cancel()
+    out.abandon()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _open_fds() == before + 1, "the queued write still owns the file"
+    gate.set()
+    await busy
+    for _ in range(1000):
+        if _open_fds() == before:
+            break
+        await asyncio.sleep(0.001)
+    assert _open_fds() == before, "it ran, then closed the file"
+    assert (tmp_path / "x.part").read_bytes() == b"first second"
+    pool.shutdown()

@@ -200,9 +200,9 @@ class _PartFile:
     reads back what it holds), the last fsyncs and closes it. A 1 MB image thus costs one
     hop, not one per network chunk and per file operation.
 
-    The descriptor is only used by one thread at a time: :meth:`abandon` (an error or a
-    cancellation while a write may still run in its thread) leaves the closing to that
-    write when it is still running."""
+    The descriptor is only used by one thread at a time: a write handed to the thread pool
+    always runs, even if the download is cancelled meanwhile (it may still be waiting for
+    a free thread), and :meth:`abandon` leaves the closing to it when it has not ended."""
 
     def __init__(self, path: Path, resume: bool) -> None:
         self.path = path
@@ -216,7 +216,10 @@ class _PartFile:
 
     async def write(self, chunks: list[bytes], last: bool) -> None:
         self._busy = True  # no write of this file is running: no thread to race
-        await asyncio.to_thread(self._write, chunks, last)
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(None, self._write, chunks, last)
+        done.add_done_callback(_retrieved)  # its error is ours, or nobody's once abandoned
+        await asyncio.shield(done)  # a cancellation must not unqueue it: it owns the file
 
     def abandon(self) -> None:
         """Close the file now, or when the write still running in a thread ends."""
@@ -261,6 +264,11 @@ class _PartFile:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
 
 
 def _write_all(fd: int, chunks: list[bytes]) -> None:
