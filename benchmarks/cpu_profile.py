@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -61,7 +62,8 @@ class PySpy:
     writing collapsed stacks (``--format raw``) to ``path``."""
 
     def __init__(self, path: Path, rate: int = 100) -> None:
-        exe = shutil.which("py-spy")
+        # on PATH, or beside this Python (a virtualenv not activated)
+        exe = shutil.which("py-spy") or shutil.which("py-spy", path=Path(sys.executable).parent)
         if exe is None:
             raise SystemExit("--profile needs py-spy: pip install py-spy")
         self.exe = exe
