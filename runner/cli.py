@@ -346,7 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if resolved is not None and resolved[1] != recorded:
             record_split(root, resolved[1])  # the campaign's split: the first, or a new one
         # Lazy import, for start-up time: the engine (and aiohttp) load only to run.
+        from runner.run.allocator import tune_for_streaming
         from runner.run.engine import Engine, RunOptions
+
+        tune_for_streaming()  # no page fault per image page received (see its module)
 
         engine = Engine(
             campaign,

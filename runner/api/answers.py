@@ -160,20 +160,22 @@ def parse_status(
 
 
 def _result_urls(result_json: object, request: Request) -> tuple[str, ...]:
-    bad = unreadable(request, "resultJson is not usable")
+    def bad() -> ApiError | FatalApiError:  # built only when needed: most answers are good
+        return unreadable(request, "resultJson is not usable")
+
     if not isinstance(result_json, str):
-        raise bad
+        raise bad()
     try:
         result = orjson.loads(result_json)
     except orjson.JSONDecodeError:
-        raise bad from None
+        raise bad() from None
     urls = result.get("resultUrls") if isinstance(result, dict) else None
     if not isinstance(urls, list) or not urls or len(urls) > _MAX_RESULT_URLS:
-        raise bad
+        raise bad()
     for url in urls:
         if not isinstance(url, str) or len(url) > 4096:
-            raise bad
+            raise bad()
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise bad
+            raise bad()
     return tuple(urls)

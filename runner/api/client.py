@@ -57,6 +57,10 @@ T = TypeVar("T")
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _MAX_ANSWER_BYTES = 1 << 20  # an API answer is a few hundred bytes; refuse megabytes
+#: a result file's read buffer: aiohttp stops reading the socket at twice this until the
+#: reader catches up; its default (64 KiB) pauses and resumes a 1 MB image several times
+_FILE_READ_BUFFER = 1 << 18
+_FILE_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
 
 
 @dataclass(slots=True)
@@ -79,11 +83,14 @@ class FileStream:
     content_type: str
     _response: aiohttp.ClientResponse
 
-    async def chunks(self, size: int = 1 << 16) -> AsyncIterator[bytes]:
-        """The body, chunk by chunk; a transport failure becomes the policy's error for a
-        lost connection (RETRY)."""
+    async def chunks(self, size: int | None = None) -> AsyncIterator[bytes]:
+        """The body, chunk by chunk: of ``size`` bytes, or (None) as they came off the
+        socket, with no copy; a transport failure becomes the policy's error for a lost
+        connection (RETRY)."""
+        content = self._response.content
+        body = content.iter_any() if size is None else content.iter_chunked(size)
         try:
-            async for chunk in self._response.content.iter_chunked(size):
+            async for chunk in body:
                 yield chunk
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise policy_error(
@@ -115,7 +122,12 @@ class ApiClient:
         #: how RETRY outcomes are retried: ``attempts`` tries per request
         self.backoff = Backoff(attempts, backoff_s, backoff_max_s, retry_window_s)
         self.stats = ClientStats()
-        self._auth = {"Authorization": f"Bearer {api_key}"}
+        # The headers of API requests, built once (aiohttp copies them, never changes them)
+        self._get_headers = {"Authorization": f"Bearer {api_key}"}
+        self._post_headers = {**self._get_headers, "Content-Type": "application/json"}
+        model_path = quote(model, safe="")
+        self._submit_url = f"{self.base_url}/generateTask/{model_path}"
+        self._status_url = f"{self.base_url}/statusTask/{model_path}?taskId="
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=10)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
@@ -151,9 +163,7 @@ class ApiClient:
         if submit and self.halt is not None and self.halt.is_set():
             raise policy_error(request, Fault.NOT_SENT, "submit: not sent, the run is stopping")
         self.stats.requests[kind] += 1
-        headers = dict(self._auth)
-        if body is not None:
-            headers["Content-Type"] = "application/json"
+        headers = self._get_headers if body is None else self._post_headers
         try:
             async with self.session.request(
                 method, url, data=body, headers=headers, timeout=self._timeout
@@ -257,7 +267,7 @@ class ApiClient:
         the error of any other outcome at once, so the caller records it before anything
         is sent again: UNCERTAIN (a task may exist that no one will ever see), WAIT_SLOT
         (429), PERMANENT, FATAL; or RETRY once the retries are spent."""
-        url = f"{self.base_url}/generateTask/{quote(self.model, safe='')}"
+        url = self._submit_url
         body = orjson.dumps(payload)
 
         async def once() -> str:
@@ -274,7 +284,7 @@ class ApiClient:
     async def status(self, task_id: str) -> TaskStatus:
         """Poll one task. An answer that cannot be read is asked for again (RETRY); a 404
         raises LOST (TASK_GONE): the API no longer knows the task."""
-        url = f"{self.base_url}/statusTask/{quote(self.model, safe='')}?taskId={quote(task_id)}"
+        url = self._status_url + quote(task_id)
 
         async def once() -> TaskStatus:
             data = await self._send(Request.STATUS, "GET", url, None)
@@ -296,9 +306,7 @@ class ApiClient:
         in_caller = False
         try:
             async with self.session.get(
-                url,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
+                url, headers=headers, timeout=_FILE_TIMEOUT, read_bufsize=_FILE_READ_BUFFER
             ) as resp:
                 status = resp.status
                 if status == 416 and offset:

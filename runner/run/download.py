@@ -1,10 +1,13 @@
 """Downloads: result URL -> verified image file, never a partial one.
 
-A download streams into ``<output>/.tmp/<name>.part``, checks what arrived (the length the
-server announced, image magic bytes, a size cap), hashes it, fsyncs it and only then
-renames it into place under ``images/``. An interrupted download keeps its ``.part``
-and continues with a ``Range`` request where the server allows it (206), or starts over.
-Downloads have their own concurrency limit and never hold a task slot.
+A download streams into ``<output>/.tmp/<name>.part``, checks what arrived as it passes
+(the length the server announced, a size cap, the image's structure: magic bytes, PNG
+chunk CRCs, JPEG and WebP ends), hashes it, fsyncs it and only then renames it into place
+under ``images/``. The file side runs in worker threads, one hop per MiB written (the
+last also fsyncs and closes), so the event loop never waits for the disk. An
+interrupted download keeps its ``.part`` and continues with a ``Range`` request where the
+server allows it (206), or starts over. Downloads have their own concurrency limit and
+never hold a task slot.
 
 What a failed download means is the outcome policy's word (:mod:`runner.api.outcome`):
 
@@ -28,13 +31,11 @@ import asyncio
 import hashlib
 import logging
 import os
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-import aiofiles
 
 from runner.api.answers import TaskState
 from runner.api.client import ApiClient
@@ -57,6 +58,7 @@ __all__ = [
     "MAX_REFRESHES",
     "Downloader",
     "FileRecord",
+    "ImageCheck",
     "fetch_image",
     "sniff_ext",
 ]
@@ -64,8 +66,8 @@ __all__ = [
 MAX_IMAGE_BYTES = 256 << 20  # a 4K PNG is tens of MB; refuse anything absurd
 #: times a job's dead result URLs are refreshed by polling its task, per run
 MAX_REFRESHES = 2
-_CHUNK = 1 << 16
 _WRITE_BLOCK = 1 << 20
+_IOV_MAX = 512  # buffers per writev (the kernel allows 1,024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,85 +89,242 @@ def sniff_ext(head: bytes) -> str | None:
     return None
 
 
-def image_is_whole(path: Path, ext: str) -> bool:
-    """The file's structure is intact: for PNG every chunk's CRC matches and the file ends
-    with IEND and nothing after; for JPEG it ends with the EOI marker; for WebP the RIFF
-    size matches the file. Catches wrong bytes that kept a valid signature."""
-    with path.open("rb") as f:
+class ImageCheck:
+    """Whether a body is a whole image, judged from its bytes as they stream past (so the
+    file is never read back): its type from the first 16 bytes (:func:`sniff_ext`), then
+    for PNG every chunk's CRC matches and the body ends with IEND and nothing after; for
+    JPEG it ends with the EOI marker; for WebP the RIFF size matches the body's. Catches
+    wrong bytes that kept a valid signature. Feed it every byte of the body in order
+    (:meth:`feed`), then ask :meth:`verdict`."""
+
+    __slots__ = ("_bad", "_crc", "_head", "_kind", "_left", "_need", "_small", "_state",
+                 "_tail", "_type", "size")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._head = bytearray()  # the first 16 bytes, until the type is decided
+        self._kind: str | None = None  # "" once decided and not an image
+        self._tail = b""  # JPEG: the last two bytes so far
+        # PNG: the field being read (_SIG, _HEADER, _DATA, _CRC, _END), the bytes of a
+        # small field gathered so far and how many it needs, the chunk's type, the data
+        # bytes left in it, and its CRC so far
+        self._state = _SIG
+        self._small = bytearray()
+        self._need = 8
+        self._type = b""
+        self._left = 0
+        self._crc = 0
+        self._bad = False
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """The next bytes of the body."""
+        view = memoryview(data)
+        self.size += len(view)
+        if self._kind is None:
+            take = 16 - len(self._head)
+            self._head += view[:take]
+            if len(self._head) < 16:
+                return
+            self._decide()
+            view = view[take:]
+        self._take(view)
+
+    def verdict(self) -> tuple[str | None, bool]:
+        """(the image's extension, None if the body is not a PNG, JPEG or WebP image;
+        whether it is whole)."""
+        if self._kind is None:
+            self._decide()
+        ext = self._kind or None
         if ext == "jpg":
-            f.seek(0, os.SEEK_END)
-            if f.tell() < 4:
-                return False
-            f.seek(-2, os.SEEK_END)
-            return f.read(2) == b"\xff\xd9"
+            return ext, self.size >= 4 and self._tail == b"\xff\xd9"
         if ext == "webp":
-            head = f.read(8)
-            f.seek(0, os.SEEK_END)
-            return len(head) == 8 and int.from_bytes(head[4:8], "little") + 8 == f.tell()
-        f.seek(8)  # past the signature
-        while True:
-            header = f.read(8)
-            if len(header) != 8:
-                return False  # ended without IEND
-            length = int.from_bytes(header[:4], "big")
-            if length > MAX_IMAGE_BYTES:
-                return False
-            crc = zlib.crc32(header[4:])
-            left = length
-            while left:
-                block = f.read(min(left, _CHUNK))
-                if not block:
-                    return False
-                crc = zlib.crc32(block, crc)
-                left -= len(block)
-            if f.read(4) != crc.to_bytes(4, "big"):
-                return False
-            if header[4:] == b"IEND":
-                return f.read(1) == b""
+            return ext, int.from_bytes(self._head[4:8], "little") + 8 == self.size
+        if ext == "png":
+            return ext, self._state == _END and not self._bad
+        return None, False
+
+    def _decide(self) -> None:
+        self._kind = sniff_ext(bytes(self._head)) or ""
+        self._take(memoryview(self._head))
+
+    def _take(self, view: memoryview) -> None:
+        if not view:
+            return
+        if self._kind == "jpg":
+            self._tail = (self._tail + bytes(view[-2:]))[-2:]
+        elif self._kind == "png":
+            self._png(view)
+
+    def _png(self, view: memoryview) -> None:
+        while view and not self._bad:
+            if self._state == _DATA:
+                n = min(self._left, len(view))
+                self._crc = zlib.crc32(view[:n], self._crc)
+                self._left -= n
+                view = view[n:]
+                if not self._left:
+                    self._state, self._need = _CRC, 4
+                continue
+            if self._state == _END:
+                self._bad = True  # bytes after IEND
+                return
+            n = self._need - len(self._small)
+            self._small += view[:n]
+            view = view[n:]
+            if len(self._small) < self._need:
+                return
+            field = bytes(self._small)
+            self._small.clear()
+            if self._state == _SIG:  # sniff_ext checked it
+                self._state, self._need = _HEADER, 8
+            elif self._state == _HEADER:
+                self._left = int.from_bytes(field[:4], "big")
+                if self._left > MAX_IMAGE_BYTES:
+                    self._bad = True
+                self._type = field[4:]
+                self._crc = zlib.crc32(self._type)
+                self._state, self._need = (_DATA, 0) if self._left else (_CRC, 4)
+            else:  # _CRC
+                if field != self._crc.to_bytes(4, "big"):
+                    self._bad = True
+                self._state, self._need = (_END, 0) if self._type == b"IEND" else (_HEADER, 8)
+
+
+_SIG, _HEADER, _DATA, _CRC, _END = range(5)
+
+
+class _PartFile:
+    """The ``.part`` file of one download attempt, written by worker threads: each
+    :meth:`write` is one hop to a thread that hashes the bytes, checks them
+    (:class:`ImageCheck`) and writes them; the first also opens the file (and, resuming,
+    reads back what it holds), the last fsyncs and closes it. A 1 MB image thus costs one
+    hop, not one per network chunk and per file operation.
+
+    The descriptor is only used by one thread at a time: a write handed to the thread pool
+    always runs, even if the download is cancelled meanwhile (it may still be waiting for
+    a free thread), and :meth:`abandon` leaves the closing to it when it has not ended."""
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        self.path = path
+        self.resume = resume
+        self.digest = hashlib.sha256()
+        self.check = ImageCheck()
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+        self._busy = False
+        self._abandoned = False
+
+    async def write(self, chunks: list[bytes], last: bool) -> None:
+        self._busy = True  # no write of this file is running: no thread to race
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(None, self._write, chunks, last)
+        done.add_done_callback(_retrieved)  # its error is ours, or nobody's once abandoned
+        await asyncio.shield(done)  # a cancellation must not unqueue it: it owns the file
+
+    def abandon(self) -> None:
+        """Close the file now, or when the write still running in a thread ends."""
+        with self._lock:
+            self._abandoned = True
+            if not self._busy:
+                self._close()
+
+    def _write(self, chunks: list[bytes], last: bool) -> None:  # in a worker thread
+        try:
+            if self._fd is None:
+                self._open()
+            assert self._fd is not None
+            for chunk in chunks:
+                self.digest.update(chunk)
+                self.check.feed(chunk)
+            _write_all(self._fd, chunks)
+            if last:
+                os.fsync(self._fd)
+                self._close()
+        finally:
+            with self._lock:
+                self._busy = False
+                if self._abandoned:
+                    self._close()
+
+    def _open(self) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if self.resume else os.O_TRUNC)
+        try:
+            self._fd = os.open(self.path, flags, 0o644)
+        except FileNotFoundError:  # the first download into this folder
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, flags, 0o644)
+        if self.resume:
+            # The hash and the check must cover the bytes already on disk.
+            with self.path.open("rb") as f:
+                while block := f.read(_WRITE_BLOCK):
+                    self.digest.update(block)
+                    self.check.feed(block)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    """Write ``chunks`` in order with as few system calls as the kernel allows."""
+    for i in range(0, len(chunks), _IOV_MAX):
+        group = chunks[i : i + _IOV_MAX]
+        left = sum(len(c) for c in group)
+        while left:
+            written = os.writev(fd, group)
+            left -= written
+            while group and written >= len(group[0]):
+                written -= len(group[0])
+                group = group[1:]
+            if written:  # a short write ended inside a chunk
+                group = [group[0][written:], *group[1:]]
 
 
 async def _download_once(
     client: ApiClient, url: str, part: Path, max_bytes: int
-) -> tuple[int, hashlib._Hash]:
-    """One attempt: continue ``part`` from where it ends; return (size, sha256 so far)."""
-    have = part.stat().st_size if part.exists() else 0
-    digest = hashlib.sha256()
+) -> tuple[int, hashlib._Hash, ImageCheck]:
+    """One attempt: continue ``part`` from where it ends; return (size, sha256, the
+    image check of the whole file)."""
+    try:
+        have = os.stat(part).st_size
+    except FileNotFoundError:
+        have = 0
     async with client.open_file(url, offset=have) as stream:
-        if stream.status == 206 and stream.offset == have and have:
-            # Resume: the hash must cover the bytes already on disk.
-            async with aiofiles.open(part, "rb") as existing:
-                while chunk := await existing.read(_CHUNK):
-                    digest.update(chunk)
-            mode: Literal["ab", "wb"] = "ab"
-        else:
-            have, mode = 0, "wb"
+        resume = stream.status == 206 and stream.offset == have and bool(have)
+        if not resume:
+            have = 0
         if stream.total is not None and stream.total > max_bytes:
             raise _file_error(
                 Fault.TOO_LARGE, f"result is {stream.total} bytes, over the {max_bytes} cap"
             )
         size = have
-        async with aiofiles.open(part, mode) as out:
-            # Each aiofiles write is a hop to a worker thread: gather the network's
-            # 64 KiB chunks into 1 MiB writes, so a typical image costs one or two hops.
+        out = _PartFile(part, resume)
+        try:
+            # The network's chunks (as they arrived, no re-slicing) are gathered into
+            # 1 MiB writes, each one hop to a worker thread.
             pending: list[bytes] = []
             buffered = 0
-            async for chunk in stream.chunks(_CHUNK):
+            async for chunk in stream.chunks():
                 size += len(chunk)
                 if size > max_bytes:
                     raise _file_error(Fault.TOO_LARGE, f"result exceeds the {max_bytes}-byte cap")
-                digest.update(chunk)
                 pending.append(chunk)
                 buffered += len(chunk)
                 if buffered >= _WRITE_BLOCK:
-                    await out.write(b"".join(pending))
+                    await out.write(pending, last=False)
                     pending, buffered = [], 0
-            if pending:
-                await out.write(b"".join(pending))
-            await out.flush()
-            await asyncio.to_thread(os.fsync, out.fileno())
+            await out.write(pending, last=True)
+        finally:
+            out.abandon()
         if stream.total is not None and size != stream.total:
             raise _file_error(Fault.SHORT_BODY, f"download ended at {size} of {stream.total} bytes")
-    return size, digest
+    return size, out.digest, out.check
 
 
 _FILE_CODES = {Fault.TOO_LARGE: "TOO_LARGE"}
@@ -194,15 +353,14 @@ async def fetch_image(
     is tried again within ``attempts`` and the retry window, resuming where the server
     allows; then it becomes what :func:`runner.api.outcome.exhausted` says. Any other outcome
     is raised at once (LOST: a dead URL; PERMANENT: an unusable body)."""
-    part.parent.mkdir(parents=True, exist_ok=True)
     backoff = Backoff(attempts, initial_s=backoff_s)
     started = clock.monotonic()
     attempt = 0
     while True:
         attempt += 1
         try:
-            size, digest = await _download_once(client, url, part, max_bytes)
-            ext = await asyncio.to_thread(_check_image, part)
+            size, digest, check = await _download_once(client, url, part, max_bytes)
+            ext = _checked_ext(check)
             break
         except ApiError as exc:
             if exc.fault.spoils_partial or exc.outcome is not Outcome.RETRY:
@@ -219,20 +377,22 @@ async def fetch_image(
                 raise api_error(outcome, message, exc.status, code, fault=exc.fault) from None
             await clock.sleep(backoff.delay(attempt, exc.retry_after))
     dest = dest_for(ext)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(part, dest)
+    try:
+        os.replace(part, dest)
+    except FileNotFoundError:  # the first image into this folder
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, dest)
     return FileRecord(dest, size, digest.hexdigest(), ext)
 
 
-def _check_image(part: Path) -> str:
-    """The extension of the image in ``part``. A body that is not an image (an HTML error
+def _checked_ext(check: ImageCheck) -> str:
+    """The extension of the downloaded image. A body that is not an image (an HTML error
     page) or a damaged one is a bad body: a proxy or the transfer may be at fault, so the
     download is tried again from the start."""
-    with part.open("rb") as f:
-        ext = sniff_ext(f.read(16))
+    ext, whole = check.verdict()
     if ext is None:
         raise _file_error(Fault.BAD_BODY, "result is not a PNG, JPEG or WebP image", "NOT_AN_IMAGE")
-    if not image_is_whole(part, ext):
+    if not whole:
         raise _file_error(Fault.BAD_BODY, f"result is a damaged {ext.upper()} image", "CORRUPT")
     return ext
 
