@@ -28,6 +28,7 @@ a file is named (:mod:`runner.manifest.naming`), what an answer means (the polic
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -201,8 +202,9 @@ class _PartFile:
     hop, not one per network chunk and per file operation.
 
     The descriptor is only used by one thread at a time: a write handed to the thread pool
-    always runs, even if the download is cancelled meanwhile (it may still be waiting for
-    a free thread), and :meth:`abandon` leaves the closing to it when it has not ended."""
+    is not taken back if the download is cancelled meanwhile (it may still be waiting for
+    a free thread), and :meth:`abandon` leaves the closing to it when it has not ended; a
+    write that starts once its download is abandoned only closes the file."""
 
     def __init__(self, path: Path, resume: bool) -> None:
         self.path = path
@@ -230,6 +232,8 @@ class _PartFile:
 
     def _write(self, chunks: list[bytes], last: bool) -> None:  # in a worker thread
         try:
+            if self._abandoned:
+                return  # nobody waits for these bytes any more (closed below)
             if self._fd is None:
                 self._open()
             assert self._fd is not None
@@ -278,6 +282,8 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
         left = sum(len(c) for c in group)
         while left:
             written = os.writev(fd, group)
+            if not written:
+                raise OSError(errno.ENOSPC, "no space left to write the image")
             left -= written
             while group and written >= len(group[0]):
                 written -= len(group[0])
