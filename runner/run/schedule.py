@@ -186,7 +186,15 @@ class Schedule:
             done_before = before[0] if before is not None else 0.0
             if done_before < 1.0 - 1e-9:
                 value = (done_now - done_before) / (1.0 - done_before)
-                value = value if value >= w.threshold * self.thrift else 0.0
+                bar = w.threshold * self.thrift
+                if 0.0 < value < bar:
+                    # Below the bar: worth more if the bar is far off (the estimate goes
+                    # flat ahead, as between the fast and the slow tasks of a kind): a
+                    # chance left now would wait that long.
+                    ahead = self.model.quantile(w.kind, done_before + bar * (1.0 - done_before))
+                    wait = self.interval_s if ahead is None else ahead - (now - w.submitted)
+                    value = min(1.0, value * (1.0 + max(0.0, wait) / self.interval_s))
+                value = value if value >= bar else 0.0
             if now - w.submitted <= longest:
                 return value  # within what the data covers, it alone decides
             # Older than any completion seen: the recipe's interval is a floor. A task never
