@@ -44,6 +44,7 @@ from runner.run.exits import ExitCode, advice
 from runner.state.index import LedgerIndex
 from runner.state.layouts import CampaignIndex, CampaignView
 from runner.state.ledger import read_index
+from runner.state.lock import check_environment
 
 from .errors import LockLostError, ManifestError, RunnerError
 
@@ -296,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("runner").setLevel(logging.DEBUG)
     try:
         campaign = load_campaign(args.manifest, _overrides(args))
+        check_environment()
         root = campaign.output.dir
         recorded = read_split(root)
         resolved = resolve_shard(args.shard, args.shards, os.environ, recorded)

@@ -327,6 +327,10 @@ def test_flock_and_file_locks_see_each_other(tmp_path: Path) -> None:
     by_flock.acquire()
     with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
         file_lock(tmp_path).acquire()
+    seen = held_by(tmp_path)
+    assert seen is not None and seen.startswith(f"pid {os.getpid()} on host "), (
+        "another layout is told who holds it in words, not the lock file's JSON"
+    )
     by_flock.release()
     by_file = file_lock(tmp_path)
     by_file.acquire()
@@ -484,10 +488,11 @@ async def test_a_run_whose_lock_is_taken_over_stops_at_once_with_exit_5(sim, man
     assert not (out / "summary.json").exists(), "no summary written over the other run's"
 
 
-def test_a_bad_runner_lock_is_exit_2_naming_it(manifest) -> None:
+@pytest.mark.parametrize("mode", [[], ["--dry-run"], ["--status"]])
+def test_a_bad_runner_lock_is_exit_2_naming_it(manifest, mode: list[str]) -> None:
     path = manifest(prompts(1))
     done = subprocess.run(
-        [sys.executable, "-m", "runner", str(path), "--base-url", "embedded"],
+        [sys.executable, "-m", "runner", str(path), "--base-url", "embedded", *mode],
         capture_output=True, text=True, check=False,
         env={**os.environ, "RUNNER_LOCK": "nfs"},
     )  # fmt: skip

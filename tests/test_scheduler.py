@@ -209,3 +209,20 @@ async def test_polls_never_exceed_the_room_the_request_window_has():
         w.next_at = now  # every task due
     poller.tick(now, 10.0)
     assert poller._due.qsize() == 7
+
+
+async def test_a_small_kind_past_its_longest_completion_follows_the_recipes_interval():
+    """Fewer completions than an estimate needs (a kind with a few tasks in the run): a
+    task older than all of them is due at the recipe's interval, not at a non-scout's
+    doubled wait."""
+    poller = _poller(rate=100.0)
+    for _ in range(3):
+        poller.schedule.model.observe("4K", 3.0)
+    assert poller.schedule.model.cdf("4K", 5.0) is None, "too few to estimate from"
+    now = time.monotonic()
+    w = _watch(poller, "4K", 5.0)
+    w.scout, w.next_at = False, w.submitted + 40.0
+    assert poller.schedule.gain(w, now) >= 1.0, "older than every completion seen: due"
+    young = _watch(poller, "4K", 2.0)
+    young.scout, young.next_at = False, young.submitted + 40.0
+    assert poller.schedule.gain(young, now) == 0.0, "younger: still waits"

@@ -70,12 +70,20 @@ class CompletionModel:
         #: per kind, (completion time in unix ms, duration s) of earlier runs' tasks: a
         #: min-heap, so the oldest seed is the one replaced
         self._seeds: dict[Hashable, list[tuple[int, float]]] = {}
+        #: per kind, the longest completion seen (also before there are enough to
+        #: estimate from)
+        self._longest: dict[Hashable, float] = {}
+
+    def longest(self, kind: Hashable) -> float | None:
+        """The longest completion of ``kind`` seen so far (this run's or a seed's)."""
+        return self._longest.get(kind)
 
     def seed(self, kind: Hashable, seconds: float, completed_ms: int) -> None:
         """A completion from an earlier run (its API timings): kept if it is among the
         :attr:`SEEDS` most recent of its kind."""
         heap = self._seeds.setdefault(kind, [])
         item = (completed_ms, max(seconds, 1e-3))
+        self._longest[kind] = max(self._longest.get(kind, 0.0), item[1])
         if len(heap) < self.SEEDS:
             heapq.heappush(heap, item)
         elif item > heap[0]:
@@ -94,6 +102,7 @@ class CompletionModel:
     def finished(self, kind: Hashable, sample: Sample, seconds: float) -> None:
         sample.duration = max(seconds, 1e-3)
         self._done[kind] = self._done.get(kind, 0) + 1
+        self._longest[kind] = max(self._longest.get(kind, 0.0), sample.duration)
 
     def observe(self, kind: Hashable, seconds: float) -> None:
         """A completion of a task that was not followed from its start."""

@@ -113,6 +113,7 @@ class Feeder:
         first wave is polled as well as the steady state."""
         timings = self.ledger.recent_timings()
         if not timings:
+            log.debug("polling starts cold: no completion times in the ledger")
             return
         table, index = self.campaign.table, self.ledger.index
         wanted = {id_hash(job): job for job, _, _ in timings}
@@ -123,6 +124,7 @@ class Feeder:
         }
         kinds: dict[int, Hashable | None] = {}
         seen: set[tuple[str, int]] = set()  # a task's timings appear on more than one line
+        seeded = 0
         for job_id, created, completed in timings:
             row = rows.get(job_id)
             if row is None or (job_id, created) in seen:
@@ -139,6 +141,13 @@ class Feeder:
             kind = kinds[row]
             if kind is not None:  # done under the manifest's content: its kind is known
                 self.flow.poller.seed(kind, created, completed)
+                seeded += 1
+        log.debug(
+            "polling starts warm: the API timings of %d tasks finished by earlier runs"
+            " (%d of this manifest's kinds)",
+            seeded,
+            len({k for k in kinds.values() if k is not None}),
+        )
 
     async def _walk(
         self, jobs: asyncio.TaskGroup, rows: Iterable[int], background: bool = False

@@ -203,6 +203,13 @@ class Schedule:
             w.next_at = floor if not w.polls else max(w.next_at, floor)
             if value:
                 return value
+        elif self.adaptive and not self.callbacks:
+            # Too few completions to estimate from (a small kind), but a task older than
+            # the longest seen follows the recipe's interval, not a non-scout's wait.
+            longest_seen = self.model.longest(w.kind)
+            if longest_seen is not None and now - w.submitted > longest_seen:
+                floor = w.last_poll + self.interval_s
+                w.next_at = floor if not w.polls else max(w.next_at, floor)
         if now < w.next_at:
             return value
         return 1.0 + (now - w.next_at) / max(self.interval_s, 1e-9)

@@ -278,6 +278,15 @@ def lock_mode(
     return ("file", why) if why else ("flock", f"{found[0]}: flock holds")
 
 
+def check_environment(env: Mapping[str, str] | None = None) -> None:
+    """Refuse (exit 2) a ``RUNNER_LOCK`` or ``RUNNER_LOCK_STALE`` that no run could use,
+    in every mode (``--dry-run`` and ``--status`` too, which take no lock)."""
+    raw = (os.environ if env is None else env).get(MODE_ENV, "")
+    if raw.strip().lower() not in ("", "auto", "flock", "file"):
+        raise ManifestError(f"{raw!r}: must be auto, flock or file", MODE_ENV)
+    stale_limit(env)
+
+
 def stale_limit(env: Mapping[str, str] | None = None) -> float:
     """``RUNNER_LOCK_STALE`` in seconds (default 60); a bad value is exit 2."""
     raw = (os.environ if env is None else env).get(STALE_ENV, "").strip()
@@ -662,8 +671,11 @@ def held_by(folder: Path) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            said = os.read(fd, 200).decode(errors="replace").split()
-            return " ".join(said) or "a process"
+            raw = os.read(fd, 4096)
+            holder = Holder.parse(raw)
+            if holder is not None:
+                return holder.describe()
+            return " ".join(raw.decode(errors="replace").split()) or "a process"
         except OSError as exc:
             if exc.errno not in _NO_FLOCK:
                 raise
