@@ -197,22 +197,24 @@ class Schedule:
                 value = value if value >= bar else 0.0
             if now - w.submitted <= longest:
                 return value  # within what the data covers, it alone decides
-            # Older than any completion seen: the recipe's interval is a floor. A task never
-            # polled waited (as a non-scout) only for want of knowledge: it is due now.
-            floor = w.last_poll + self.interval_s
-            w.next_at = floor if not w.polls else max(w.next_at, floor)
+            self._past_longest(w)
             if value:
                 return value
         elif self.adaptive and not self.callbacks:
-            # Too few completions to estimate from (a small kind), but a task older than
-            # the longest seen follows the recipe's interval, not a non-scout's wait.
+            # Too few completions to estimate from (a small kind): still, a task older
+            # than the longest seen is past what is known.
             longest_seen = self.model.longest(w.kind)
             if longest_seen is not None and now - w.submitted > longest_seen:
-                floor = w.last_poll + self.interval_s
-                w.next_at = floor if not w.polls else max(w.next_at, floor)
+                self._past_longest(w)
         if now < w.next_at:
             return value
         return 1.0 + (now - w.next_at) / max(self.interval_s, 1e-9)
+
+    def _past_longest(self, w: Watch) -> None:
+        """A task older than any completion seen: the recipe's interval is a floor. A task
+        never polled waited (as a non-scout) only for want of knowledge: it is due now."""
+        floor = w.last_poll + self.interval_s
+        w.next_at = floor if not w.polls else max(w.next_at, floor)
 
     def explore(self, w: Watch, now: float) -> float:
         """What a poll of this task is worth when the budget would otherwise be lost: the

@@ -263,14 +263,11 @@ def lock_mode(
     """("flock" or "file", why) for ``folder``: ``RUNNER_LOCK`` if set to one of them,
     else "file" where :func:`filesystem_of` finds a filesystem whose flock does not hold
     across machines. A value other than auto, flock or file is exit 2."""
-    raw = (os.environ if env is None else env).get(MODE_ENV, "")
-    asked = raw.strip().lower() or "auto"
+    asked = _asked_mode(env)
     if asked == "flock":
         return "flock", f"{MODE_ENV}=flock"
     if asked == "file":
         return "file", f"{MODE_ENV}=file"
-    if asked != "auto":
-        raise ManifestError(f"{raw!r}: must be auto, flock or file", MODE_ENV)
     found = filesystem_of(folder, mountinfo)
     if found is None:
         return "flock", "the filesystem type is unknown"
@@ -281,10 +278,17 @@ def lock_mode(
 def check_environment(env: Mapping[str, str] | None = None) -> None:
     """Refuse (exit 2) a ``RUNNER_LOCK`` or ``RUNNER_LOCK_STALE`` that no run could use,
     in every mode (``--dry-run`` and ``--status`` too, which take no lock)."""
-    raw = (os.environ if env is None else env).get(MODE_ENV, "")
-    if raw.strip().lower() not in ("", "auto", "flock", "file"):
-        raise ManifestError(f"{raw!r}: must be auto, flock or file", MODE_ENV)
+    _asked_mode(env)
     stale_limit(env)
+
+
+def _asked_mode(env: Mapping[str, str] | None) -> str:
+    """``RUNNER_LOCK``: auto (also when unset), flock or file; anything else is exit 2."""
+    raw = (os.environ if env is None else env).get(MODE_ENV, "")
+    asked = raw.strip().lower() or "auto"
+    if asked not in ("auto", "flock", "file"):
+        raise ManifestError(f"{raw!r}: must be auto, flock or file", MODE_ENV)
+    return asked
 
 
 def stale_limit(env: Mapping[str, str] | None = None) -> float:
