@@ -123,23 +123,19 @@ class Feeder:
             if h in wanted and table.id(row) == wanted[h]
         }
         kinds: dict[int, Hashable | None] = {}
-        seen: set[tuple[str, int]] = set()  # a task's timings appear on more than one line
         seeded = 0
         for job_id, created, completed in timings:
             row = rows.get(job_id)
-            if row is None or (job_id, created) in seen:
-                continue  # not in this manifest, or counted
-            seen.add((job_id, created))
-            if row not in kinds:
-                kinds[row] = None
-                if index.done_as(job_id, table.fp64[row]):
-                    kinds[row] = table.job(row).timing_kind
-                else:
-                    rec, job = index.records.get(job_id), table.job(row)
-                    if rec is not None and rec.phase is Phase.DONE and rec.fp == job.fingerprint:
-                        kinds[row] = job.timing_kind
+            if row is None:
+                continue  # not in this manifest
+            if row not in kinds:  # done under the manifest's content: its kind is known
+                job, rec = table.job(row), index.records.get(job_id)
+                done = index.done_as(job_id, table.fp64[row]) or (
+                    rec is not None and rec.phase is Phase.DONE and rec.fp == job.fingerprint
+                )
+                kinds[row] = job.timing_kind if done else None
             kind = kinds[row]
-            if kind is not None:  # done under the manifest's content: its kind is known
+            if kind is not None:
                 self.flow.poller.seed(kind, created, completed)
                 seeded += 1
         log.debug(

@@ -129,8 +129,9 @@ class Ledger:
 
     def recent_timings(self, tail_bytes: int = 4 << 20) -> list[tuple[str, int, int]]:
         """``(job, create_ms, complete_ms)`` of the tasks that the last ``tail_bytes`` of
-        the ledger say succeeded (the API's own timings), oldest first: what a run learns
-        completion times from before its own tasks finish. Unreadable lines are skipped."""
+        the ledger say succeeded (the API's own timings), each task once (its timings stand
+        on more than one line), oldest first: what a run learns completion times from
+        before its own tasks finish. Unreadable lines are skipped."""
         try:
             with self.path.open("rb") as f:
                 size = f.seek(0, os.SEEK_END)
@@ -141,7 +142,7 @@ class Ledger:
         lines = data.split(b"\n")
         if size > tail_bytes:
             lines = lines[1:]  # the first is cut
-        out: list[tuple[str, int, int]] = []
+        out: dict[tuple[str, int], int] = {}
         for line in lines:
             if b'"complete_ms"' not in line:
                 continue
@@ -151,8 +152,8 @@ class Ledger:
                 continue
             job, created, completed = raw.get("job"), raw.get("create_ms"), raw.get("complete_ms")
             if isinstance(job, str) and type(created) is int and type(completed) is int:
-                out.append((job, created, completed))
-        return out
+                out.setdefault((job, created), completed)
+        return [(job, created, completed) for (job, created), completed in out.items()]
 
     def append(self, job: str, event: Event, t: float | None = None) -> None:
         """Write one event durably (against a kill) and apply it to the index. ``t``:
