@@ -239,8 +239,8 @@ def verify_files(
 def makespan_efficiency(
     out: Path, concurrency: int, since: float | None = None
 ) -> dict[str, float | None]:
-    """Ideal list-scheduling makespan of the observed generation times over the measured
-    one (first submission to the last result the runner knew of), and the rest of
+    """The makespan of a client with no detection lag over the measured one (first
+    submission to the last result the runner knew of), and the rest of
     :func:`schedule_figures`. ``since``: only the ledger's events from that Unix time on
     (one run of several that shared the folder)."""
     events = read_jsonl(out / "ledger.jsonl")
@@ -258,15 +258,21 @@ def schedule_figures(
     Unix times of submissions, ``results`` hold ``t`` (local Unix time the client knew of
     the terminal state) and the API's ``create_ms`` and ``complete_ms``, in the order the
     client learnt them. Also the slot utilisations of :func:`utilisation_figures`."""
-    durations = [
-        (e["complete_ms"] - e["create_ms"]) / 1000
+    timed = sorted(
+        (e["create_ms"], (e["complete_ms"] - e["create_ms"]) / 1000)
         for e in results
         if e.get("complete_ms") and e.get("create_ms")
-    ]
+    )
     if not submits or not results:
         return {"efficiency": 0.0}
+    # The ideal: a client with no detection lag fills each slot the moment it frees. The
+    # simulator draws a task's duration as the task is created, so that client meets the
+    # same durations in the same order of creation: greedy list scheduling of them in
+    # creation order is its makespan. (In the order results came, slow tasks of every
+    # wave would be scheduled last: a makespan no client can have, above 1 on uneven
+    # profiles.)
     slots = [0.0] * concurrency
-    for d in durations:  # greedy list scheduling in the order the results came
+    for _, d in timed:
         heapq.heapreplace(slots, slots[0] + d)
     ideal = max(slots)
     measured = max(e["t"] for e in results) - min(submits)

@@ -42,12 +42,11 @@ window fills (every slot retrying every second keeps it full); such a run is end
 90 scaled seconds plus the profile's longest task without progress and reported as
 ``stalled``, with efficiency 0 (its makespan has no end).
 
-**Per run**: makespan ``efficiency`` (the ideal list-scheduling makespan of the observed
-generation times over the measured one, first submission to the last result known; list
-scheduling is a reference, not a strict bound, so a client that never leaves a slot idle
-can land a little above 1.0, and on ``stragglers`` well above it: scheduled in the order
-they were found, the stragglers come last, although every client started them early;
-there, compare clients, not the figure with 1); slot utilisations (below); API requests
+**Per run**: makespan ``efficiency`` (the makespan of a client with no detection lag over
+the measured one, first submission to the last result known: the simulator draws each
+task's duration as it is created, so that client's makespan is greedy list scheduling of
+the observed durations in creation order; submission latency keeps every client a little
+below 1); slot utilisations (below); API requests
 per job (submissions and polls, from the simulator's counters, 429s included); share of the
 request budget used over the makespan; ``http_429``; detection lag p50/p95 (completion
 to the client knowing); CPU seconds per 1,000 jobs and peak RSS of the client's process

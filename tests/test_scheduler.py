@@ -103,10 +103,10 @@ async def test_callback_mode_polls_late_once_and_then_when_the_webhook_is_overdu
     assert poller.schedule.overdue_age("2K") >= overdue + 5.0, "slow webhooks widen the margin"
 
 
-def test_limiter_shape_allows_the_burst_then_the_full_rate():
-    for rate, period, burst in [(10000, 60.0, 1000), (40, 1.0, 25), (3, 1.0, 100)]:
-        capacity, seconds = limiter_shape(rate, period, burst)
-        assert capacity <= max(1, rate // 10)
+def test_limiter_shape_allows_half_the_window_then_the_full_rate():
+    for rate, period in [(10000, 60.0), (40, 1.0), (3, 1.0), (1, 1.0)]:
+        capacity, seconds = limiter_shape(rate, period)
+        assert capacity == max(1, rate // 2)
         assert capacity / seconds * period == pytest.approx(rate), "the full rate, sustained"
 
 
@@ -135,19 +135,45 @@ async def test_slots_hand_over_in_order_and_close_wakes_waiters():
 # -- warm start, exploring, fixed schedule --------------------------------------------
 
 
-def test_seeds_keep_the_most_recent_and_give_way_to_the_runs_own_completions():
+def test_seeds_are_the_last_created_before_a_task_left_unfinished():
     model = CompletionModel()
-    for i in range(CompletionModel.SEEDS + 100):
-        model.seed("2K", 30.0 if i < 100 else 20.0, completed_ms=1_000 + i)  # oldest first
+    # An earlier run: a task created every second; the 100 oldest took 30 s, the rest 20 s.
+    for i in range(500):
+        created = 1_000_000 + i * 1000
+        model.seed("2K", created, created + (30_000 if i < 100 else 20_000))
     assert model.seeds("2K") == CompletionModel.SEEDS
-    assert model.quantile("2K", 0.99) == 20.0, "the 100 oldest (30 s) were replaced"
-    model.seed("2K", 99.0, completed_ms=0)
-    assert model.quantile("2K", 0.99) == 20.0, "an older completion than every seed is ignored"
+    assert model.quantile("2K", 0.99) == 20.0, "the oldest (30 s) gave way to later ones"
+    # The run was stopped with a task created at 500 s in flight: of the tasks created
+    # since, only the fast ones were seen to finish; they would bias the estimate short.
+    for i in range(500, 520):
+        created = 1_000_000 + i * 1000
+        model.seed("2K", created, created + 5_000)
+    assert model.quantile("2K", 0.01) == 5.0
+    model.unseen_from(1_000_000 + 500 * 1000)
+    assert model.quantile("2K", 0.01) == 20.0, "created since the unfinished task: not counted"
     for _ in range(CompletionModel.SEEDS):
         model.observe("2K", 40.0)
     model._tables.clear()
     assert model.seeds("2K") == 0, "the run has its own completions now"
     assert model.quantile("2K", 0.01) == 40.0, "and they alone decide"
+
+
+def test_seeds_from_the_tail_of_a_wave_do_not_stand_for_the_whole():
+    """A run's last completions are its last wave's slowest tasks: chosen by completion
+    time, a warm start would expect every task to be slow."""
+    model = CompletionModel()
+    rng = random.Random(3)
+    # Three waves of 1,000 tasks created within a second, 25-35 s each, handed over in
+    # the order they finished (the ledger's).
+    tasks = [
+        (created, created + int(rng.uniform(25_000, 35_000)))
+        for wave in range(3)
+        for created in range(1_000_000 + wave * 40_000, 1_001_000 + wave * 40_000)
+    ]
+    for created, completed in sorted(tasks, key=lambda t: t[1]):
+        model.seed("2K", created, completed)
+    median = model.quantile("2K", 0.5)
+    assert median is not None and 28.5 < median < 31.5, "the median of 25-35 s"
 
 
 async def test_a_warm_run_polls_its_first_wave_where_earlier_runs_finished():
@@ -187,6 +213,48 @@ def _young_tasks(*, adaptive: bool, room: int | None = None) -> Poller:
     return poller
 
 
+def _wave(*, warm: bool) -> Poller:
+    """1,000 tasks submitted together 20 s ago, nothing due yet; ``warm``: an earlier
+    run's timings (25-35 s) say when they will finish."""
+    poller = Poller(
+        _Client(),  # type: ignore[arg-type]  # allocation never sends a request
+        initial_delay_s=20.0,
+        interval_s=3.0,
+        jitter=0.0,
+        timeout_s=600.0,
+        request_rate=100.0,
+        request_burst=1000.0,
+    )
+    if warm:
+        rng = random.Random(2)
+        for i in range(300):
+            created = 1_000_000 + i
+            poller.seed("2K", created, created + int(rng.uniform(25_000, 35_000)))
+    for i in range(1000):
+        poller.watch(f"t{i}", "2K", submitted_ago_s=20.0)
+    return poller
+
+
+async def test_a_wave_expected_soon_deepens_the_bank_and_it_is_handed_out_over_seconds():
+    now = time.monotonic()
+    warm, cold = _wave(warm=True), _wave(warm=False)
+    for poller in (warm, cold):
+        poller.tick(now, 60.0)  # a quiet minute: nothing can have finished by 20 s
+        assert poller._due.qsize() == 0
+    base = 1000 * 0.9  # the bank without a wave in sight: 90 % of the opening burst
+    assert cold._tokens <= base, "cold: nothing says when the wave comes"
+    expected = warm._expected_completions(now, Poller.DEMAND_S)
+    assert 600 < expected < 800, "about 70 % of 25-35 s tasks end by 32 s"
+    assert warm._tokens == pytest.approx(Poller.BANK_PER_COMPLETION * expected), "banked"
+    # 10 s later, most tasks are worth a poll: the bank goes out over RELEASE_S, not at once.
+    banked = warm._tokens
+    warm.tick(now + 10.0, 0.1)
+    sent = warm._due.qsize()
+    rate = 100.0 * Poller.BUDGET_SHARE
+    assert 0 < sent <= (rate + banked / Poller.RELEASE_S) * 0.1 + 1
+    assert sent < banked / 10, "one tick does not spend the bank"
+
+
 async def test_budget_the_bank_would_forfeit_is_spent_exploring():
     poller = _young_tasks(adaptive=True)
     now = time.monotonic()
@@ -209,6 +277,21 @@ async def test_polls_never_exceed_the_room_the_request_window_has():
         w.next_at = now  # every task due
     poller.tick(now, 10.0)
     assert poller._due.qsize() == 7
+
+
+async def test_past_every_completion_seen_the_scouts_look_at_the_interval_the_rest_less_often():
+    poller = _poller(rate=100.0)
+    _learn(poller, "2K", 13.0, 20.0)  # the fast half of a kind, all that is known so far
+    scout = _watch(poller, "2K", 25.5, last_poll_age=22.0)
+    other = _watch(poller, "2K", 25.5, last_poll_age=22.0)
+    scout.scout, other.scout = True, False
+    now = time.monotonic()
+    assert poller.schedule.gain(scout, now) >= 1.0, "a scout: due at the recipe's interval"
+    assert poller.schedule.gain(other, now) == 0.0, "the others: not yet"
+    assert other.next_at == pytest.approx(other.last_poll + 3.0 * Schedule.PAST_FACTOR)
+    never = _watch(poller, "2K", 25.5)
+    never.scout = False
+    assert poller.schedule.gain(never, time.monotonic()) >= 1.0, "never polled: may be done"
 
 
 async def test_a_small_kind_past_its_longest_completion_follows_the_recipes_interval():

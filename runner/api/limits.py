@@ -2,9 +2,9 @@
 
 Three layers, all awaited by :meth:`RequestGate.acquire` before a request is sent:
 
-* a pace, an :class:`aiolimiter.AsyncLimiter` (a leaky bucket): bursts of up to ``burst``
-  requests (a fresh run fills every slot at once), then the full rate,
-  ``rate / period_s``;
+* a pace, an :class:`aiolimiter.AsyncLimiter` (a leaky bucket): bursts of up to half the
+  window's ``rate`` (a fresh run fills every slot at once; polls banked while nothing
+  could finish meet a wave of completions), then the full rate, ``rate / period_s``;
 * the window the provider counts: a log of this run's send times, so that **no window**
   of ``period_s`` seconds ever holds more than ``rate`` less a margin (1 %) for the
   latency between sending and arriving. A leaky bucket alone must either forbid bursts or
@@ -33,11 +33,11 @@ from runner.clock import SYSTEM_CLOCK, Clock
 __all__ = ["RequestGate", "limiter_shape"]
 
 
-def limiter_shape(rate: int, period_s: float, burst: int) -> tuple[float, float]:
-    """Return ``(capacity, seconds_per_capacity)`` for an AsyncLimiter that allows
-    ``burst`` at once (at most a tenth of ``rate``) and then ``rate`` per ``period_s``.
-    The window log (:meth:`RequestGate.room`) keeps every window within ``rate``."""
-    capacity = float(max(1, min(burst, rate // 10)))
+def limiter_shape(rate: int, period_s: float) -> tuple[float, float]:
+    """Return ``(capacity, seconds_per_capacity)`` for an AsyncLimiter that allows half
+    of ``rate`` at once and then ``rate`` per ``period_s``. The window log
+    (:meth:`RequestGate.room`) keeps every window within ``rate``."""
+    capacity = float(max(1, rate // 2))
     return capacity, capacity * period_s / rate
 
 
@@ -64,11 +64,12 @@ class RequestGate:
         self.clock = clock
         self.rate = rate
         self.period_s = period_s
-        capacity, seconds = limiter_shape(rate, period_s, burst)
+        capacity, seconds = limiter_shape(rate, period_s)
         self.limit = window_limit(rate)
-        #: the sustained pace the window allows, and the burst the bucket allows
+        #: the sustained pace the window allows, and the burst a run opens with (its
+        #: slots filled at once: ``burst``, at most a tenth of the window)
         self.sustained_per_s = self.limit / period_s
-        self.burst = capacity
+        self.burst = float(max(1, min(burst, rate // 10)))
         self._hard = AsyncLimiter(capacity, seconds)
         self._sent: deque[float] = deque()  # send times within the last window
         self._poll_limit = max(1, int(self.limit * (1 - self.SUBMIT_RESERVE)))

@@ -8,7 +8,9 @@ tasks that finished first. The poller (:mod:`runner.run.poller`) asks it how lik
 is to have finished by some age, and where the quantiles lie.
 
 A run starts warm: :meth:`CompletionModel.seed` hands it the exact API timings of done
-jobs from the ledger, the most recent :attr:`CompletionModel.SEEDS` per kind. They stand
+jobs from the ledger, and the :attr:`CompletionModel.SEEDS` per kind created last count
+(not those finished last: an earlier run's last wave's slow tail; nor those created after
+a task an earlier run left in flight: only the fast ones of then were seen). They stand
 in until the run has seen as many completions of its own, then drop out: a model learned
 yesterday is a prior, today's tasks decide. Meanwhile today's tasks still running count
 as censored beside them, so a slower day pulls the estimate back at once.
@@ -20,7 +22,6 @@ clock it is given.
 from __future__ import annotations
 
 import bisect
-import heapq
 from collections import deque
 from collections.abc import Hashable
 
@@ -67,9 +68,11 @@ class CompletionModel:
         self._samples: dict[Hashable, deque[Sample]] = {}
         self._tables: dict[Hashable, tuple[float, list[float], list[float]]] = {}
         self._done: dict[Hashable, int] = {}
-        #: per kind, (completion time in unix ms, duration s) of earlier runs' tasks: a
-        #: min-heap, so the oldest seed is the one replaced
+        #: per kind, (creation time in unix ms, duration s) of earlier runs' tasks, and
+        #: the durations of those that count (:meth:`_seed_durations`)
         self._seeds: dict[Hashable, list[tuple[int, float]]] = {}
+        self._counted: dict[Hashable, list[float]] = {}
+        self._unseen_from: int | None = None
         #: per kind, the longest completion seen (also before there are enough to
         #: estimate from)
         self._longest: dict[Hashable, float] = {}
@@ -78,23 +81,39 @@ class CompletionModel:
         """The longest completion of ``kind`` seen so far (this run's or a seed's)."""
         return self._longest.get(kind)
 
-    def seed(self, kind: Hashable, seconds: float, completed_ms: int) -> None:
-        """A completion from an earlier run (its API timings): kept if it is among the
-        :attr:`SEEDS` most recent of its kind."""
-        heap = self._seeds.setdefault(kind, [])
-        item = (completed_ms, max(seconds, 1e-3))
-        self._longest[kind] = max(self._longest.get(kind, 0.0), item[1])
-        if len(heap) < self.SEEDS:
-            heapq.heappush(heap, item)
-        elif item > heap[0]:
-            heapq.heapreplace(heap, item)
-        else:
-            return
+    def seed(self, kind: Hashable, created_ms: int, completed_ms: int) -> None:
+        """A task of ``kind`` done in an earlier run, with its API timings (creation and
+        completion, unix ms). Which of them count is decided when first asked
+        (:meth:`_seed_durations`)."""
+        duration = max((completed_ms - created_ms) / 1000, 1e-3)
+        self._seeds.setdefault(kind, []).append((created_ms, duration))
+        self._longest[kind] = max(self._longest.get(kind, 0.0), duration)
+        self._counted.pop(kind, None)
         self._tables.pop(kind, None)
+
+    def unseen_from(self, created_ms: int) -> None:
+        """Earlier runs did not see every task created from ``created_ms`` on finish (one
+        stopped with such a task in flight): of those, only the fast ones are among the
+        seeds, so none of them count."""
+        self._unseen_from = created_ms
+        self._counted.clear()
+        self._tables.clear()
+
+    def _seed_durations(self, kind: Hashable) -> list[float]:
+        """The durations of the :attr:`SEEDS` earlier tasks of ``kind`` created last (before
+        :meth:`unseen_from`). Chosen by completion instead, the most recent would be the
+        tail of the earlier run's last wave: its slowest tasks."""
+        chosen = self._counted.get(kind)
+        if chosen is None:
+            by_creation = sorted(self._seeds.get(kind, []), key=lambda s: s[0])
+            cutoff = self._unseen_from
+            seen = [s for s in by_creation if cutoff is None or s[0] < cutoff] or by_creation
+            chosen = self._counted[kind] = [d for _, d in seen[-self.SEEDS :]]
+        return chosen
 
     def seeds(self, kind: Hashable) -> int:
         """Earlier runs' completions that count now (0 once the run has its own)."""
-        return len(self._seeds.get(kind, ())) if self._done.get(kind, 0) < self.SEEDS else 0
+        return len(self._seed_durations(kind)) if self._done.get(kind, 0) < self.SEEDS else 0
 
     def started(self, kind: Hashable, sample: Sample) -> None:
         self._samples.setdefault(kind, deque(maxlen=self.WINDOW)).append(sample)
@@ -128,7 +147,7 @@ class CompletionModel:
             for s in self._samples.get(kind, ())
         ]
         if seeds:
-            events.extend((duration, 0) for _, duration in self._seeds[kind])
+            events.extend((duration, 0) for duration in self._seed_durations(kind))
         events.sort()
         at_risk = len(events)
         survival = 1.0

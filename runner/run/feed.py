@@ -110,12 +110,21 @@ class Feeder:
     def warm_start(self) -> None:
         """Hand the poller the API timings of the most recently finished tasks in the
         ledger (its last few MB), of jobs the manifest still holds unchanged, so that the
-        first wave is polled as well as the steady state."""
+        first wave is polled as well as the steady state; and when the first task still in
+        flight was submitted (an earlier run stopped: of the tasks of then, only the fast
+        ones were seen to finish)."""
         timings = self.ledger.recent_timings()
         if not timings:
             log.debug("polling starts cold: no completion times in the ledger")
             return
         table, index = self.campaign.table, self.ledger.index
+        unfinished = [
+            rec.submitted_t
+            for _, rec in index.items()
+            if rec.phase is Phase.LIVE and rec.submitted_t is not None
+        ]
+        if unfinished:
+            self.flow.poller.unseen_from(int(min(unfinished) * 1000))
         wanted = {id_hash(job): job for job, _, _ in timings}
         rows = {
             wanted[h]: row

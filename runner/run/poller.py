@@ -56,10 +56,20 @@ class Poller:
     KEEP = 0.5
     #: exploring is decided every this many ticks (it weighs every watched task)
     EXPLORE_EVERY = 3
+    #: the completions expected soon are counted every this many ticks
+    DEMAND_EVERY = 10
     #: polls a task on average, over the run, beyond which budget left over is no longer
     #: spent below the bar (a lowered bar, exploring): with its submission, a job's share
     #: of the API's 10,000 requests a minute at 1,000 slots (5 a job) is not exceeded
     SPARE_POLLS_PER_TASK = 4.0
+    #: the bank may hold this many polls for each completion expected within
+    #: :attr:`DEMAND_S` (a warm run's first wave: budget left while nothing could
+    #: finish is spent when the wave comes); otherwise a couple of seconds of polls
+    BANK_PER_COMPLETION = 3.0
+    DEMAND_S = 12.0
+    #: the bank is handed out over about this many seconds, not in one tick: the first
+    #: tasks of a wave to cross the bar would otherwise take it all, early
+    RELEASE_S = 4.0
 
     def __init__(
         self,
@@ -100,6 +110,7 @@ class Poller:
         self._due: asyncio.Queue[Watch] = asyncio.Queue()
         self._tokens = 0.0
         self._ticks = 0
+        self._imminent = 0.0  # completions expected within DEMAND_S (once a second)
         self._watched = 0  # tasks watched in this run
         self._polls = 0  # polls handed out in this run
         self._submits_seen = 0
@@ -200,9 +211,14 @@ class Poller:
 
     def seed(self, kind: Hashable, create_ms: int | None, complete_ms: int | None) -> None:
         """A task of ``kind`` done in an earlier run, with its API timings: the completion
-        model starts from the most recent such (a warm start)."""
+        model starts from the last created such (a warm start)."""
         if create_ms is not None and complete_ms is not None and complete_ms > create_ms:
-            self.schedule.model.seed(kind, (complete_ms - create_ms) / 1000, complete_ms)
+            self.schedule.model.seed(kind, create_ms, complete_ms)
+
+    def unseen_from(self, created_ms: int) -> None:
+        """An earlier run left a task created at ``created_ms`` unfinished: seeds created
+        since do not count (:meth:`runner.run.completion.CompletionModel.unseen_from`)."""
+        self.schedule.model.unseen_from(created_ms)
 
     def job_of(self, task_id: str) -> str | None:
         """The job of a task still waited on (not yet resolved, forgotten or failed)."""
@@ -261,10 +277,16 @@ class Poller:
         what the bank would forfeit to exploring."""
         rate = self._poll_rate(elapsed_s)
         # Bank budget through quiet spells, as the rate limiter itself does, so that a
-        # wave of completions can be met with a burst.
-        cap = max(1.0, rate * 2.0, self.request_burst * 0.9)
+        # wave of completions can be met with a burst: deeper when a wave is expected.
+        if self._ticks % self.DEMAND_EVERY == 0:
+            self._imminent = self._expected_completions(now, self.DEMAND_S)
+        cap = max(
+            1.0, rate * 2.0, self.request_burst * 0.9, self.BANK_PER_COMPLETION * self._imminent
+        )
         self._tokens = min(self._tokens + rate * max(0.0, elapsed_s), cap)
-        room = int(self._tokens)
+        # handed out over RELEASE_S, beside what the rate gives
+        step = max(0.0, elapsed_s)
+        room = min(int(self._tokens), int((rate + self._tokens / self.RELEASE_S) * step) + 1)
         if self._window_room is not None:
             room = min(room, self._window_room())
         self._ticks += 1
@@ -303,6 +325,19 @@ class Poller:
             if spare > 0 and rest:
                 scored = [(v, w) for w in rest if (v := schedule.explore(w, now)) > 0]
                 self._send(heapq.nlargest(spare, scored, key=lambda c: c[0]))
+
+    def _expected_completions(self, now: float, horizon_s: float) -> float:
+        """How many watched tasks are expected to finish within ``horizon_s`` (those of
+        kinds with an estimate)."""
+        cdf = self.schedule.model.cdf
+        total = 0.0
+        for w in self._watches.values():
+            age = now - w.submitted
+            done = cdf(w.kind, age)
+            if done is not None and done[0] < 1.0:
+                later = cdf(w.kind, age + horizon_s)
+                total += ((later[0] if later else 1.0) - done[0]) / (1.0 - done[0])
+        return total
 
     def _send(self, chosen: list[tuple[float, Watch]]) -> None:
         self._polls += len(chosen)

@@ -83,6 +83,9 @@ class Schedule:
     #: polling pays, keeping the budget for then (they fall back to the recipe at twice
     #: its initial delay if nothing is learned by then)
     SCOUT_SHARE = 0.1
+    #: poll mode, a task older than any completion seen: the scouts follow the recipe's
+    #: interval, the others this many intervals (nothing says when its kind ends)
+    PAST_FACTOR = 2.0
     #: callback mode: the share of tasks expected done when the one early look comes;
     #: about 1 - this share of tasks (plus the dropped webhooks) get polled once
     CALLBACK_EARLY_QUANTILE = 0.9
@@ -211,10 +214,15 @@ class Schedule:
         return 1.0 + (now - w.next_at) / max(self.interval_s, 1e-9)
 
     def _past_longest(self, w: Watch) -> None:
-        """A task older than any completion seen: the recipe's interval is a floor. A task
-        never polled waited (as a non-scout) only for want of knowledge: it is due now."""
-        floor = w.last_poll + self.interval_s
-        w.next_at = floor if not w.polls else max(w.next_at, floor)
+        """A task older than any completion seen: the recipe's interval is a floor for a
+        scout, :attr:`PAST_FACTOR` intervals for the others (the scouts find where its kind
+        ends). A task never polled waited (as a non-scout) only for want of knowledge: it
+        is due now."""
+        if not w.polls:
+            w.next_at = w.last_poll + self.interval_s
+            return
+        floor = w.last_poll + self.interval_s * (1 if w.scout else self.PAST_FACTOR)
+        w.next_at = max(w.next_at, floor)
 
     def explore(self, w: Watch, now: float) -> float:
         """What a poll of this task is worth when the budget would otherwise be lost: the
