@@ -294,6 +294,21 @@ async def test_past_every_completion_seen_the_scouts_look_at_the_interval_the_re
     assert poller.schedule.gain(never, time.monotonic()) >= 1.0, "never polled: may be done"
 
 
+async def test_a_task_with_no_chance_yet_is_left_alone_until_its_kinds_next_completion():
+    poller = _poller(rate=100.0)
+    _learn(poller, "2K", 26.0, 38.0)
+    first = poller.schedule.model.quantile("2K", 1e-6)
+    assert first is not None and 26.0 <= first < 27.0
+    young, near = _watch(poller, "2K", 10.0), _watch(poller, "2K", first - 0.4)
+    now = time.monotonic()
+    assert poller.schedule.gain(young, now) == 0.0
+    assert young.quiet_until == pytest.approx(now + Schedule.QUIET_S), "looked at again soon"
+    assert poller.schedule.gain(near, now) == 0.0
+    assert near.quiet_until == pytest.approx(near.submitted + first), "its first chance"
+    later = near.submitted + 30.0  # a third of such tasks are done by then
+    assert poller.schedule.gain(near, later) > 0.0, "then it is worth a poll again"
+
+
 async def test_a_small_kind_past_its_longest_completion_follows_the_recipes_interval():
     """Fewer completions than an estimate needs (a kind with a few tasks in the run): a
     task older than all of them is due at the recipe's interval, not at a non-scout's

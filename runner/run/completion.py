@@ -132,13 +132,13 @@ class CompletionModel:
     def _table(self, kind: Hashable) -> tuple[list[float], list[float]] | None:
         """(cumulative probabilities, times) of the estimate, or None if too little is
         known yet."""
-        seeds = self.seeds(kind)
-        if self._done.get(kind, 0) + seeds < self.MIN_SAMPLES:
-            return None
         now = self.clock.monotonic()
         cached = self._tables.get(kind)
         if cached is not None and now - cached[0] < self.REFRESH_S:
             return cached[1], cached[2]
+        seeds = self.seeds(kind)
+        if self._done.get(kind, 0) + seeds < self.MIN_SAMPLES:
+            return None
         # (time, 0 for a completion / 1 for a censoring): completions sort first on ties
         events = [
             (s.duration, 0)

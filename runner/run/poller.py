@@ -309,6 +309,8 @@ class Poller:
             if now >= w.deadline:
                 self._fail(w, PollTimeout(f"task {w.task_id} outlived polling.timeout"))
                 continue
+            if now < w.quiet_until:
+                continue
             value = gain(w, now)
             if value > 0:
                 candidates.append((value, w))

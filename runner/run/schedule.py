@@ -64,6 +64,9 @@ class Watch:
     in_flight: bool = False
     #: poll mode, while its kind is not known: follows the recipe and explores
     scout: bool = True
+    #: poll mode: no chance that it finished since its last poll can arise before this
+    #: (the estimate's next completion time); the poller skips it until then
+    quiet_until: float = 0.0
     seen_unknown: set[str] = field(default_factory=set)
 
 
@@ -78,6 +81,9 @@ class Schedule:
     MIN_THRIFT = 0.3
     #: no task is polled more often than every interval * this
     MIN_SPACING = 0.25
+    #: a task with no chance of having finished is weighed again within this many seconds
+    #: (the estimate is refreshed meanwhile)
+    QUIET_S = 1.0
     #: poll mode, before any completion of a kind is known: the share of tasks that
     #: follow the recipe (scouts); the others wait until the scouts' findings say when
     #: polling pays, keeping the budget for then (they fall back to the recipe at twice
@@ -187,6 +193,14 @@ class Schedule:
             done_now, longest = known
             before = self.model.cdf(w.kind, w.last_poll - w.submitted)
             done_before = before[0] if before is not None else 0.0
+            age = now - w.submitted
+            if done_now <= done_before and age <= longest:
+                # Nothing of the estimate lies between the last poll and now: nothing will
+                # before its next completion time (looked at again within QUIET_S).
+                following = self.model.quantile(w.kind, done_now + 1e-6)
+                if following is not None:
+                    w.quiet_until = min(w.submitted + following, now + self.QUIET_S)
+                return 0.0
             if done_before < 1.0 - 1e-9:
                 value = (done_now - done_before) / (1.0 - done_before)
                 bar = w.threshold * self.thrift
