@@ -226,3 +226,27 @@ async def test_a_rerun_starts_warm_from_the_ledgers_completion_times(sim: SimSer
     assert code == 0
     assert engine._poller is not None
     assert engine._poller.schedule.model.seeds(kind) == 19, "19 unchanged done jobs"
+
+
+async def test_seeds_created_after_a_task_an_earlier_run_left_in_flight_do_not_count(
+    sim: SimServer, manifest
+):
+    """Of the tasks created after one that an earlier run left unfinished, only the fast
+    ones were seen to finish: a warm start leaves them out."""
+    kind = ("2K", 1, None)
+    first = prompts(10)
+    assert (await run_engine(manifest(first), sim.base_url))[0] == 0
+    sim.config.p_stuck = 1.0  # two tasks that never end, left in flight by a stop
+    stuck = prompts(2, prefix="a stuck product")
+    stop = {"deadline_s": 0.5, "drain_s": 0.2}
+    code, _ = await run_engine(manifest(first + stuck), sim.base_url, **stop)
+    assert code == 4
+    sim.config.p_stuck = 0.0
+    later = prompts(5, prefix="a later product")  # created after them, and done
+    path = manifest(first + stuck + later)
+    code, _ = await run_engine(path, sim.base_url, deadline_s=3.0, drain_s=0.2)
+    assert code == 4, "the stuck tasks are still in flight"
+    assert len(image_files(out_dir(path))) == 15
+    code, engine = await run_engine(path, sim.base_url, **stop)
+    assert engine._poller is not None
+    assert engine._poller.schedule.model.seeds(kind) == 10, "the 5 created later left out"
