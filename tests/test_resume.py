@@ -145,6 +145,31 @@ async def test_torn_last_ledger_line_is_tolerated(sim, manifest):
     assert all(line.endswith(b"}") for line in ledger.read_bytes().splitlines())
 
 
+async def test_times_of_the_wrong_type_in_a_ledger_are_read_as_absent(sim, manifest):
+    """A hand-edited ledger whose done lines carry times as strings: later runs, the
+    report and the warm start read them as absent instead of failing."""
+    jobs = prompts(6)
+    path = manifest(jobs)
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    ledger = out_dir(path) / "ledger.jsonl"
+    lines = []
+    for line in ledger.read_bytes().splitlines():
+        raw = orjson.loads(line)
+        for key in ("complete_ms", "create_ms", "sub_t"):
+            if key in raw:
+                raw[key] = str(raw[key])
+        lines.append(orjson.dumps(raw))
+    ledger.write_bytes(b"\n".join(lines) + b"\n")
+    path = manifest(jobs + prompts(3, prefix="an added product"))
+    code, err = await run_cli(path, sim.base_url, "--verbose")
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert sim.stats.tasks_created == 9, "the done jobs stay done"
+    code, err = await run_cli(path, sim.base_url, "--report")
+    assert code == 0, err
+
+
 async def test_demo_manifest_runs_on_the_embedded_simulator(tmp_path):
     demo = Path(__file__).parent.parent / "manifests" / "demo.yaml"
     shutil.copy(demo, tmp_path / "demo.yaml")

@@ -337,11 +337,20 @@ def encode(job: str, event: Event, t: float) -> bytes:
     return orjson.dumps(line) + b"\n"
 
 
+#: fields that hold a number (times); anything else in them (a hand-edited or damaged
+#: line) is read as absent
+_NUMBERS = ("create_ms", "complete_ms", "cost_ms", "t", "sub_t", "done_t")
+
+
 def decode(raw: dict[str, Any]) -> Line | None:
     """The event of one parsed line; None for a line that names no job."""
     job = raw.get("job")
     if not isinstance(job, str):
         return None
+    for key in _NUMBERS:
+        value = raw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raw[key] = None
     kind = raw.get("e")
     plain = _PLAIN.get(kind)
     event: Event | None
