@@ -149,8 +149,10 @@ def test_seeds_are_the_last_created_before_a_task_left_unfinished():
         created = 1_000_000 + i * 1000
         model.seed("2K", created, created + 5_000)
     assert model.quantile("2K", 0.01) == 5.0
-    model.unseen_from(1_000_000 + 500 * 1000)
+    model.unfinished([1_000_000 + 500 * 1000])
     assert model.quantile("2K", 0.01) == 20.0, "created since the unfinished task: not counted"
+    model.unfinished([1_000_000])  # stuck since the start: the run went on for minutes
+    assert model.quantile("2K", 0.01) == 5.0, "an old unfinished task says nothing"
     for _ in range(CompletionModel.SEEDS):
         model.observe("2K", 40.0)
     model._tables.clear()

@@ -10,7 +10,7 @@ is to have finished by some age, and where the quantiles lie.
 A run starts warm: :meth:`CompletionModel.seed` hands it the exact API timings of done
 jobs from the ledger, and the :attr:`CompletionModel.SEEDS` per kind created last count
 (not those finished last: an earlier run's last wave's slow tail; nor those created after
-a task an earlier run left in flight: only the fast ones of then were seen). They stand
+a task an earlier run stopped with in flight: only the fast ones of then were seen). They stand
 in until the run has seen as many completions of its own, then drop out: a model learned
 yesterday is a prior, today's tasks decide. Meanwhile today's tasks still running count
 as censored beside them, so a slower day pulls the estimate back at once.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 from runner.clock import SYSTEM_CLOCK, Clock
 
@@ -72,7 +72,7 @@ class CompletionModel:
         #: the durations of those that count (:meth:`_seed_durations`)
         self._seeds: dict[Hashable, list[tuple[int, float]]] = {}
         self._counted: dict[Hashable, list[float]] = {}
-        self._unseen_from: int | None = None
+        self._unfinished: list[int] = []
         #: per kind, the longest completion seen (also before there are enough to
         #: estimate from)
         self._longest: dict[Hashable, float] = {}
@@ -91,23 +91,32 @@ class CompletionModel:
         self._counted.pop(kind, None)
         self._tables.pop(kind, None)
 
-    def unseen_from(self, created_ms: int) -> None:
-        """Earlier runs did not see every task created from ``created_ms`` on finish (one
-        stopped with such a task in flight): of those, only the fast ones are among the
-        seeds, so none of them count."""
-        self._unseen_from = created_ms
+    def unfinished(self, created_ms: Iterable[int]) -> None:
+        """Earlier runs left tasks created at these times unfinished (stopped with them in
+        flight, or given up on). Of the tasks created after one of them while it was
+        recent, only the fast ones were seen to finish: they do not count
+        (:meth:`_seed_durations`)."""
+        self._unfinished = sorted(created_ms)
         self._counted.clear()
         self._tables.clear()
 
     def _seed_durations(self, kind: Hashable) -> list[float]:
-        """The durations of the :attr:`SEEDS` earlier tasks of ``kind`` created last (before
-        :meth:`unseen_from`). Chosen by completion instead, the most recent would be the
-        tail of the earlier run's last wave: its slowest tasks."""
+        """The durations of the :attr:`SEEDS` earlier tasks of ``kind`` created last.
+        Chosen by completion instead, the most recent would be the tail of the earlier
+        run's last wave: its slowest tasks. Left out: those created after a task left
+        unfinished within the longest duration seen before the last completion (the run
+        stopped then; an older unfinished task is a stuck one, and the run went on)."""
         chosen = self._counted.get(kind)
         if chosen is None:
             by_creation = sorted(self._seeds.get(kind, []), key=lambda s: s[0])
-            cutoff = self._unseen_from
-            seen = [s for s in by_creation if cutoff is None or s[0] < cutoff] or by_creation
+            seen = by_creation
+            if by_creation and self._unfinished:
+                last = max(c + d * 1000 for c, d in by_creation)
+                recent = last - max(d for _, d in by_creation) * 1000
+                i = bisect.bisect_left(self._unfinished, recent)
+                if i < len(self._unfinished):
+                    cutoff = self._unfinished[i]
+                    seen = [s for s in by_creation if s[0] < cutoff] or by_creation
             chosen = self._counted[kind] = [d for _, d in seen[-self.SEEDS :]]
         return chosen
 

@@ -31,6 +31,7 @@ from runner.state.events import Reset
 from runner.state.ledger import Ledger
 from runner.state.record import Phase
 
+from .completion import CompletionModel
 from .jobs import JobFlow, Step
 from .slots import Slots
 
@@ -110,21 +111,19 @@ class Feeder:
     def warm_start(self) -> None:
         """Hand the poller the API timings of the most recently finished tasks in the
         ledger (its last few MB), of jobs the manifest still holds unchanged, so that the
-        first wave is polled as well as the steady state; and when the first task still in
-        flight was submitted (an earlier run stopped: of the tasks of then, only the fast
+        first wave is polled as well as the steady state; and when the tasks still in
+        flight were submitted (an earlier run stopped: of the tasks of then, only the fast
         ones were seen to finish)."""
         timings = self.ledger.recent_timings()
         if not timings:
             log.debug("polling starts cold: no completion times in the ledger")
             return
         table, index = self.campaign.table, self.ledger.index
-        unfinished = [
-            rec.submitted_t
+        self.flow.poller.unfinished(
+            int(rec.submitted_t * 1000)
             for _, rec in index.items()
             if rec.phase is Phase.LIVE and rec.submitted_t is not None
-        ]
-        if unfinished:
-            self.flow.poller.unseen_from(int(min(unfinished) * 1000))
+        )
         wanted = {id_hash(job): job for job, _, _ in timings}
         rows = {
             wanted[h]: row
@@ -132,7 +131,6 @@ class Feeder:
             if h in wanted and table.id(row) == wanted[h]
         }
         kinds: dict[int, Hashable | None] = {}
-        seeded = 0
         for job_id, created, completed in timings:
             row = rows.get(job_id)
             if row is None:
@@ -146,12 +144,16 @@ class Feeder:
             kind = kinds[row]
             if kind is not None:
                 self.flow.poller.seed(kind, created, completed)
-                seeded += 1
+        counted = {k: self.flow.poller.seeded(k) for k in set(kinds.values()) if k is not None}
+        known = [k for k, n in counted.items() if n >= CompletionModel.MIN_SAMPLES]
+        if not known:
+            log.debug("polling starts cold: too few completion times in the ledger")
+            return
         log.debug(
             "polling starts warm: the API timings of %d tasks finished by earlier runs"
             " (%d of this manifest's kinds)",
-            seeded,
-            len({k for k in kinds.values() if k is not None}),
+            sum(counted[k] for k in known),
+            len(known),
         )
 
     async def _walk(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 
 from runner.api.answers import TaskStatus
 from runner.api.client import ApiClient
@@ -215,10 +215,14 @@ class Poller:
         if create_ms is not None and complete_ms is not None and complete_ms > create_ms:
             self.schedule.model.seed(kind, create_ms, complete_ms)
 
-    def unseen_from(self, created_ms: int) -> None:
-        """An earlier run left a task created at ``created_ms`` unfinished: seeds created
-        since do not count (:meth:`runner.run.completion.CompletionModel.unseen_from`)."""
-        self.schedule.model.unseen_from(created_ms)
+    def unfinished(self, created_ms: Iterable[int]) -> None:
+        """Earlier runs left tasks created at these times unfinished: seeds created since
+        may not count (:meth:`runner.run.completion.CompletionModel.unfinished`)."""
+        self.schedule.model.unfinished(created_ms)
+
+    def seeded(self, kind: Hashable) -> int:
+        """Earlier runs' completions of ``kind`` that count now."""
+        return self.schedule.model.seeds(kind)
 
     def job_of(self, task_id: str) -> str | None:
         """The job of a task still waited on (not yet resolved, forgotten or failed)."""
