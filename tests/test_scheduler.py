@@ -178,6 +178,39 @@ def test_seeds_from_the_tail_of_a_wave_do_not_stand_for_the_whole():
     assert median is not None and 28.5 < median < 31.5, "the median of 25-35 s"
 
 
+def test_seeds_give_way_at_once_when_today_is_faster():
+    model = CompletionModel()
+    rng = random.Random(4)
+    for i in range(300):
+        created = 1_000_000 + i
+        model.seed("2K", created, created + int(rng.uniform(25_000, 35_000)))
+    assert model.seeds("2K") == 300
+    for _ in range(20):
+        model.observe("2K", rng.uniform(2.0, 3.0))  # today: ten times faster
+    median = model.quantile("2K", 0.5)
+    assert median is not None and median < 3.0, "today's completions decide"
+    assert model.seeds("2K") == 0
+
+
+async def test_scouts_of_a_warm_kind_look_where_earlier_runs_say_nothing_finishes_yet():
+    warm = _poller(rate=100.0)
+    rng = random.Random(5)
+    for i in range(300):
+        created = 1_000_000 + i
+        warm.seed("2K", created, created + int(rng.uniform(25_000, 35_000)))
+    scout, other = _watch(warm, "2K", 12.0), _watch(warm, "2K", 12.0)
+    scout.scout, other.scout = True, False
+    now = time.monotonic()
+    assert warm.schedule.gain(scout, now) == 0.0, "the estimate rules it out"
+    assert warm.schedule.explore(scout, now) > 0.0, "a scout looks with spare budget"
+    assert warm.schedule.explore(other, now) == 0.0
+    learnt = _poller(rate=100.0)
+    _learn(learnt, "2K", 25.0, 35.0)  # today's own completions: no need to look
+    mine = _watch(learnt, "2K", 12.0)
+    mine.scout = True
+    assert learnt.schedule.explore(mine, now) == 0.0
+
+
 async def test_a_warm_run_polls_its_first_wave_where_earlier_runs_finished():
     warm, cold = _poller(rate=100.0), _poller(rate=100.0)
     rng = random.Random(1)
@@ -309,6 +342,17 @@ async def test_a_task_with_no_chance_yet_is_left_alone_until_its_kinds_next_comp
     assert near.quiet_until == pytest.approx(near.submitted + first), "its first chance"
     later = near.submitted + 30.0  # a third of such tasks are done by then
     assert poller.schedule.gain(near, later) > 0.0, "then it is worth a poll again"
+
+
+async def test_one_long_completion_seen_does_not_leave_slower_tasks_waiting_for_its_age():
+    poller = _poller(rate=100.0)
+    _learn(poller, "2K", 13.0, 19.0, n=59)
+    poller.schedule.model.observe("2K", 77.0)  # one straggler, long ago
+    w = _watch(poller, "2K", 25.0, last_poll_age=20.0)
+    w.scout = True
+    assert poller.schedule.gain(w, time.monotonic()) >= 1.0, "the recipe's interval, not 77 s"
+    young = _watch(poller, "2K", 10.0)
+    assert poller.schedule.gain(young, time.monotonic()) == 0.0, "before its kind: waits"
 
 
 async def test_a_small_kind_past_its_longest_completion_follows_the_recipes_interval():

@@ -73,6 +73,8 @@ class CompletionModel:
         self._seeds: dict[Hashable, list[tuple[int, float]]] = {}
         self._counted: dict[Hashable, list[float]] = {}
         self._unfinished: list[int] = []
+        #: kinds whose seeds today's completions contradicted
+        self._outdated: set[Hashable] = set()
         #: per kind, the longest completion seen (also before there are enough to
         #: estimate from)
         self._longest: dict[Hashable, float] = {}
@@ -121,8 +123,11 @@ class CompletionModel:
         return chosen
 
     def seeds(self, kind: Hashable) -> int:
-        """Earlier runs' completions that count now (0 once the run has its own)."""
-        return len(self._seed_durations(kind)) if self._done.get(kind, 0) < self.SEEDS else 0
+        """Earlier runs' completions that count now (0 once the run has its own, or once
+        its own say that today is faster)."""
+        if self._done.get(kind, 0) >= self.SEEDS or kind in self._outdated:
+            return 0
+        return len(self._seed_durations(kind))
 
     def started(self, kind: Hashable, sample: Sample) -> None:
         self._samples.setdefault(kind, deque(maxlen=self.WINDOW)).append(sample)
@@ -156,18 +161,19 @@ class CompletionModel:
             for s in self._samples.get(kind, ())
         ]
         if seeds:
-            events.extend((duration, 0) for duration in self._seed_durations(kind))
-        events.sort()
-        at_risk = len(events)
-        survival = 1.0
-        probs: list[float] = []
-        times: list[float] = []
-        for t, censored in events:
-            if not censored:
-                survival *= (at_risk - 1) / at_risk
-                probs.append(1.0 - survival)
-                times.append(t)
-            at_risk -= 1
+            durations = self._seed_durations(kind)
+            if self._done.get(kind, 0) >= self.MIN_SAMPLES:
+                # Today says otherwise: half of today's tasks were done before the
+                # earlier runs' fastest twentieth. Today's tasks alone decide.
+                own_probs, own_times = _kaplan_meier(sorted(events))
+                early = sorted(durations)[len(durations) // 20]
+                i = bisect.bisect_right(own_times, early)
+                if i and own_probs[i - 1] > 0.5:
+                    self._outdated.add(kind)
+                    self._tables[kind] = (now, own_probs, own_times)
+                    return own_probs, own_times
+            events.extend((duration, 0) for duration in durations)
+        probs, times = _kaplan_meier(sorted(events))
         self._tables[kind] = (now, probs, times)
         return probs, times
 
@@ -190,3 +196,19 @@ class CompletionModel:
         probs, times = table
         i = bisect.bisect_right(times, t)
         return (probs[i - 1] if i else 0.0), times[-1]
+
+
+def _kaplan_meier(events: list[tuple[float, int]]) -> tuple[list[float], list[float]]:
+    """(cumulative probabilities, times) of the product-limit estimate over ``events``:
+    sorted (time, 0 for a completion / 1 for a censoring)."""
+    at_risk = len(events)
+    survival = 1.0
+    probs: list[float] = []
+    times: list[float] = []
+    for t, censored in events:
+        if not censored:
+            survival *= (at_risk - 1) / at_risk
+            probs.append(1.0 - survival)
+            times.append(t)
+        at_risk -= 1
+    return probs, times

@@ -313,7 +313,7 @@ class Poller:
             if now >= w.deadline:
                 self._fail(w, PollTimeout(f"task {w.task_id} outlived polling.timeout"))
                 continue
-            if now < w.quiet_until:
+            if now < w.quiet_until and not (explore and w.scout):
                 continue
             value = gain(w, now)
             if value > 0:

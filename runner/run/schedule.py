@@ -81,6 +81,10 @@ class Schedule:
     MIN_THRIFT = 0.3
     #: no task is polled more often than every interval * this
     MIN_SPACING = 0.25
+    #: poll mode: a task older than this share of its kind's completions, with the next
+    #: completion seen more than an interval ahead, follows the recipe's floor
+    #: (:meth:`_past_longest`)
+    MOST = 0.95
     #: a task with no chance of having finished is weighed again within this many seconds
     #: (the estimate is refreshed meanwhile)
     QUIET_S = 1.0
@@ -196,8 +200,15 @@ class Schedule:
             age = now - w.submitted
             if done_now <= done_before and age <= longest:
                 # Nothing of the estimate lies between the last poll and now: nothing will
-                # before its next completion time (looked at again within QUIET_S).
+                # before its next completion time (looked at again within QUIET_S). Unless
+                # the task is older than most of its kind: one long completion seen must
+                # not leave it waiting for that age.
                 following = self.model.quantile(w.kind, done_now + 1e-6)
+                if following is not None and following - age > self.interval_s:
+                    most = self.model.quantile(w.kind, self.MOST)
+                    if most is not None and age > most:
+                        self._past_longest(w)
+                        return 0.0 if now < w.next_at else 1.0
                 if following is not None:
                     w.quiet_until = min(w.submitted + following, now + self.QUIET_S)
                 return 0.0
@@ -243,7 +254,9 @@ class Schedule:
         chance that it finished since it was last looked at, with a tie-breaker that
         favours the task looked at least recently (all there is while nothing is known of
         its kind). 0 for a task looked at a moment ago, in ``fixed`` mode, and in poll mode
-        once its kind is known (the bar, lowered while budget goes unused, then decides)."""
+        once its kind is known (the bar, lowered while budget goes unused, then decides),
+        but for a scout where what earlier runs say (a warm start) rules out that it
+        finished: every half ``initial_delay`` at most."""
         since = now - w.last_poll
         if not self.adaptive or (w.polls and since < self.interval_s * self.MIN_SPACING):
             return 0.0
@@ -253,9 +266,14 @@ class Schedule:
         if known is None:
             # Nothing known: scouts look, the oldest first, each at most every interval.
             return fresh * age if w.scout and since >= self.interval_s else 0.0
-        if not self.callbacks:
-            return 0.0
         done_now, longest = known
+        if not self.callbacks:
+            # Known from earlier runs only: where that says nothing can have finished yet,
+            # scouts still look now and then (today may be faster).
+            if not w.scout or since < self.initial_delay_s / 2 or not self.model.seeds(w.kind):
+                return 0.0
+            before = self.model.cdf(w.kind, w.last_poll - w.submitted)
+            return fresh * age if before is not None and done_now <= before[0] else 0.0
         if age > longest:
             return fresh + (1.0 - done_now) * 0.5  # past anything seen: worth a look
         before = self.model.cdf(w.kind, w.last_poll - w.submitted)
