@@ -62,6 +62,9 @@ class Poller:
     #: spent below the bar (a lowered bar, exploring): with its submission, a job's share
     #: of the API's 10,000 requests a minute at 1,000 slots (5 a job) is not exceeded
     SPARE_POLLS_PER_TASK = 4.0
+    #: callback mode: webhooks bring the results; spare polls look for lost webhooks,
+    #: within this many a task on average, so a run stays near one request a task
+    CALLBACK_SPARE_POLLS_PER_TASK = 0.5
     #: the bank may hold this many polls for each completion expected within
     #: :attr:`DEMAND_S` (a warm run's first wave: budget left while nothing could
     #: finish is spent when the wave comes); otherwise a couple of seconds of polls
@@ -297,7 +300,10 @@ class Poller:
         schedule = self.schedule
         # Budget left over is spent below the bar while the run's polls stay within
         # their average share per task.
-        spare_ok = self._polls < self.SPARE_POLLS_PER_TASK * self._watched
+        spare = (
+            self.CALLBACK_SPARE_POLLS_PER_TASK if schedule.callbacks else self.SPARE_POLLS_PER_TASK
+        )
+        spare_ok = self._polls < spare * self._watched
         explore = (
             spare_ok
             and schedule.adaptive
