@@ -300,7 +300,7 @@ class Engine:
         await submitter.settled()
         if self.options.drain_s > 0:
             log.info(
-                "draining: collecting tasks already paid for, for up to %.0f s (--drain)",
+                "draining: collecting tasks already paid for, for up to %g s (--drain)",
                 self.options.drain_s,
             )
             await self.clock.sleep(self.options.drain_s)
