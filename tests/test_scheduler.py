@@ -9,7 +9,7 @@ import time
 import pytest
 
 from runner.api.client import ClientStats
-from runner.api.limits import limiter_shape
+from runner.api.limits import RequestGate, limiter_shape
 from runner.run.completion import CompletionModel, Sample
 from runner.run.poller import Poller
 from runner.run.schedule import Schedule, Watch
@@ -108,6 +108,20 @@ def test_limiter_shape_allows_half_the_window_then_the_full_rate():
         capacity, seconds = limiter_shape(rate, period)
         assert capacity == max(1, rate // 2)
         assert capacity / seconds * period == pytest.approx(rate), "the full rate, sustained"
+
+
+def test_a_run_started_right_after_another_counts_its_requests_as_still_in_the_window():
+    fresh = RequestGate(10000, 60.0, burst=1000)
+    full = fresh.room()
+    fresh.follow(None)
+    assert fresh.room() == full, "no earlier run: the whole window"
+    old = RequestGate(10000, 60.0, burst=1000)
+    old.follow(time.time() - 120.0)
+    assert old.room() == full, "an earlier run two minutes ago: nothing of it counts"
+    recent = RequestGate(10000, 60.0, burst=1000)
+    recent.follow(time.time() - 15.0)
+    still = 9900 * 45 / 60  # a full window spread over its minute: three quarters remain
+    assert recent.room() == pytest.approx(full - still, abs=5)
 
 
 async def test_slots_hand_over_in_order_and_close_wakes_waiters():

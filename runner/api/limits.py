@@ -118,6 +118,22 @@ class RequestGate:
             if not self._submits_waiting:
                 self._no_submits_waiting.set()
 
+    def follow(self, last_wall: float | None) -> None:
+        """An earlier run sent requests with this key until ``last_wall`` (Unix seconds):
+        those of the last ``period_s`` still count at the API. How many is not known:
+        they are taken as a full window spread over the minute before, so a run started
+        right after another keeps to what the API still allows instead of meeting 429s."""
+        if last_wall is None:
+            return
+        ago = self.clock.wall() - last_wall
+        if not 0.0 <= ago < self.period_s:
+            return
+        now = self.clock.monotonic()
+        end, step = now - ago, self.period_s / self.limit
+        gone = now - self.period_s  # sent at or before this: out of the window
+        earlier = (end - i * step for i in range(self.limit - 1, -1, -1))  # oldest first
+        self._sent.extendleft(reversed([t for t in earlier if t > gone]))
+
     def room(self) -> int:
         """Polls that may leave now without any window holding more than its share."""
         self._expire(self.clock.monotonic())

@@ -52,11 +52,16 @@ def check_api_kind(campaign: Campaign, index: LedgerIndex) -> None:
 
 
 @contextlib.asynccontextmanager
-async def connect(campaign: Campaign, api_key: str, clock: Clock) -> AsyncIterator[ApiClient]:
-    """An open client for the campaign's API, every request through one gate."""
+async def connect(
+    campaign: Campaign, api_key: str, clock: Clock, *, last_run_wall: float | None = None
+) -> AsyncIterator[ApiClient]:
+    """An open client for the campaign's API, every request through one gate.
+    ``last_run_wall``: when an earlier run in this folder last wrote its ledger (its
+    requests may still count in the API's window)."""
     api, limits = campaign.api, campaign.limits
     # A burst as large as the slots lets a fresh run fill them all at once.
     gate = RequestGate(limits.rate, limits.rate_period_s, burst=limits.concurrency, clock=clock)
+    gate.follow(last_run_wall)
     async with contextlib.AsyncExitStack() as stack:
         base_url, key = api.base_url, api_key
         if api.embedded:

@@ -34,6 +34,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from runner.api.callback import SILENCE_S, CallbackReceiver, load_secret
@@ -45,7 +46,7 @@ from runner.present.outputs import RunCounters, ledger_view, write_results, writ
 from runner.present.progress import ProgressReporter, Snapshot
 from runner.present.report import write_report
 from runner.state.layouts import paid_elsewhere
-from runner.state.ledger import Ledger
+from runner.state.ledger import LEDGER_NAME, Ledger
 from runner.state.lock import FolderLock
 from runner.state.record import JobState
 
@@ -142,8 +143,11 @@ class Engine:
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
         lock.on_lost = lambda error: loop.call_soon_threadsafe(self._lose_lock, error, task)
         try:
+            last_run = _last_write(self.out / LEDGER_NAME)
             self._open_ledger()
-            async with connect(self.campaign, self.options.api_key, self.clock) as client:
+            async with connect(
+                self.campaign, self.options.api_key, self.clock, last_run_wall=last_run
+            ) as client:
                 self._client = client
                 client.halt = self._stopping
                 async with self._webhooks():
@@ -358,3 +362,11 @@ class Engine:
         summary = write_summary(self.campaign, view, self.counters, client.stats, int(code))
         write_report(self.campaign, self.ledger.index, summary)
         return summary
+
+
+def _last_write(path: Path) -> float | None:
+    """When ``path`` was last written (Unix seconds); None if it does not exist."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
