@@ -238,9 +238,12 @@ async def test_seeds_created_after_a_task_an_earlier_run_left_in_flight_do_not_c
     (the earlier runs' tasks created before it count)."""
     kind = ("2K", 1, None)
     first = prompts(10)
-    assert (await run_engine(manifest(first), sim.base_url))[0] == 0
+    # a short request window: the runs follow each other at once (each counts the one
+    # before as still in the window)
+    limits = {"rate": 10000, "rate_period": 1.0}
+    assert (await run_engine(manifest(first, limits=limits), sim.base_url))[0] == 0
     sim.config.p_stuck = 0.5  # half the next tasks never end: in flight at the stop
-    path = manifest(first + prompts(20, prefix="a later product"))
+    path = manifest(first + prompts(20, prefix="a later product"), limits=limits)
     code, _ = await run_engine(path, sim.base_url, deadline_s=0.6, drain_s=0.2)
     assert code == 4
     sim.config.p_stuck = 0.0
