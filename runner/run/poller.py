@@ -8,11 +8,13 @@ small pool of workers. Webhooks resolve tasks too, through :meth:`Poller.deliver
 
 Pacing: each tick, the polls the request budget leaves after submissions
 (``request_rate`` x :attr:`Poller.BUDGET_SHARE`, for the time that really passed since
-the last tick, banked through quiet spells up to the limiter's burst, and never more
-than the request window has room for) go to the tasks where a poll is worth the most
+the last tick, banked through quiet spells, deeper when the estimate expects a wave of
+completions soon, handed out over :attr:`Poller.RELEASE_S` and never more than the
+request window has room for) go to the tasks where a poll is worth the most
 (:mod:`runner.run.schedule` says what each is worth). Polls that the bank would forfeit
 (it is more than :attr:`Poller.KEEP` full) are spent exploring: on the tasks likeliest
-to have finished since they were last looked at, whatever the bar.
+to have finished since they were last looked at, whatever the bar. A task with no chance
+yet of having finished is skipped until the estimate's next completion time.
 
 Owns: the watch list, the pacing and the workers. Must not know: when a task is worth
 a poll (the schedule), the ledger, the jobs.
