@@ -7,7 +7,8 @@ jittered per task) that falls while the request budget goes unused (:attr:`thrif
 Before anything is known about a kind, a tenth of its tasks scout with the provider's
 recipe (``initial_delay``, then every ``interval``, jittered by ``jitter``) while the
 others wait at twice the initial delay, keeping the budget for the wave of completions;
-a task older than any completion seen falls back to the recipe's interval.
+a task older than any completion seen falls back to the recipe's interval (a scout; the
+others every two intervals).
 
 Callback mode: webhooks resolve tasks; polling is the safety net, with one early look
 where 90 % of such tasks are done, and then the overdue mark (99th percentile plus a
@@ -16,9 +17,11 @@ margin learned from webhook lag).
 Use it or lose it: budget that would otherwise be forfeited (the poller's bank is more
 than half full) is spent on :meth:`Schedule.explore`: in poll mode, on tasks of a kind
 not known yet, before the recipe's first poll (a wave of fast tasks is found in seconds,
-and teaches the estimate); in callback mode, on the tasks likeliest to have finished
-since they were last looked at (a lost webhook costs seconds). Once a kind is known in
-poll mode, unused budget lowers the bar instead (:meth:`Schedule.relax`). A run can
+and teaches the estimate), and on the scouts of a kind known only from earlier runs where
+those say nothing can have finished yet (today may be faster); in callback mode, on the
+tasks likeliest to have finished since they were last looked at (a lost webhook costs
+seconds). Once a kind is known in poll mode, unused budget lowers the bar instead
+(:meth:`Schedule.relax`). A run can
 start warm: completion times of done jobs in the ledger seed the estimate
 (:meth:`runner.run.completion.CompletionModel.seed`).
 
