@@ -58,6 +58,15 @@ def test_running_tasks_keep_the_estimate_from_being_biased_short():
     assert model.quantile("2K", 0.5) is None, "half are not known to be done"
 
 
+def _seed(target: Poller | CompletionModel, n: int = 300, seed: int = 2) -> None:
+    """``n`` tasks of kind 2K that earlier runs finished in 25-35 s, one created a
+    millisecond after the other."""
+    rng = random.Random(seed)
+    for i in range(n):
+        created = 1_000_000 + i
+        target.seed("2K", created, created + int(rng.uniform(25_000, 35_000)))
+
+
 def _watch(poller: Poller, kind: str, age: float, last_poll_age: float | None = None) -> Watch:
     poller.watch("t", kind, submitted_ago_s=age)
     w = poller._watches.pop("t")
@@ -194,10 +203,8 @@ def test_seeds_from_the_tail_of_a_wave_do_not_stand_for_the_whole():
 
 def test_seeds_give_way_at_once_when_today_is_faster():
     model = CompletionModel()
+    _seed(model, seed=4)
     rng = random.Random(4)
-    for i in range(300):
-        created = 1_000_000 + i
-        model.seed("2K", created, created + int(rng.uniform(25_000, 35_000)))
     assert model.seeds("2K") == 300
     for _ in range(20):
         model.observe("2K", rng.uniform(2.0, 3.0))  # today: ten times faster
@@ -208,10 +215,7 @@ def test_seeds_give_way_at_once_when_today_is_faster():
 
 async def test_scouts_of_a_warm_kind_look_where_earlier_runs_say_nothing_finishes_yet():
     warm = _poller(rate=100.0)
-    rng = random.Random(5)
-    for i in range(300):
-        created = 1_000_000 + i
-        warm.seed("2K", created, created + int(rng.uniform(25_000, 35_000)))
+    _seed(warm, seed=5)
     scout, other = _watch(warm, "2K", 12.0), _watch(warm, "2K", 12.0)
     scout.scout, other.scout = True, False
     now = time.monotonic()
@@ -227,10 +231,7 @@ async def test_scouts_of_a_warm_kind_look_where_earlier_runs_say_nothing_finishe
 
 async def test_a_warm_run_polls_its_first_wave_where_earlier_runs_finished():
     warm, cold = _poller(rate=100.0), _poller(rate=100.0)
-    rng = random.Random(1)
-    for i in range(200):
-        created = 1_000_000 + i
-        warm.seed("2K", created, created + int(rng.uniform(25_000, 35_000)))
+    _seed(warm, n=200, seed=1)
     now = time.monotonic()
     w_warm, w_cold = _watch(warm, "2K", 30.0), _watch(cold, "2K", 30.0)
     w_cold.next_at = w_cold.submitted + 2 * cold.schedule.first_age("2K")  # not a scout
@@ -275,10 +276,7 @@ def _wave(*, warm: bool) -> Poller:
         request_burst=1000.0,
     )
     if warm:
-        rng = random.Random(2)
-        for i in range(300):
-            created = 1_000_000 + i
-            poller.seed("2K", created, created + int(rng.uniform(25_000, 35_000)))
+        _seed(poller)
     for i in range(1000):
         poller.watch(f"t{i}", "2K", submitted_ago_s=20.0)
     return poller
