@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from typing import Any
 
 import pytest
 
@@ -246,8 +247,9 @@ class _Client:
         self.stats = ClientStats()
 
 
-def _young_tasks(*, adaptive: bool, room: int | None = None) -> Poller:
-    poller = Poller(
+def _allocating(**options: Any) -> Poller:
+    """A poller to tick by hand: the recipe 20 s / 3 s, 100 requests a second."""
+    return Poller(
         _Client(),  # type: ignore[arg-type]  # allocation never sends a request
         initial_delay_s=20.0,
         interval_s=3.0,
@@ -255,9 +257,12 @@ def _young_tasks(*, adaptive: bool, room: int | None = None) -> Poller:
         timeout_s=600.0,
         request_rate=100.0,
         request_burst=1000.0,
-        window_room=None if room is None else (lambda: room),
-        adaptive=adaptive,
+        **options,
     )
+
+
+def _young_tasks(*, adaptive: bool, room: int | None = None) -> Poller:
+    poller = _allocating(window_room=None if room is None else (lambda: room), adaptive=adaptive)
     for i in range(500):
         poller.watch(f"t{i}", "2K", submitted_ago_s=5.0)  # nothing due for 15 s
     return poller
@@ -266,15 +271,7 @@ def _young_tasks(*, adaptive: bool, room: int | None = None) -> Poller:
 def _wave(*, warm: bool) -> Poller:
     """1,000 tasks submitted together 20 s ago, nothing due yet; ``warm``: an earlier
     run's timings (25-35 s) say when they will finish."""
-    poller = Poller(
-        _Client(),  # type: ignore[arg-type]  # allocation never sends a request
-        initial_delay_s=20.0,
-        interval_s=3.0,
-        jitter=0.0,
-        timeout_s=600.0,
-        request_rate=100.0,
-        request_burst=1000.0,
-    )
+    poller = _allocating()
     if warm:
         _seed(poller)
     for i in range(1000):
