@@ -22,6 +22,7 @@ clock it is given.
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections import deque
 from collections.abc import Hashable, Iterable
 
@@ -160,20 +161,20 @@ class CompletionModel:
             else (now - s.started if s.seen_running is None else s.seen_running, 1)
             for s in self._samples.get(kind, ())
         ]
+        events.sort()
         if seeds:
-            durations = self._seed_durations(kind)
+            durations = sorted(self._seed_durations(kind))
             if self._done.get(kind, 0) >= self.MIN_SAMPLES:
                 # Today says otherwise: half of today's tasks were done before the
                 # earlier runs' fastest twentieth. Today's tasks alone decide.
-                own_probs, own_times = _kaplan_meier(sorted(events))
-                early = sorted(durations)[len(durations) // 20]
-                i = bisect.bisect_right(own_times, early)
+                own_probs, own_times = _kaplan_meier(events)
+                i = bisect.bisect_right(own_times, durations[len(durations) // 20])
                 if i and own_probs[i - 1] > 0.5:
                     self._outdated.add(kind)
                     self._tables[kind] = (now, own_probs, own_times)
                     return own_probs, own_times
-            events.extend((duration, 0) for duration in durations)
-        probs, times = _kaplan_meier(sorted(events))
+            events = list(heapq.merge(events, ((d, 0) for d in durations)))
+        probs, times = _kaplan_meier(events)
         self._tables[kind] = (now, probs, times)
         return probs, times
 
