@@ -11,6 +11,7 @@ import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -23,6 +24,7 @@ from runs import (
     wait_until,
 )
 
+from runner.run.connect import SENDS_FILE, read_sends
 from runner.sim import SimServer
 from runner.state.ledger import read_index
 from runner.state.record import Phase
@@ -168,6 +170,58 @@ async def test_times_of_the_wrong_type_in_a_ledger_are_read_as_absent(sim, manif
     assert sim.stats.tasks_created == 9, "the done jobs stay done"
     code, err = await run_cli(path, sim.base_url, "--report")
     assert code == 0, err
+
+
+def _api_requests(sim: SimServer) -> int:
+    return sim.stats.count("generate") + sim.stats.count("status")
+
+
+def _saved_sends(out: Path) -> dict[str, Any]:
+    saved = orjson.loads((out / SENDS_FILE).read_bytes())
+    assert isinstance(saved, dict)
+    return saved
+
+
+async def test_a_run_saves_its_sends_and_the_next_counts_them_exactly(sim, manifest):
+    """What the API's window still holds of the earlier run is what the next run counts:
+    the requests the simulator received, not a full window assumed."""
+    path = manifest(prompts(8), limits={"rate": 5000, "rate_period": 60.0})
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    first = _saved_sends(out_dir(path))
+    assert first["final"] is True
+    assert sum(first["counts"]) == _api_requests(sim) > 0
+    path = manifest(
+        prompts(8) + prompts(4, prefix="an added product"),
+        limits={"rate": 5000, "rate_period": 60.0},
+    )
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    both = _saved_sends(out_dir(path))
+    assert sum(both["counts"]) == _api_requests(sim), "both runs' requests, all still in the window"
+
+
+async def test_unreadable_saved_sends_fall_back_to_a_full_window(sim, manifest):
+    path = manifest(prompts(4), limits={"rate": 5000, "rate_period": 60.0})
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    sends = out_dir(path) / SENDS_FILE
+    for garbage in (
+        b"{",
+        b"[]",
+        b'{"at": 1, "step_s": 0, "final": true, "counts": []}',
+        b'{"at": "x", "step_s": 0.1, "final": true, "counts": [1]}',
+        b'{"at": 1, "step_s": 0.1, "final": true, "counts": [-1]}',
+    ):
+        sends.write_bytes(garbage)
+        assert read_sends(sends) is None, garbage
+    requests = _api_requests(sim)
+    path = manifest(prompts(5), limits={"rate": 5000, "rate_period": 60.0})
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    assert _api_requests(sim) > requests
+    assumed = sum(_saved_sends(out_dir(path))["counts"])
+    assert assumed > 4000, "the earlier run's minute taken as a full window"
 
 
 async def test_demo_manifest_runs_on_the_embedded_simulator(tmp_path):

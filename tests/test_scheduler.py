@@ -8,9 +8,10 @@ import time
 from typing import Any
 
 import pytest
+from clocks import FakeClock
 
 from runner.api.client import ClientStats
-from runner.api.limits import RequestGate, limiter_shape
+from runner.api.limits import SAVE_EVERY_S, RequestGate, SendLog, limiter_shape
 from runner.run.completion import CompletionModel, Sample
 from runner.run.poller import Poller
 from runner.run.schedule import Schedule, Watch
@@ -132,6 +133,49 @@ def test_a_run_started_right_after_another_counts_its_requests_as_still_in_the_w
     recent.follow(time.time() - 15.0)
     still = 9900 * 45 / 60  # a full window spread over its minute: three quarters remain
     assert recent.room() == pytest.approx(full - still, abs=5)
+
+
+async def _send(gate: RequestGate, n: int) -> None:
+    for _ in range(n):
+        await gate.acquire()
+
+
+async def test_a_run_counts_exactly_what_the_earlier_runs_saved_sends_still_hold():
+    clock = FakeClock()
+    earlier = RequestGate(10000, 60.0, burst=1000, clock=clock)
+    await _send(earlier, 100)
+    clock.advance(10.0)
+    await _send(earlier, 50)
+    clock.advance(10.0)
+    counts = earlier.sends()
+    assert sum(counts) == 150 and counts[100] == 50 and counts[200] == 100, "by age, 0.1 s steps"
+    log = SendLog(clock.wall(), 0.1, tuple(counts), final=True)
+    clock.advance(5.0)
+    later = RequestGate(10000, 60.0, burst=1000, clock=clock)
+    full = later.room()
+    later.follow(clock.wall() - 5.0, log)
+    assert later.room() == full - 150, "exactly the earlier run's requests, no full window"
+    clock.advance(35.0 + 0.1)  # the first 100 left the window (a step late at most)
+    assert later.room() == full - 50
+    clock.advance(10.0)
+    assert later.room() == full
+
+
+def test_what_a_killed_run_did_not_save_counts_as_the_full_pace():
+    clock = FakeClock()
+    log = SendLog(clock.wall() - 2.0, 0.1, (0, 10), final=False)
+    pace = 9900 / 60.0
+    gate = RequestGate(10000, 60.0, burst=1000, clock=clock)
+    full = gate.room()
+    gate.follow(log.at, log)
+    unsaved = round(SAVE_EVERY_S * pace)
+    assert gate.room() == pytest.approx(full - 10 - unsaved, abs=2), "a save interval after it"
+    later_ledger = RequestGate(10000, 60.0, burst=1000, clock=clock)
+    later_ledger.follow(log.at + 1.5, log)  # its ledger was written 1.5 s after the save
+    assert later_ledger.room() == pytest.approx(full - 10 - round(1.5 * pace), abs=2)
+    stale = RequestGate(10000, 60.0, burst=1000, clock=clock)
+    stale.follow(clock.wall() - 15.0, SendLog(clock.wall() - 300.0, 0.1, (5000,), True))
+    assert stale.room() == pytest.approx(full - 9900 * 45 / 60, abs=5), "an old log: no help"
 
 
 async def test_slots_hand_over_in_order_and_close_wakes_waiters():

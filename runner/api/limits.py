@@ -25,12 +25,29 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
 from runner.clock import SYSTEM_CLOCK, Clock
 
-__all__ = ["RequestGate", "limiter_shape"]
+__all__ = ["SAVE_EVERY_S", "SEND_STEP_S", "RequestGate", "SendLog", "limiter_shape"]
+
+#: how often a run saves its sends (:meth:`RequestGate.sends`), and their time step
+SAVE_EVERY_S = 1.0
+SEND_STEP_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class SendLog:
+    """What a run saved of its requests (:meth:`RequestGate.sends`): ``counts[i]`` were
+    sent between ``i`` and ``i + 1`` steps of ``step_s`` before ``at`` (Unix seconds);
+    ``final``: saved as the run ended (nothing was sent after ``at``)."""
+
+    at: float
+    step_s: float
+    counts: tuple[int, ...]
+    final: bool
 
 
 def limiter_shape(rate: int, period_s: float) -> tuple[float, float]:
@@ -118,21 +135,51 @@ class RequestGate:
             if not self._submits_waiting:
                 self._no_submits_waiting.set()
 
-    def follow(self, last_wall: float | None) -> None:
-        """An earlier run sent requests with this key until ``last_wall`` (Unix seconds):
-        those of the last ``period_s`` still count at the API. How many is not known:
-        they are taken as a full window spread over the minute before, so a run started
-        right after another keeps to what the API still allows instead of meeting 429s."""
-        if last_wall is None:
-            return
-        ago = self.clock.wall() - last_wall
-        if not 0.0 <= ago < self.period_s:
-            return
-        now = self.clock.monotonic()
-        end, step = now - ago, self.period_s / self.limit
+    def follow(self, last_wall: float | None, log: SendLog | None = None) -> None:
+        """Count what an earlier run with this key sent in the API's window, so a run
+        started right after another keeps to what the API still allows instead of
+        meeting 429s. ``log``: that run's own record of its sends (:meth:`sends`), saved
+        as it ran (first before its first request, last as it ended); its counts are taken
+        as sent at the newer end of their step (they leave the window a step late at
+        most). What a log not saved at the end cannot tell (the run was killed after it:
+        up to :data:`SAVE_EVERY_S` later, or until ``last_wall``, when that run last
+        wrote its ledger, if later) is taken as sent at the full pace. With no log (or
+        one older than the window), the minute before ``last_wall`` is taken as a full
+        window."""
+        now_wall, now = self.clock.wall(), self.clock.monotonic()
         gone = now - self.period_s  # sent at or before this: out of the window
-        earlier = (end - i * step for i in range(self.limit - 1, -1, -1))  # oldest first
-        self._sent.extendleft(reversed([t for t in earlier if t > gone]))
+        times: list[float] = []
+        unknown_from = unknown_to = None
+        if log is not None and now_wall - log.at < self.period_s + SAVE_EVERY_S:
+            at = now - max(0.0, now_wall - log.at)
+            for i, n in enumerate(log.counts):
+                times.extend([at - i * log.step_s] * n)
+            if not log.final:
+                unknown_from = log.at
+                unknown_to = max(log.at + SAVE_EVERY_S, last_wall or log.at)
+        elif last_wall is not None:
+            unknown_from, unknown_to = last_wall - self.period_s, last_wall
+        if unknown_from is not None and unknown_to is not None:
+            step = self.period_s / self.limit  # the full pace
+            start = now - (now_wall - unknown_from)
+            end = now - max(0.0, now_wall - unknown_to)
+            n = int((end - start) / step)
+            times.extend(end - i * step for i in range(n))
+        kept = sorted(t for t in times if gone < t <= now)
+        self._sent.extendleft(reversed(kept[-self.limit :]))
+
+    def sends(self, step_s: float = SEND_STEP_S) -> list[int]:
+        """This run's requests in the last window, counted by age: ``[i]`` were sent
+        between ``i`` and ``i + 1`` steps of ``step_s`` ago (for :meth:`follow` in the
+        next run). Trailing zeros are left off."""
+        now = self.clock.monotonic()
+        self._expire(now)
+        counts = [0] * (int(self.period_s / step_s) + 1)
+        for t in self._sent:
+            counts[min(len(counts) - 1, int((now - t) / step_s))] += 1
+        while counts and not counts[-1]:
+            counts.pop()
+        return counts
 
     def room(self) -> int:
         """Polls that may leave now without any window holding more than its share."""

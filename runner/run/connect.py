@@ -8,23 +8,37 @@ folder (:func:`check_api_kind`). Must not know: jobs, webhooks.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
+
 from runner.api.client import ApiClient
-from runner.api.limits import RequestGate
+from runner.api.limits import SAVE_EVERY_S, SEND_STEP_S, RequestGate, SendLog
 from runner.clock import Clock
 from runner.errors import ManifestError
 from runner.manifest.campaign import Campaign
 from runner.state.index import LedgerIndex
 
-__all__ = ["API_KIND_FILE", "SIM_STATE_DIR", "check_api_kind", "connect"]
+__all__ = [
+    "API_KIND_FILE",
+    "SENDS_FILE",
+    "SIM_STATE_DIR",
+    "check_api_kind",
+    "connect",
+    "read_sends",
+]
 
 #: where the embedded simulator keeps its tasks, inside the output folder
 SIM_STATE_DIR = ".simulator"
 #: which kind of API the folder's work was done on: "embedded" or "api"
 API_KIND_FILE = ".api-kind"
+#: the requests a run sent in the API's last window, saved every second and as it ends,
+#: so that the next run in the folder knows what the API still counts
+SENDS_FILE = ".runner.sends"
 
 
 def check_api_kind(campaign: Campaign, index: LedgerIndex) -> None:
@@ -53,20 +67,29 @@ def check_api_kind(campaign: Campaign, index: LedgerIndex) -> None:
 
 @contextlib.asynccontextmanager
 async def connect(
-    campaign: Campaign, api_key: str, clock: Clock, *, last_run_wall: float | None = None
+    campaign: Campaign,
+    api_key: str,
+    clock: Clock,
+    *,
+    last_run_wall: float | None = None,
+    sends_path: Path | None = None,
 ) -> AsyncIterator[ApiClient]:
     """An open client for the campaign's API, every request through one gate.
-    ``last_run_wall``: when an earlier run in this folder last wrote its ledger (its
-    requests may still count in the API's window)."""
+    ``last_run_wall``: when an earlier run in this folder last wrote its ledger;
+    ``sends_path``: where runs in this folder save their sends (:data:`SENDS_FILE`). The
+    earlier run's requests may still count in the API's window
+    (:meth:`RequestGate.follow`); this run's are saved there in turn."""
     api, limits = campaign.api, campaign.limits
     # A burst as large as the slots lets a fresh run fill them all at once.
     gate = RequestGate(limits.rate, limits.rate_period_s, burst=limits.concurrency, clock=clock)
-    gate.follow(last_run_wall)
+    gate.follow(last_run_wall, read_sends(sends_path) if sends_path is not None else None)
     async with contextlib.AsyncExitStack() as stack:
         base_url, key = api.base_url, api_key
         if api.embedded:
             base_url = await stack.enter_async_context(_embedded(campaign, campaign.output.dir))
             key = "embedded"
+        if sends_path is not None:
+            await stack.enter_async_context(_saving_sends(gate, sends_path, clock))
         client = ApiClient(
             base_url,
             key,
@@ -77,6 +100,51 @@ async def connect(
             connections=limits.concurrency + limits.downloads + 16,
         )
         yield await stack.enter_async_context(client)
+
+
+def read_sends(path: Path) -> SendLog | None:
+    """The sends an earlier run saved at ``path``; None if there are none, or the file is
+    not what :func:`_save_sends` writes (then the gate assumes a full window)."""
+    try:
+        raw = orjson.loads(path.read_bytes())
+        counts = tuple(raw["counts"])
+        log = SendLog(float(raw["at"]), float(raw["step_s"]), counts, raw["final"] is True)
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    fine = 0.0 < log.step_s <= 60.0 and len(counts) <= 100_000
+    if not fine or not all(type(n) is int and 0 <= n <= 1_000_000 for n in counts):
+        return None
+    return log
+
+
+@contextlib.asynccontextmanager
+async def _saving_sends(gate: RequestGate, path: Path, clock: Clock) -> AsyncIterator[None]:
+    """Save the gate's sends to ``path`` now (before any request), every
+    :data:`SAVE_EVERY_S` (on the event loop's timer) and, marked final, on the way out."""
+
+    async def keep() -> None:
+        while True:
+            await asyncio.sleep(SAVE_EVERY_S)
+            _save_sends(gate, path, clock, final=False)
+
+    _save_sends(gate, path, clock, final=False)
+    saver = asyncio.create_task(keep())
+    try:
+        yield
+    finally:
+        saver.cancel()
+        _save_sends(gate, path, clock, final=True)
+        await asyncio.wait([saver])
+
+
+def _save_sends(gate: RequestGate, path: Path, clock: Clock, *, final: bool) -> None:
+    """Replace ``path`` with the gate's sends. A failure to write costs the next run only
+    the exact count (it then assumes a full window), so it is ignored."""
+    data = {"at": clock.wall(), "step_s": SEND_STEP_S, "final": final, "counts": gate.sends()}
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(OSError):
+        tmp.write_bytes(orjson.dumps(data))
+        os.replace(tmp, path)
 
 
 @contextlib.asynccontextmanager

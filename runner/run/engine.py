@@ -52,7 +52,7 @@ from runner.state.record import JobState
 
 from .adopt import adopt_other_layouts
 from .budget import ImageBudget
-from .connect import check_api_kind, connect
+from .connect import SENDS_FILE, check_api_kind, connect
 from .download import Downloader
 from .exits import ExitCode, RunEnd, exit_code, uncertain_note, why_remaining
 from .feed import Feeder
@@ -146,7 +146,11 @@ class Engine:
             last_run = _last_write(self.out / LEDGER_NAME)
             self._open_ledger()
             async with connect(
-                self.campaign, self.options.api_key, self.clock, last_run_wall=last_run
+                self.campaign,
+                self.options.api_key,
+                self.clock,
+                last_run_wall=last_run,
+                sends_path=self.out / SENDS_FILE,
             ) as client:
                 self._client = client
                 client.halt = self._stopping
