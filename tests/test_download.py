@@ -135,6 +135,23 @@ def test_the_simulators_images_pass_and_one_wrong_byte_fails() -> None:
     assert check.verdict() == ("png", False)
 
 
+def test_a_png_of_many_small_chunks_passes_and_one_wrong_byte_in_any_fails() -> None:
+    """libpng writes IDAT in 8 KiB chunks: checked whole where a piece holds them."""
+    data = png([bytes([i % 251]) * 8192 for i in range(64)])
+    for piece in (65536, 20000, 8204):
+        check = ImageCheck()
+        for i in range(0, len(data), piece):
+            check.feed(data[i : i + piece])
+        assert check.verdict() == ("png", True), piece
+    for at in (40, len(data) // 3, len(data) - 20):
+        spoiled = bytearray(data)
+        spoiled[at] ^= 0x10
+        check = ImageCheck()
+        for i in range(0, len(data), 65536):
+            check.feed(bytes(spoiled[i : i + 65536]))
+        assert check.verdict() == ("png", False), at
+
+
 def test_a_png_chunk_longer_than_the_cap_is_damaged() -> None:
     head = png([])[:33]  # signature and IHDR
     check = ImageCheck()

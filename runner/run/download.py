@@ -160,6 +160,10 @@ class ImageCheck:
 
     def _png(self, view: memoryview) -> None:
         while view and not self._bad:
+            if self._state == _HEADER and not self._small:
+                view = self._whole_chunks(view)
+                if not view or self._bad:
+                    return
             if self._state == _DATA:
                 n = min(self._left, len(view))
                 self._crc = zlib.crc32(view[:n], self._crc)
@@ -191,6 +195,26 @@ class ImageCheck:
                 if field != self._crc.to_bytes(4, "big"):
                     self._bad = True
                 self._state, self._need = (_END, 0) if self._type == b"IEND" else (_HEADER, 8)
+
+    def _whole_chunks(self, view: memoryview) -> memoryview:
+        """Check the chunks that lie whole in ``view`` (which starts at a chunk's start)
+        one CRC call each, and return the rest: a PNG's IDAT chunks are often 8 KiB (the
+        libpng default), and the field-by-field reader costs ten times more per chunk."""
+        size, pos = len(view), 0
+        while pos + 12 <= size:
+            length = int.from_bytes(view[pos : pos + 4], "big")
+            end = pos + 12 + length
+            if end > size or length > MAX_IMAGE_BYTES:
+                break  # the field-by-field reader takes it (and judges its length)
+            if zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
+                self._bad = True
+                return view[end:]
+            if view[pos + 4 : pos + 8] == b"IEND":
+                self._state, self._type = _END, b"IEND"
+                self._bad = end < size  # bytes after IEND
+                return view[end:]
+            pos = end
+        return view[pos:]
 
 
 _SIG, _HEADER, _DATA, _CRC, _END = range(5)
