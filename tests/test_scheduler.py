@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from clocks import FakeClock
 
+from runner.api.answers import TaskState, TaskStatus
 from runner.api.client import ClientStats
 from runner.api.limits import SAVE_EVERY_S, RequestGate, SendLog, limiter_shape
 from runner.run.completion import CompletionModel, Sample
@@ -331,9 +332,11 @@ async def test_a_wave_expected_soon_deepens_the_bank_and_it_is_handed_out_over_s
         assert poller._due.qsize() == 0
     base = 1000 * 0.9  # the bank without a wave in sight: 90 % of the opening burst
     assert cold._tokens <= base, "cold: nothing says when the wave comes"
-    expected = warm._expected_completions(now, Poller.DEMAND_S)
-    assert 600 < expected < 800, "about 70 % of 25-35 s tasks end by 32 s"
-    assert warm._tokens == pytest.approx(Poller.BANK_PER_COMPLETION * expected), "banked"
+    expected = warm._expected_completions(now, Poller.FIRST_WAVE_S)
+    assert expected > 990, "25-35 s tasks 20 s old all end within 20 s"
+    assert warm._tokens == pytest.approx(Poller.FIRST_WAVE_BANK_PER_COMPLETION * expected), (
+        "before the run's first completion, banked for its first wave"
+    )
     # 10 s later, most tasks are worth a poll: the bank goes out over RELEASE_S, not at once.
     banked = warm._tokens
     warm.tick(now + 10.0, 0.1)
@@ -341,6 +344,27 @@ async def test_a_wave_expected_soon_deepens_the_bank_and_it_is_handed_out_over_s
     rate = 100.0 * Poller.BUDGET_SHARE
     assert 0 < sent <= (rate + banked / Poller.RELEASE_S) * 0.1 + 1
     assert sent < banked / 10, "one tick does not spend the bank"
+
+
+async def test_after_the_first_completion_the_bank_is_for_the_next_seconds_and_never_forfeited():
+    now = time.monotonic()
+    warm = _wave(warm=True)
+    warm.tick(now, 60.0)
+    banked = warm._tokens
+    created = int(warm.clock.wall() * 1000) - 20_000
+    done = TaskStatus(
+        "t0", TaskState.SUCCESS, "success", (), None, None, created, created + 19_000, None
+    )
+    assert warm.deliver(done)
+    for _ in range(Poller.DEMAND_EVERY):  # to the next count of the completions due
+        warm.tick(now, 0.0)
+    soon = warm._expected_completions(now, Poller.DEMAND_S)
+    assert warm._demand == pytest.approx(Poller.BANK_PER_COMPLETION * soon), "within DEMAND_S"
+    assert warm._demand < banked, "a shallower bank than the first wave's"
+    kept = warm._tokens
+    assert kept > 0.99 * banked, "what it holds is spent (a few scouts), not cut to the cap"
+    warm.tick(now, 5.0)  # quiet seconds accrue nothing above the cap
+    assert warm._tokens <= kept
 
 
 async def test_budget_the_bank_would_forfeit_is_spent_exploring():

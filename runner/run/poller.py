@@ -9,8 +9,10 @@ small pool of workers. Webhooks resolve tasks too, through :meth:`Poller.deliver
 Pacing: each tick, the polls the request budget leaves after submissions
 (``request_rate`` x :attr:`Poller.BUDGET_SHARE`, for the time that really passed since
 the last tick, banked through quiet spells, deeper when the estimate expects a wave of
-completions soon, handed out over :attr:`Poller.RELEASE_S` and never more than the
-request window has room for) go to the tasks where a poll is worth the most
+completions soon (before the run's first completion, a warm run's first wave: the
+budget of the 25 s before it could finish), never forfeited when that wave has passed,
+handed out over :attr:`Poller.RELEASE_S` and never more than the request window has
+room for) go to the tasks where a poll is worth the most
 (:mod:`runner.run.schedule` says what each is worth). Polls that the bank would forfeit
 (it is more than :attr:`Poller.KEEP` full) are spent exploring: on the tasks likeliest
 to have finished since they were last looked at, whatever the bar. A task with no chance
@@ -72,6 +74,11 @@ class Poller:
     #: finish is spent when the wave comes); otherwise a couple of seconds of polls
     BANK_PER_COMPLETION = 3.0
     DEMAND_S = 12.0
+    #: before the run's first completion: the bank may hold this many polls for each
+    #: completion expected within :attr:`FIRST_WAVE_S` (a warm run's first wave comes
+    #: 25 s after its start: the budget of the seconds before it is spent on it)
+    FIRST_WAVE_BANK_PER_COMPLETION = 4.0
+    FIRST_WAVE_S = 20.0
     #: the bank is handed out over about this many seconds, not in one tick: the first
     #: tasks of a wave to cross the bar would otherwise take it all, early
     RELEASE_S = 4.0
@@ -115,7 +122,7 @@ class Poller:
         self._due: asyncio.Queue[Watch] = asyncio.Queue()
         self._tokens = 0.0
         self._ticks = 0
-        self._imminent = 0.0  # completions expected within DEMAND_S (once a second)
+        self._demand = 0.0  # polls the bank may hold for completions soon (once a second)
         self._watched = 0  # tasks watched in this run
         self._polls = 0  # polls handed out in this run
         self._submits_seen = 0
@@ -288,11 +295,10 @@ class Poller:
         # Bank budget through quiet spells, as the rate limiter itself does, so that a
         # wave of completions can be met with a burst: deeper when a wave is expected.
         if self._ticks % self.DEMAND_EVERY == 0:
-            self._imminent = self._expected_completions(now, self.DEMAND_S)
-        cap = max(
-            1.0, rate * 2.0, self.request_burst * 0.9, self.BANK_PER_COMPLETION * self._imminent
-        )
-        self._tokens = min(self._tokens + rate * max(0.0, elapsed_s), cap)
+            self._demand = self._bank_demand(now)
+        cap = max(1.0, rate * 2.0, self.request_burst * 0.9, self._demand)
+        # A bank above a cap that fell is spent (over RELEASE_S), not forfeited.
+        self._tokens = min(self._tokens + rate * max(0.0, elapsed_s), max(cap, self._tokens))
         # handed out over RELEASE_S, beside what the rate gives
         step = max(0.0, elapsed_s)
         room = min(int(self._tokens), int((rate + self._tokens / self.RELEASE_S) * step) + 1)
@@ -339,6 +345,16 @@ class Poller:
             if spare > 0 and rest:
                 scored = [(v, w) for w in rest if (v := schedule.explore(w, now)) > 0]
                 self._send(heapq.nlargest(spare, scored, key=lambda c: c[0]))
+
+    def _bank_demand(self, now: float) -> float:
+        """The polls the bank may hold for the completions expected soon: within
+        :attr:`DEMAND_S`, or, before the run's first completion, within
+        :attr:`FIRST_WAVE_S` (a warm run's first wave, whose budget would otherwise be
+        forfeited while nothing could finish)."""
+        if self.resolved_by_poll + self.resolved_by_webhook:
+            return self.BANK_PER_COMPLETION * self._expected_completions(now, self.DEMAND_S)
+        expected = self._expected_completions(now, self.FIRST_WAVE_S)
+        return self.FIRST_WAVE_BANK_PER_COMPLETION * expected
 
     def _expected_completions(self, now: float, horizon_s: float) -> float:
         """How many watched tasks are expected to finish within ``horizon_s`` (those of
