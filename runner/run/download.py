@@ -209,7 +209,7 @@ class ImageCheck:
             if zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
                 self._bad = True
                 return view[end:]
-            if view[pos + 4 : pos + 8] == b"IEND":
+            if view[pos + 4 : pos + 8].tobytes() == b"IEND":
                 self._state, self._type = _END, b"IEND"
                 self._bad = end < size  # bytes after IEND
                 return view[end:]
