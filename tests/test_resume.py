@@ -7,6 +7,7 @@ counters, not from sleeps."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 from collections.abc import Callable
@@ -201,7 +202,7 @@ async def test_a_run_saves_its_sends_and_the_next_counts_them_exactly(sim, manif
     assert sum(both["counts"]) == _api_requests(sim), "both runs' requests, all still in the window"
 
 
-async def test_unreadable_saved_sends_fall_back_to_a_full_window(sim, manifest):
+async def test_unreadable_saved_sends_fall_back_to_the_most_a_run_could_send(sim, manifest):
     path = manifest(prompts(4), limits={"rate": 5000, "rate_period": 60.0})
     code, err = await run_cli(path, sim.base_url)
     assert code == 0, err
@@ -211,17 +212,49 @@ async def test_unreadable_saved_sends_fall_back_to_a_full_window(sim, manifest):
         b"[]",
         b'{"at": 1, "step_s": 0, "final": true, "counts": []}',
         b'{"at": "x", "step_s": 0.1, "final": true, "counts": [1]}',
+        b'{"at": "inf", "step_s": 0.1, "final": false, "counts": [1]}',
         b'{"at": 1, "step_s": 0.1, "final": true, "counts": [-1]}',
     ):
         sends.write_bytes(garbage)
         assert read_sends(sends) is None, garbage
+    sends.unlink()
+    sends.symlink_to("/dev/zero")
+    assert read_sends(sends) is None, "a device is never read"
+    sends.unlink()
+    os.mkfifo(sends)
+    assert read_sends(sends) is None, "nor a pipe (it would wait for a writer)"
+    sends.unlink()
+    sends.write_bytes(b'{"at": "inf", "step_s": 0.1, "final": false, "counts": [1]}')
     requests = _api_requests(sim)
-    path = manifest(prompts(5), limits={"rate": 5000, "rate_period": 60.0})
+    path = manifest(prompts(5), limits={"rate": 5000, "rate_period": 3.0})
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0 and "Traceback" not in err, err
+    assert _api_requests(sim) > requests
+    assert read_sends(sends) is not None, "rewritten whole"
+
+
+async def test_a_run_killed_right_after_a_burst_and_restarted_at_once_meets_no_429(sim, manifest):
+    sim.config.rate, sim.config.rate_period_s = 40, 4.0
+    limits = {"concurrency": 20, "rate": 40, "rate_period": 4.0}
+    path = manifest(prompts(40), limits=limits)
+    proc = await start_cli(path, sim.base_url)
+    await wait_until(lambda: sim.stats.tasks_created >= 20, proc)  # the opening burst
+    proc.kill()
+    await proc.wait()
     code, err = await run_cli(path, sim.base_url)
     assert code == 0, err
-    assert _api_requests(sim) > requests
-    assumed = sum(_saved_sends(out_dir(path))["counts"])
-    assert assumed > 4000, "the earlier run's minute taken as a full window"
+    assert sim.stats.count(status=429) == 0
+    assert set(sim.stats.submissions_per_prompt.values()) <= {1, 2}
+
+
+async def test_sends_that_cannot_be_saved_are_warned_of_once_and_the_run_goes_on(sim, manifest):
+    path = manifest(prompts(3))
+    out = out_dir(path)
+    (out / SENDS_FILE).mkdir(parents=True)
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    assert err.count("cannot save the requests sent") == 1, err
+    assert not (out / (SENDS_FILE + ".tmp")).exists()
 
 
 async def test_demo_manifest_runs_on_the_embedded_simulator(tmp_path):

@@ -122,7 +122,7 @@ def test_limiter_shape_allows_half_the_window_then_the_full_rate():
         assert capacity / seconds * period == pytest.approx(rate), "the full rate, sustained"
 
 
-def test_a_run_started_right_after_another_counts_its_requests_as_still_in_the_window():
+def test_a_run_after_another_that_left_no_record_assumes_the_most_it_could_have_sent():
     fresh = RequestGate(10000, 60.0, burst=1000)
     full = fresh.room()
     fresh.follow(None)
@@ -132,8 +132,14 @@ def test_a_run_started_right_after_another_counts_its_requests_as_still_in_the_w
     assert old.room() == full, "an earlier run two minutes ago: nothing of it counts"
     recent = RequestGate(10000, 60.0, burst=1000)
     recent.follow(time.time() - 15.0)
-    still = 9900 * 45 / 60  # a full window spread over its minute: three quarters remain
-    assert recent.room() == pytest.approx(full - still, abs=5)
+    assert recent.room() == 0, "a burst at its end, the full pace before: a whole window"
+    clock = FakeClock()
+    gate = RequestGate(10000, 60.0, burst=1000, clock=clock)
+    gate.follow(clock.wall() - 15.0)
+    clock.advance(44.9)
+    assert gate.room() <= full - int(gate.capacity), "the burst at its end still counts"
+    clock.advance(0.2)
+    assert gate.room() == full, "then nothing of it does"
 
 
 async def _send(gate: RequestGate, n: int) -> None:
@@ -162,21 +168,25 @@ async def test_a_run_counts_exactly_what_the_earlier_runs_saved_sends_still_hold
     assert later.room() == full
 
 
-def test_what_a_killed_run_did_not_save_counts_as_the_full_pace():
+def test_what_a_killed_run_did_not_save_counts_as_a_burst_then_the_full_pace():
     clock = FakeClock()
     log = SendLog(clock.wall() - 2.0, 0.1, (0, 10), final=False)
     pace = 9900 / 60.0
     gate = RequestGate(10000, 60.0, burst=1000, clock=clock)
     full = gate.room()
+    burst = int(gate.capacity)
     gate.follow(log.at, log)
-    unsaved = round(SAVE_EVERY_S * pace)
+    unsaved = burst + int(SAVE_EVERY_S * pace)
     assert gate.room() == pytest.approx(full - 10 - unsaved, abs=2), "a save interval after it"
     later_ledger = RequestGate(10000, 60.0, burst=1000, clock=clock)
     later_ledger.follow(log.at + 1.5, log)  # its ledger was written 1.5 s after the save
-    assert later_ledger.room() == pytest.approx(full - 10 - round(1.5 * pace), abs=2)
+    assert later_ledger.room() == pytest.approx(full - 10 - burst - int(1.5 * pace), abs=2)
     stale = RequestGate(10000, 60.0, burst=1000, clock=clock)
     stale.follow(clock.wall() - 15.0, SendLog(clock.wall() - 300.0, 0.1, (5000,), True))
-    assert stale.room() == pytest.approx(full - 9900 * 45 / 60, abs=5), "an old log: no help"
+    assert stale.room() == 0, "an old log: no help"
+    huge = RequestGate(10000, 60.0, burst=1000, clock=clock)
+    huge.follow(None, SendLog(clock.wall(), 0.1, (1_000_000,) * 600, True))
+    assert huge.room() == 0 and len(huge._sent) == huge.limit, "never more than a window"
 
 
 async def test_slots_hand_over_in_order_and_close_wakes_waiters():
@@ -365,6 +375,22 @@ async def test_after_the_first_completion_the_bank_is_for_the_next_seconds_and_n
     assert kept > 0.99 * banked, "what it holds is spent (a few scouts), not cut to the cap"
     warm.tick(now, 5.0)  # quiet seconds accrue nothing above the cap
     assert warm._tokens <= kept
+
+
+async def test_tasks_an_earlier_run_left_do_not_end_the_first_wave():
+    now = time.monotonic()
+    warm = _wave(warm=True)
+    for i in range(20):  # left in flight by a killed run, polled at once, already done
+        warm.watch(f"old{i}", "2K", submitted_ago_s=90.0, poll_now=True)
+    created = int(warm.clock.wall() * 1000) - 90_000
+    for i in range(20):
+        done = TaskStatus(
+            f"old{i}", TaskState.SUCCESS, "success", (), None, None, created, created + 30_000, None
+        )
+        assert warm.deliver(done)
+    warm.tick(now, 60.0)
+    expected = warm._expected_completions(now, Poller.FIRST_WAVE_S)
+    assert warm._tokens == pytest.approx(Poller.FIRST_WAVE_BANK_PER_COMPLETION * expected)
 
 
 async def test_budget_the_bank_would_forfeit_is_spent_exploring():

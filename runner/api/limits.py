@@ -87,6 +87,8 @@ class RequestGate:
         #: slots filled at once: ``burst``, at most a tenth of the window)
         self.sustained_per_s = self.limit / period_s
         self.burst = float(max(1, min(burst, rate // 10)))
+        #: the most the pace lets through at once
+        self.capacity = capacity
         self._hard = AsyncLimiter(capacity, seconds)
         self._sent: deque[float] = deque()  # send times within the last window
         self._poll_limit = max(1, int(self.limit * (1 - self.SUBMIT_RESERVE)))
@@ -141,32 +143,37 @@ class RequestGate:
         meeting 429s. ``log``: that run's own record of its sends (:meth:`sends`), saved
         as it ran (first before its first request, last as it ended); its counts are taken
         as sent at the newer end of their step (they leave the window a step late at
-        most). What a log not saved at the end cannot tell (the run was killed after it:
-        up to :data:`SAVE_EVERY_S` later, or until ``last_wall``, when that run last
-        wrote its ledger, if later) is taken as sent at the full pace. With no log (or
-        one older than the window), the minute before ``last_wall`` is taken as a full
-        window."""
+        most). What the log cannot tell is taken as the most the gate could have let
+        through: a burst as large as the pace allows at once (:attr:`capacity`) at its
+        end, then the full pace before it, never more than a window. That is the time
+        after the log of a run killed after saving it (up to :data:`SAVE_EVERY_S`, or
+        until ``last_wall``, when that run last wrote its ledger, if later) and, with no
+        log (or one older than the window), the minute before ``last_wall``."""
         now_wall, now = self.clock.wall(), self.clock.monotonic()
         gone = now - self.period_s  # sent at or before this: out of the window
-        times: list[float] = []
-        unknown_from = unknown_to = None
+        sent: list[tuple[float, int]] = []  # (monotonic time, requests)
+        unknown: tuple[float, float] | None = None  # Unix seconds
         if log is not None and now_wall - log.at < self.period_s + SAVE_EVERY_S:
             at = now - max(0.0, now_wall - log.at)
-            for i, n in enumerate(log.counts):
-                times.extend([at - i * log.step_s] * n)
+            sent += [(at - i * log.step_s, n) for i, n in enumerate(log.counts) if n]
             if not log.final:
-                unknown_from = log.at
-                unknown_to = max(log.at + SAVE_EVERY_S, last_wall or log.at)
+                unknown = (log.at, max(log.at + SAVE_EVERY_S, last_wall or log.at))
         elif last_wall is not None:
-            unknown_from, unknown_to = last_wall - self.period_s, last_wall
-        if unknown_from is not None and unknown_to is not None:
+            unknown = (last_wall - self.period_s, last_wall)
+        if unknown is not None:
+            start = now - max(0.0, now_wall - unknown[0])
+            end = now - max(0.0, now_wall - unknown[1])
+            left = max(0, self.limit - sum(n for t, n in sent if t > gone))
+            burst = min(int(self.capacity), left)
             step = self.period_s / self.limit  # the full pace
-            start = now - (now_wall - unknown_from)
-            end = now - max(0.0, now_wall - unknown_to)
-            n = int((end - start) / step)
-            times.extend(end - i * step for i in range(n))
-        kept = sorted(t for t in times if gone < t <= now)
-        self._sent.extendleft(reversed(kept[-self.limit :]))
+            paced = min(left - burst, int((end - start) / step))
+            sent += [(end, burst), *((end - (i + 1) * step, 1) for i in range(paced))]
+        times: list[float] = []  # newest first, at most a window
+        for t, n in sorted(sent, reverse=True):
+            if t <= gone or len(times) >= self.limit:
+                break
+            times.extend([min(t, now)] * min(n, self.limit - len(times)))
+        self._sent.extendleft(times)
 
     def sends(self, step_s: float = SEND_STEP_S) -> list[int]:
         """This run's requests in the last window, counted by age: ``[i]`` were sent

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import os
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,6 +42,9 @@ API_KIND_FILE = ".api-kind"
 #: the requests a run sent in the API's last window, saved every second and as it ends,
 #: so that the next run in the folder knows what the API still counts
 SENDS_FILE = ".runner.sends"
+_SENDS_MAX_BYTES = 1 << 20
+
+log = logging.getLogger("runner")
 
 
 def check_api_kind(campaign: Campaign, index: LedgerIndex) -> None:
@@ -104,14 +110,24 @@ async def connect(
 
 def read_sends(path: Path) -> SendLog | None:
     """The sends an earlier run saved at ``path``; None if there are none, or the file is
-    not what :func:`_save_sends` writes (then the gate assumes a full window)."""
+    not what :func:`_save_sends` writes (then the gate assumes the most an earlier run
+    could have sent). Only a small regular file is read (never a pipe or a device)."""
     try:
-        raw = orjson.loads(path.read_bytes())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _SENDS_MAX_BYTES:
+            return None
+        raw = orjson.loads(os.read(fd, _SENDS_MAX_BYTES))
         counts = tuple(raw["counts"])
         log = SendLog(float(raw["at"]), float(raw["step_s"]), counts, raw["final"] is True)
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
-    fine = 0.0 < log.step_s <= 60.0 and len(counts) <= 100_000
+    finally:
+        os.close(fd)
+    fine = math.isfinite(log.at) and 0.0 < log.step_s <= 60.0 and len(counts) <= 100_000
     if not fine or not all(type(n) is int and 0 <= n <= 1_000_000 for n in counts):
         return None
     return log
@@ -139,12 +155,23 @@ async def _saving_sends(gate: RequestGate, path: Path, clock: Clock) -> AsyncIte
 
 def _save_sends(gate: RequestGate, path: Path, clock: Clock, *, final: bool) -> None:
     """Replace ``path`` with the gate's sends. A failure to write costs the next run only
-    the exact count (it then assumes a full window), so it is ignored."""
+    the exact count (it then assumes the most an earlier run could have sent): it is
+    logged once a run and the run goes on."""
     data = {"at": clock.wall(), "step_s": SEND_STEP_S, "final": final, "counts": gate.sends()}
     tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(OSError):
+    try:
         tmp.write_bytes(orjson.dumps(data))
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if path not in _UNSAVED:
+            _UNSAVED.add(path)
+            log.warning("cannot save the requests sent (%s): %s", path.name, exc.strerror or exc)
+
+
+#: files whose saving failed in this process (warned once)
+_UNSAVED: set[Path] = set()
 
 
 @contextlib.asynccontextmanager

@@ -123,6 +123,7 @@ class Poller:
         self._tokens = 0.0
         self._ticks = 0
         self._demand = 0.0  # polls the bank may hold for completions soon (once a second)
+        self._own_finished = 0  # tasks this run created (not adopted) that finished
         self._watched = 0  # tasks watched in this run
         self._polls = 0  # polls handed out in this run
         self._submits_seen = 0
@@ -214,6 +215,7 @@ class Poller:
             threshold=schedule.threshold(),
             last_poll=started,
             job_id=job_id,
+            adopted=poll_now,
         )
         schedule.model.started(kind, sample)
         self._watched += 1
@@ -348,10 +350,11 @@ class Poller:
 
     def _bank_demand(self, now: float) -> float:
         """The polls the bank may hold for the completions expected soon: within
-        :attr:`DEMAND_S`, or, before the run's first completion, within
+        :attr:`DEMAND_S`, or, before the first completion of a task this run created
+        (those an earlier run left in flight do not count), within
         :attr:`FIRST_WAVE_S` (a warm run's first wave, whose budget would otherwise be
         forfeited while nothing could finish)."""
-        if self.resolved_by_poll + self.resolved_by_webhook:
+        if self._own_finished:
             return self.BANK_PER_COMPLETION * self._expected_completions(now, self.DEMAND_S)
         expected = self._expected_completions(now, self.FIRST_WAVE_S)
         return self.FIRST_WAVE_BANK_PER_COMPLETION * expected
@@ -422,6 +425,7 @@ class Poller:
 
     def _finish(self, w: Watch, status: TaskStatus) -> None:
         self._watches.pop(w.task_id, None)
+        self._own_finished += not w.adopted
         self._ended[w.task_id] = None
         if len(self._ended) > 100_000:
             del self._ended[next(iter(self._ended))]

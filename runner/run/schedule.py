@@ -71,6 +71,8 @@ class Watch:
     #: (the estimate's next completion time); the poller skips it until then
     quiet_until: float = 0.0
     seen_unknown: set[str] = field(default_factory=set)
+    #: a task an earlier run left in flight (its completion is not this run's first)
+    adopted: bool = False
 
 
 class Schedule:
