@@ -241,6 +241,10 @@ async def _run(engine: Engine) -> dict[str, Any] | None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        # The run has ended and its exit code stands: a SIGTERM now (a scheduler's time
+        # limit arriving while the process exits) must not turn it into 143. SIGKILL and
+        # Ctrl-C still end a teardown that hangs.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _disk_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

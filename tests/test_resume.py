@@ -7,6 +7,7 @@ counters, not from sleeps."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -109,6 +110,21 @@ async def test_sigterm_exits_4_with_zero_uncertain_then_resume_submits_nothing_t
     assert code == 0, err2
     assert set(sim.stats.submissions_per_prompt.values()) == {1}
     _assert_complete(path, sim)
+
+
+async def test_a_signal_as_a_finished_run_exits_leaves_its_exit_code(sim, manifest):
+    """A scheduler's time limit may signal a run just as it ends: the run's exit code
+    stands (it was 143, killed by the signal, after the closing line said 0)."""
+    path = manifest(prompts(3))
+    proc = await start_cli(path, sim.base_url)
+    assert proc.stderr is not None
+    async for line in proc.stderr:
+        if b"finished with exit code" in line:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            break
+    await proc.communicate()
+    assert proc.returncode == 0
 
 
 async def test_second_signal_stops_at_once(sim, manifest):
