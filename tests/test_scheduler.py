@@ -12,7 +12,7 @@ from clocks import FakeClock
 
 from runner.api.answers import TaskState, TaskStatus
 from runner.api.client import ClientStats
-from runner.api.limits import SAVE_EVERY_S, RequestGate, SendLog, limiter_shape
+from runner.api.limits import RequestGate, SendLog, limiter_shape
 from runner.run.completion import CompletionModel, Sample
 from runner.run.poller import Poller
 from runner.run.schedule import Schedule, Watch
@@ -155,38 +155,53 @@ async def test_a_run_counts_exactly_what_the_earlier_runs_saved_sends_still_hold
     await _send(earlier, 50)
     clock.advance(10.0)
     counts = earlier.sends()
-    assert sum(counts) == 150 and counts[100] == 50 and counts[200] == 100, "by age, 0.1 s steps"
+    assert sum(counts) == 150, "every request of the window"
+    assert counts[99] == 50 and counts[199] == 100, "by age in 0.1 s steps, never older"
     log = SendLog(clock.wall(), 0.1, tuple(counts), final=True)
     clock.advance(5.0)
     later = RequestGate(10000, 60.0, burst=1000, clock=clock)
     full = later.room()
     later.follow(clock.wall() - 5.0, log)
     assert later.room() == full - 150, "exactly the earlier run's requests, no full window"
-    clock.advance(35.0 + 0.1)  # the first 100 left the window (a step late at most)
+    clock.advance(34.95)
+    assert later.room() == full - 150, "not one leaves before it really does"
+    clock.advance(0.2)  # the first 100 left the window (a step late at most)
     assert later.room() == full - 50
     clock.advance(10.0)
     assert later.room() == full
 
 
-def test_what_a_killed_run_did_not_save_counts_as_a_burst_then_the_full_pace():
+def test_what_a_killed_run_did_not_record_counts_as_the_most_it_could_have_sent():
     clock = FakeClock()
     log = SendLog(clock.wall() - 2.0, 0.1, (0, 10), final=False)
-    pace = 9900 / 60.0
     gate = RequestGate(10000, 60.0, burst=1000, clock=clock)
     full = gate.room()
-    burst = int(gate.capacity)
+    assert gate.unsaved_max == 100
     gate.follow(log.at, log)
-    unsaved = burst + int(SAVE_EVERY_S * pace)
-    assert gate.room() == pytest.approx(full - 10 - unsaved, abs=2), "a save interval after it"
-    later_ledger = RequestGate(10000, 60.0, burst=1000, clock=clock)
-    later_ledger.follow(log.at + 1.5, log)  # its ledger was written 1.5 s after the save
-    assert later_ledger.room() == pytest.approx(full - 10 - burst - int(1.5 * pace), abs=2)
+    assert gate.room() == full - 10 - 100, "at most unsaved_max after its last save"
+    clock.advance(60.0 - 2.0 + 0.15)  # the recorded ten leave the window
+    assert gate.room() == full - 100, "the unrecorded, taken as sent a save later, stay"
+    clock.advance(1.0)
+    assert gate.room() == full
+    stopped_saving = RequestGate(10000, 60.0, burst=1000, clock=clock)
+    log = SendLog(clock.wall() - 20.0, 0.1, (0, 10), final=False)
+    stopped_saving.follow(clock.wall() - 1.0, log)  # its ledger went on 19 s longer
+    assert stopped_saving.room() == 0, "a record not kept up: the most it could have sent"
     stale = RequestGate(10000, 60.0, burst=1000, clock=clock)
     stale.follow(clock.wall() - 15.0, SendLog(clock.wall() - 300.0, 0.1, (5000,), True))
     assert stale.room() == 0, "an old log: no help"
     huge = RequestGate(10000, 60.0, burst=1000, clock=clock)
     huge.follow(None, SendLog(clock.wall(), 0.1, (1_000_000,) * 600, True))
     assert huge.room() == 0 and len(huge._sent) == huge.limit, "never more than a window"
+
+
+async def test_the_gate_asks_for_a_save_before_more_than_unsaved_max_leave_unrecorded():
+    clock = FakeClock()
+    gate = RequestGate(10000, 60.0, burst=1000, clock=clock)
+    saved: list[int] = []
+    gate.on_unsaved = lambda: saved.append(sum(gate.sends()))
+    await _send(gate, 250)
+    assert saved == [100, 200], "a save as the 100th and the 200th go"
 
 
 async def test_slots_hand_over_in_order_and_close_wakes_waiters():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
@@ -36,6 +37,14 @@ __all__ = ["SAVE_EVERY_S", "SEND_STEP_S", "RequestGate", "SendLog", "limiter_sha
 #: how often a run saves its sends (:meth:`RequestGate.sends`), and their time step
 SAVE_EVERY_S = 1.0
 SEND_STEP_S = 0.1
+#: a record saved this long before its run's last ledger write was not kept up to date
+STALE_S = 3 * SAVE_EVERY_S
+
+
+def unsaved_max(rate: int) -> int:
+    """Requests a run may send before its record of them is saved again: 1 % of the
+    window (at most 100), so what a killed run did not record is that at most."""
+    return max(1, min(100, rate // 100))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +98,15 @@ class RequestGate:
         self.burst = float(max(1, min(burst, rate // 10)))
         #: the most the pace lets through at once
         self.capacity = capacity
+        #: called (synchronously, before the request leaves) once this many requests were
+        #: sent since the last :meth:`sends`, so that a record of them never lags more
+        self.unsaved_max = unsaved_max(rate)
+        self.on_unsaved: Callable[[], None] | None = None
+        self._unsaved = 0
         self._hard = AsyncLimiter(capacity, seconds)
         self._sent: deque[float] = deque()  # send times within the last window
+        # the same, counted per SEND_STEP_S of the clock: [step index, requests]
+        self._steps: deque[list[int]] = deque()
         self._poll_limit = max(1, int(self.limit * (1 - self.SUBMIT_RESERVE)))
         # Submissions go before polls: an idle slot costs more than a late poll.
         self._submits_waiting = 0
@@ -141,32 +157,34 @@ class RequestGate:
         """Count what an earlier run with this key sent in the API's window, so a run
         started right after another keeps to what the API still allows instead of
         meeting 429s. ``log``: that run's own record of its sends (:meth:`sends`), saved
-        as it ran (first before its first request, last as it ended); its counts are taken
-        as sent at the newer end of their step (they leave the window a step late at
-        most). What the log cannot tell is taken as the most the gate could have let
-        through: a burst as large as the pace allows at once (:attr:`capacity`) at its
-        end, then the full pace before it, never more than a window. That is the time
-        after the log of a run killed after saving it (up to :data:`SAVE_EVERY_S`, or
-        until ``last_wall``, when that run last wrote its ledger, if later) and, with no
-        log (or one older than the window), the minute before ``last_wall``."""
+        before its first request, every :data:`SAVE_EVERY_S`, whenever
+        :attr:`unsaved_max` more were sent, and as it ended; its counts are taken as sent
+        at the newer end of their step (they leave the window a step late at most). A
+        run killed after its last save sent at most :attr:`unsaved_max` more, taken as
+        sent when its next save was due (or at ``last_wall``, when it last wrote its
+        ledger, if later). With no record to trust (none, one older than the window, or
+        one its run stopped keeping while it wrote its ledger on), the minute before
+        ``last_wall`` is taken as the most the gate could have let through: a burst of
+        :attr:`capacity` at its end, the full pace before it, a window in all."""
         now_wall, now = self.clock.wall(), self.clock.monotonic()
         gone = now - self.period_s  # sent at or before this: out of the window
         sent: list[tuple[float, int]] = []  # (monotonic time, requests)
-        unknown: tuple[float, float] | None = None  # Unix seconds
-        if log is not None and now_wall - log.at < self.period_s + SAVE_EVERY_S:
+        fresh = log is not None and now_wall - log.at < self.period_s + SAVE_EVERY_S
+        if log is not None and fresh and (log.final or (last_wall or 0.0) <= log.at + STALE_S):
             at = now - max(0.0, now_wall - log.at)
             sent += [(at - i * log.step_s, n) for i, n in enumerate(log.counts) if n]
             if not log.final:
-                unknown = (log.at, max(log.at + SAVE_EVERY_S, last_wall or log.at))
+                # Killed after it: at most unsaved_max more, by SAVE_EVERY_S later (or by
+                # its ledger's last write), when the next save was due.
+                end = now - max(0.0, now_wall - max(log.at + SAVE_EVERY_S, last_wall or 0.0))
+                sent.append((end, self.unsaved_max))
         elif last_wall is not None:
-            unknown = (last_wall - self.period_s, last_wall)
-        if unknown is not None:
-            start = now - max(0.0, now_wall - unknown[0])
-            end = now - max(0.0, now_wall - unknown[1])
-            left = max(0, self.limit - sum(n for t, n in sent if t > gone))
-            burst = min(int(self.capacity), left)
+            # No record to trust (none, too old, or its saving failed while the run went
+            # on): the most the gate could have let through in the minute before.
+            end = now - max(0.0, now_wall - last_wall)
+            burst = int(self.capacity)
             step = self.period_s / self.limit  # the full pace
-            paced = min(left - burst, int((end - start) / step))
+            paced = max(0, self.limit - burst)
             sent += [(end, burst), *((end - (i + 1) * step, 1) for i in range(paced))]
         times: list[float] = []  # newest first, at most a window
         for t, n in sorted(sent, reverse=True):
@@ -174,19 +192,32 @@ class RequestGate:
                 break
             times.extend([min(t, now)] * min(n, self.limit - len(times)))
         self._sent.extendleft(times)
+        for t in reversed(times):  # oldest first
+            self._count(t)
 
-    def sends(self, step_s: float = SEND_STEP_S) -> list[int]:
-        """This run's requests in the last window, counted by age: ``[i]`` were sent
-        between ``i`` and ``i + 1`` steps of ``step_s`` ago (for :meth:`follow` in the
-        next run). Trailing zeros are left off."""
+    def sends(self) -> list[int]:
+        """This run's requests in the last window (and an earlier run's still in it), by
+        age: ``[i]`` were sent at least ``i`` steps of :data:`SEND_STEP_S` ago, and less
+        than ``i + 2`` (for :meth:`follow` in the next run, which takes them as sent
+        ``i`` steps ago: never older than they are). Trailing zeros are left off."""
         now = self.clock.monotonic()
         self._expire(now)
-        counts = [0] * (int(self.period_s / step_s) + 1)
-        for t in self._sent:
-            counts[min(len(counts) - 1, int((now - t) / step_s))] += 1
+        self._unsaved = 0
+        current = int(now / SEND_STEP_S)
+        counts = [0] * (int(self.period_s / SEND_STEP_S) + 2)
+        for step, n in self._steps:
+            counts[min(len(counts) - 1, max(0, current - step - 1))] += n
         while counts and not counts[-1]:
             counts.pop()
         return counts
+
+    def _count(self, t: float) -> None:
+        step = int(t / SEND_STEP_S)
+        steps = self._steps
+        if steps and steps[-1][0] == step:
+            steps[-1][1] += 1
+        else:
+            steps.append([step, 1])
 
     def room(self) -> int:
         """Polls that may leave now without any window holding more than its share."""
@@ -198,6 +229,10 @@ class RequestGate:
         sent = self._sent
         while sent and sent[0] <= cutoff:
             sent.popleft()
+        # a step leaves once every send in it has (a step late at most: never early)
+        steps, last = self._steps, int(cutoff / SEND_STEP_S)
+        while steps and steps[0][0] < last:
+            steps.popleft()
 
     async def _window(self, limit: int) -> None:
         """Wait until the window has room under ``limit``, then count this request."""
@@ -206,6 +241,10 @@ class RequestGate:
             self._expire(now)
             if len(self._sent) < limit:
                 self._sent.append(now)
+                self._count(now)
+                self._unsaved += 1
+                if self._unsaved >= self.unsaved_max and self.on_unsaved is not None:
+                    self.on_unsaved()  # before the request leaves: never more unrecorded
                 return
             await self.clock.sleep(
                 max(1e-3, self._sent[len(self._sent) - limit] + self.period_s - now)

@@ -136,7 +136,9 @@ def read_sends(path: Path) -> SendLog | None:
 @contextlib.asynccontextmanager
 async def _saving_sends(gate: RequestGate, path: Path, clock: Clock) -> AsyncIterator[None]:
     """Save the gate's sends to ``path`` now (before any request), every
-    :data:`SAVE_EVERY_S` (on the event loop's timer) and, marked final, on the way out."""
+    :data:`SAVE_EVERY_S` (on the event loop's timer), whenever the gate has let
+    :attr:`RequestGate.unsaved_max` requests through since, and, marked final, on the
+    way out."""
 
     async def keep() -> None:
         while True:
@@ -144,10 +146,12 @@ async def _saving_sends(gate: RequestGate, path: Path, clock: Clock) -> AsyncIte
             _save_sends(gate, path, clock, final=False)
 
     _save_sends(gate, path, clock, final=False)
+    gate.on_unsaved = lambda: _save_sends(gate, path, clock, final=False)
     saver = asyncio.create_task(keep())
     try:
         yield
     finally:
+        gate.on_unsaved = None
         saver.cancel()
         _save_sends(gate, path, clock, final=True)
         await asyncio.wait([saver])
