@@ -9,7 +9,9 @@ Three layers, all awaited by :meth:`RequestGate.acquire` before a request is sen
   of ``period_s`` seconds ever holds more than ``rate`` less a margin (1 %) for the
   latency between sending and arriving. A leaky bucket alone must either forbid bursts or
   give up sustained rate (capacity plus a period's drain must stay within ``rate``); the
-  log allows both, and banks quiet spells exactly as the provider's window does.
+  log allows both, and banks quiet spells exactly as the provider's window does. The
+  log starts with what an earlier run still has in the provider's window
+  (:meth:`RequestGate.follow`, from that run's record of it, :meth:`RequestGate.sends`).
   Polls leave the last :attr:`RequestGate.SUBMIT_RESERVE` share of a window to
   submissions: an idle slot costs more than a late poll;
 * a soft pacer that backs off on 429 (multiplicative decrease, honouring ``Retry-After``
@@ -50,8 +52,8 @@ def unsaved_max(rate: int) -> int:
 @dataclass(frozen=True, slots=True)
 class SendLog:
     """What a run saved of its requests (:meth:`RequestGate.sends`): ``counts[i]`` were
-    sent between ``i`` and ``i + 1`` steps of ``step_s`` before ``at`` (Unix seconds);
-    ``final``: saved as the run ended (nothing was sent after ``at``)."""
+    sent at least ``i`` steps of ``step_s`` before ``at`` (Unix seconds), and less than
+    ``i + 2``; ``final``: saved as the run ended (nothing was sent after ``at``)."""
 
     at: float
     step_s: float
