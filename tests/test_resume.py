@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,37 @@ async def test_a_run_killed_right_after_a_burst_and_restarted_at_once_meets_no_4
     assert code == 0, err
     assert sim.stats.count(status=429) == 0
     assert set(sim.stats.submissions_per_prompt.values()) <= {1, 2}
+
+
+async def test_a_run_killed_before_its_first_request_leaves_a_record_the_next_trusts(sim, manifest):
+    """The record is saved before the ledger is touched: a kill between the two (the
+    ledger just opened, nothing sent) costs the next run no wait for a window."""
+    limits = {"rate": 5000, "rate_period": 2.0}
+    path = manifest(prompts(3), limits=limits)
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    out = out_dir(path)
+    requests = _api_requests(sim)
+    saved = _saved_sends(out)
+    # what such a kill leaves: the record saved, not final; then the ledger opened
+    (out / SENDS_FILE).write_bytes(orjson.dumps({**saved, "at": time.time(), "final": False}))
+    os.utime(out / "ledger.jsonl")
+    path = manifest(prompts(5), limits=limits)
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    assert "no record of the requests" not in err
+    (out / SENDS_FILE).unlink()
+    (out / ".api-kind").write_text("embedded\n")  # refused as the ledger is opened: exit 2
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 2, err
+    assert read_sends(out / SENDS_FILE) is not None, "saved before the ledger was touched"
+    (out / ".api-kind").write_text("api\n")
+    (out / SENDS_FILE).unlink()
+    os.utime(out / "ledger.jsonl")
+    code, err = await run_cli(path, sim.base_url)
+    assert code == 0, err
+    assert "no record of the requests" in err, "a wait for a window is said"
+    assert _api_requests(sim) >= requests
 
 
 async def test_sends_that_cannot_be_saved_are_warned_of_once_and_the_run_goes_on(sim, manifest):

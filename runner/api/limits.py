@@ -155,7 +155,7 @@ class RequestGate:
             if not self._submits_waiting:
                 self._no_submits_waiting.set()
 
-    def follow(self, last_wall: float | None, log: SendLog | None = None) -> None:
+    def follow(self, last_wall: float | None, log: SendLog | None = None) -> bool:
         """Count what an earlier run with this key sent in the API's window, so a run
         started right after another keeps to what the API still allows instead of
         meeting 429s. ``log``: that run's own record of its sends (:meth:`sends`), saved
@@ -167,10 +167,12 @@ class RequestGate:
         ledger, if later). With no record to trust (none, one older than the window, or
         one its run stopped keeping while it wrote its ledger on), the minute before
         ``last_wall`` is taken as the most the gate could have let through: a burst of
-        :attr:`capacity` at its end, the full pace before it, a window in all."""
+        :attr:`capacity` at its end, the full pace before it, a window in all. Returns
+        whether that was assumed (and part of it is still in the window)."""
         now_wall, now = self.clock.wall(), self.clock.monotonic()
         gone = now - self.period_s  # sent at or before this: out of the window
         sent: list[tuple[float, int]] = []  # (monotonic time, requests)
+        assumed = False
         fresh = log is not None and now_wall - log.at < self.period_s + SAVE_EVERY_S
         if log is not None and fresh and (log.final or (last_wall or 0.0) <= log.at + STALE_S):
             at = now - max(0.0, now_wall - log.at)
@@ -188,6 +190,7 @@ class RequestGate:
             step = self.period_s / self.limit  # the full pace
             paced = max(0, self.limit - burst)
             sent += [(end, burst), *((end - (i + 1) * step, 1) for i in range(paced))]
+            assumed = end > gone
         times: list[float] = []  # newest first, at most a window
         for t, n in sorted(sent, reverse=True):
             if t <= gone or len(times) >= self.limit:
@@ -196,6 +199,7 @@ class RequestGate:
         self._sent.extendleft(times)
         for t in reversed(times):  # oldest first
             self._count(t)
+        return assumed
 
     def sends(self) -> list[int]:
         """This run's requests in the last window (and an earlier run's still in it), by

@@ -33,6 +33,8 @@ __all__ = [
     "check_api_kind",
     "connect",
     "read_sends",
+    "request_gate",
+    "saving_sends",
 ]
 
 #: where the embedded simulator keeps its tasks, inside the output folder
@@ -71,31 +73,37 @@ def check_api_kind(campaign: Campaign, index: LedgerIndex) -> None:
         )
 
 
-@contextlib.asynccontextmanager
-async def connect(
-    campaign: Campaign,
-    api_key: str,
-    clock: Clock,
-    *,
-    last_run_wall: float | None = None,
-    sends_path: Path | None = None,
-) -> AsyncIterator[ApiClient]:
-    """An open client for the campaign's API, every request through one gate.
-    ``last_run_wall``: when an earlier run in this folder last wrote its ledger;
-    ``sends_path``: where runs in this folder save their sends (:data:`SENDS_FILE`). The
-    earlier run's requests may still count in the API's window
-    (:meth:`RequestGate.follow`); this run's are saved there in turn."""
-    api, limits = campaign.api, campaign.limits
+def request_gate(
+    campaign: Campaign, clock: Clock, *, last_run_wall: float | None, sends_path: Path
+) -> RequestGate:
+    """The run's one gate, sized from the campaign's limits, counting what an earlier
+    run in this folder still has in the API's window (:meth:`RequestGate.follow`, from
+    the record at ``sends_path``; ``last_run_wall``: when that run last wrote its
+    ledger). Keep its record from here on with :func:`saving_sends`."""
+    limits = campaign.limits
     # A burst as large as the slots lets a fresh run fill them all at once.
     gate = RequestGate(limits.rate, limits.rate_period_s, burst=limits.concurrency, clock=clock)
-    gate.follow(last_run_wall, read_sends(sends_path) if sends_path is not None else None)
+    if gate.follow(last_run_wall, read_sends(sends_path)):
+        log.info(
+            "no record of the requests the last run in this folder sent (it ended %.0f s "
+            "ago): the API's window is taken as full, so the first requests may wait up "
+            "to %.0f s",
+            max(0.0, clock.wall() - (last_run_wall or 0.0)),
+            limits.rate_period_s,
+        )
+    return gate
+
+
+@contextlib.asynccontextmanager
+async def connect(campaign: Campaign, api_key: str, gate: RequestGate) -> AsyncIterator[ApiClient]:
+    """An open client for the campaign's API, every request through ``gate``
+    (:func:`request_gate`)."""
+    api, limits = campaign.api, campaign.limits
     async with contextlib.AsyncExitStack() as stack:
         base_url, key = api.base_url, api_key
         if api.embedded:
             base_url = await stack.enter_async_context(_embedded(campaign, campaign.output.dir))
             key = "embedded"
-        if sends_path is not None:
-            await stack.enter_async_context(_saving_sends(gate, sends_path, clock))
         client = ApiClient(
             base_url,
             key,
@@ -134,8 +142,9 @@ def read_sends(path: Path) -> SendLog | None:
 
 
 @contextlib.asynccontextmanager
-async def _saving_sends(gate: RequestGate, path: Path, clock: Clock) -> AsyncIterator[None]:
-    """Save the gate's sends to ``path`` now (before any request), every
+async def saving_sends(gate: RequestGate, path: Path, clock: Clock) -> AsyncIterator[None]:
+    """Save the gate's sends to ``path`` now (before the ledger is touched and before
+    any request: a run killed at any moment leaves a record to trust), every
     :data:`SAVE_EVERY_S` (on the event loop's timer), whenever the gate has let
     :attr:`RequestGate.unsaved_max` requests through since, and, marked final, on the
     way out."""

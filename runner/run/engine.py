@@ -52,7 +52,7 @@ from runner.state.record import JobState
 
 from .adopt import adopt_other_layouts
 from .budget import ImageBudget
-from .connect import SENDS_FILE, check_api_kind, connect
+from .connect import SENDS_FILE, check_api_kind, connect, request_gate, saving_sends
 from .download import Downloader
 from .exits import ExitCode, RunEnd, exit_code, uncertain_note, why_remaining
 from .feed import Feeder
@@ -143,20 +143,17 @@ class Engine:
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
         lock.on_lost = lambda error: loop.call_soon_threadsafe(self._lose_lock, error, task)
         try:
+            sends = self.out / SENDS_FILE
             last_run = _last_write(self.out / LEDGER_NAME)
-            self._open_ledger()
-            async with connect(
-                self.campaign,
-                self.options.api_key,
-                self.clock,
-                last_run_wall=last_run,
-                sends_path=self.out / SENDS_FILE,
-            ) as client:
-                self._client = client
-                client.halt = self._stopping
-                async with self._webhooks():
-                    await self._run_jobs(client)
-            return self._finish(client, started)
+            gate = request_gate(self.campaign, self.clock, last_run_wall=last_run, sends_path=sends)
+            async with saving_sends(gate, sends, self.clock):
+                self._open_ledger()
+                async with connect(self.campaign, self.options.api_key, gate) as client:
+                    self._client = client
+                    client.halt = self._stopping
+                    async with self._webhooks():
+                        await self._run_jobs(client)
+                return self._finish(client, started)
         except asyncio.CancelledError:
             if self.lock_lost is None or task is None:
                 raise
