@@ -173,8 +173,11 @@ class RequestGate:
         gone = now - self.period_s  # sent at or before this: out of the window
         sent: list[tuple[float, int]] = []  # (monotonic time, requests)
         assumed = False
-        fresh = log is not None and now_wall - log.at < self.period_s + SAVE_EVERY_S
-        if log is not None and fresh and (log.final or (last_wall or 0.0) <= log.at + STALE_S):
+        trusted = log is not None and (
+            now_wall - log.at < self.period_s + SAVE_EVERY_S  # not older than the window
+            and (log.final or (last_wall or 0.0) <= log.at + STALE_S)  # and kept up
+        )
+        if log is not None and trusted:
             at = now - max(0.0, now_wall - log.at)
             sent += [(at - i * log.step_s, n) for i, n in enumerate(log.counts) if n]
             if not log.final:

@@ -118,7 +118,7 @@ async def connect(campaign: Campaign, api_key: str, gate: RequestGate) -> AsyncI
 
 def read_sends(path: Path) -> SendLog | None:
     """The sends an earlier run saved at ``path``; None if there are none, or the file is
-    not what :func:`_save_sends` writes (then the gate assumes the most an earlier run
+    not what :func:`saving_sends` writes (then the gate assumes the most an earlier run
     could have sent). Only a small regular file is read (never a pipe or a device)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -147,44 +147,42 @@ async def saving_sends(gate: RequestGate, path: Path, clock: Clock) -> AsyncIter
     any request: a run killed at any moment leaves a record to trust), every
     :data:`SAVE_EVERY_S` (on the event loop's timer), whenever the gate has let
     :attr:`RequestGate.unsaved_max` requests through since, and, marked final, on the
-    way out."""
+    way out. A failure to write costs the next run only the exact count (it then
+    assumes the most an earlier run could have sent): it is warned of once, and the run
+    goes on."""
+    tmp = path.with_name(path.name + ".tmp")
+    warned = False
+
+    def save(final: bool = False) -> None:
+        nonlocal warned
+        data = {"at": clock.wall(), "step_s": SEND_STEP_S, "final": final, "counts": gate.sends()}
+        try:
+            tmp.write_bytes(orjson.dumps(data))
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if not warned:
+                warned = True
+                log.warning(
+                    "cannot save the requests sent (%s): %s", path.name, exc.strerror or exc
+                )
 
     async def keep() -> None:
         while True:
             await asyncio.sleep(SAVE_EVERY_S)
-            _save_sends(gate, path, clock, final=False)
+            save()
 
-    _save_sends(gate, path, clock, final=False)
-    gate.on_unsaved = lambda: _save_sends(gate, path, clock, final=False)
+    save()
+    gate.on_unsaved = save
     saver = asyncio.create_task(keep())
     try:
         yield
     finally:
         gate.on_unsaved = None
         saver.cancel()
-        _save_sends(gate, path, clock, final=True)
+        save(final=True)
         await asyncio.wait([saver])
-
-
-def _save_sends(gate: RequestGate, path: Path, clock: Clock, *, final: bool) -> None:
-    """Replace ``path`` with the gate's sends. A failure to write costs the next run only
-    the exact count (it then assumes the most an earlier run could have sent): it is
-    logged once a run and the run goes on."""
-    data = {"at": clock.wall(), "step_s": SEND_STEP_S, "final": final, "counts": gate.sends()}
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(orjson.dumps(data))
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if path not in _UNSAVED:
-            _UNSAVED.add(path)
-            log.warning("cannot save the requests sent (%s): %s", path.name, exc.strerror or exc)
-
-
-#: files whose saving failed in this process (warned once)
-_UNSAVED: set[Path] = set()
 
 
 @contextlib.asynccontextmanager
